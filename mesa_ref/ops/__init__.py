@@ -1,0 +1,35 @@
+"""mesa_ref.ops: every primitive as a NAME_forward / NAME_backward pair (plain NumPy).
+
+NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
+Attention ops take q, k, v of shape (B, H, T, d).  MATH.md tags: dense [L1], linear attention
+[L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
+mesa-layer [M1]-[M4].
+"""
+from .activations import ClipCache, GeluCache, clip_backward, clip_forward, gelu_backward, gelu_forward
+from .attention_linear import LinearAttentionCache, linear_attention_backward, linear_attention_forward
+from .attention_softmax import SoftmaxAttentionCache, softmax_attention_backward, softmax_attention_forward
+from .dense import DenseCache, dense_backward, dense_forward
+from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
+                   mse_backward, mse_forward)
+from .posenc import sinusoidal_positional_encoding
+
+__all__ = [
+    "dense_forward", "dense_backward",
+    "linear_attention_forward", "linear_attention_backward",
+    "softmax_attention_forward", "softmax_attention_backward",
+    "layernorm_forward", "layernorm_backward",
+    "gelu_forward", "gelu_backward",
+    "clip_forward", "clip_backward",
+    "sinusoidal_positional_encoding",
+    "mse_forward", "mse_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+    "DenseCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
+    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache",
+]
+
+try:  # the mesa-layer module (written alongside); exported once present
+    from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs  # noqa: F401
+    __all__ += ["mesa_forward", "mesa_backward", "mesa_direct", "MesaCache", "validate_mesa_inputs"]
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,96 @@
+"""Input checks and the array-module helper shared by every op.
+
+Every public op validates its inputs before doing any work, so that a wrong shape,
+dtype or a non-finite value raises ``ValueError`` naming the argument rather than
+producing a silent NaN downstream (DESIGN.md, "Public contract").
+
+The ops are written against an array module ``xp`` (NumPy, or CuPy when a CuPy array
+comes in), so ``mesa_fast`` can reuse the reference ops that need no custom kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    CuPy is imported lazily, only when an array that is not a NumPy array shows up.
+    """
+    for a in arrays:
+        if a is None or isinstance(a, (np.ndarray, np.generic, float, int)):
+            continue
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            import cupy  # noqa: PLC0415  (optional dependency)
+            return cupy
+    return np
+
+
+def is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy")
+
+
+def check_float_array(name: str, x, *, ndim: int | None = None, finite: bool = True):
+    """Raise ValueError unless ``x`` is a float32/float64 array of rank ``ndim`` with finite values."""
+    if not is_array(x):
+        raise ValueError(f"{name}: expected a float32 or float64 array, got {type(x).__name__}")
+    if np.dtype(x.dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected a rank-{ndim} array, got shape {tuple(x.shape)}")
+    if finite:
+        xp = array_module(x)
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
+    return x
+
+
+def check_same_dtype(**arrays):
+    """Raise ValueError unless all given arrays share one dtype and one device/module."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    if not items:
+        return None
+    name0, a0 = items[0]
+    mod0 = array_module(a0)
+    for name, a in items[1:]:
+        if a.dtype != a0.dtype:
+            raise ValueError(f"{name}: dtype {a.dtype} does not match {name0}'s dtype {a0.dtype}")
+        if array_module(a) is not mod0:
+            raise ValueError(f"{name}: lives on a different device/array module than {name0}")
+    return a0.dtype
+
+
+def check_qkv(q, k, v):
+    """Validate attention inputs: q, k of shape (B, H, T, d), v of shape (B, H, T, dv).
+
+    Returns (B, H, T, d, dv).
+    """
+    check_float_array("q", q, ndim=4)
+    check_float_array("k", k, ndim=4)
+    check_float_array("v", v, ndim=4)
+    check_same_dtype(q=q, k=k, v=v)
+    if k.shape != q.shape:
+        raise ValueError(f"k: expected shape {tuple(q.shape)} (same as q), got {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v: expected leading shape (B, H, T) = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    B, H, T, d = q.shape
+    if min(B, H, T, d, v.shape[3]) < 1:
+        raise ValueError(f"q, k, v: every dimension must be >= 1, got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    return B, H, T, d, v.shape[3]
+
+
+def check_dout(dout, expected_shape, dtype):
+    check_float_array("dout", dout)
+    if tuple(dout.shape) != tuple(expected_shape):
+        raise ValueError(f"dout: expected shape {tuple(expected_shape)}, got {tuple(dout.shape)}")
+    if dout.dtype != dtype:
+        raise ValueError(f"dout: expected dtype {dtype} (the forward's), got {dout.dtype}")
+    return dout
+
+
+def causal_mask(T: int, xp=np):
+    """Boolean (T, T) mask, True where t' <= t (row t, column t')."""
+    return xp.tril(xp.ones((T, T), dtype=bool))

@@ -1,0 +1,45 @@
+"""[L1] Dense layer: y = x W (+ b).
+
+Shapes: x (..., Din), W (Din, Dout), b (Dout,) or None, y (..., Dout).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._common import array_module, check_dout, check_float_array, check_same_dtype
+
+
+class DenseCache(NamedTuple):
+    x: object        # (..., Din) the input
+    W: object        # (Din, Dout)
+    has_bias: bool
+
+
+def dense_forward(x, W, b=None):
+    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> y (..., Dout)."""
+    check_float_array("x", x)
+    check_float_array("W", W, ndim=2)
+    if b is not None:
+        check_float_array("b", b, ndim=1)
+    check_same_dtype(x=x, W=W, b=b)
+    if x.ndim < 1 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")
+    if b is not None and b.shape[0] != W.shape[1]:
+        raise ValueError(f"b: expected shape ({W.shape[1]},), got {tuple(b.shape)}")
+    y = x @ W                                             # (..., Dout)
+    if b is not None:
+        y = y + b
+    return y, DenseCache(x, W, b is not None)
+
+
+def dense_backward(dy, cache: DenseCache):
+    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None)."""
+    x, W, has_bias = cache
+    check_dout(dy, x.shape[:-1] + (W.shape[1],), x.dtype)
+    xp = array_module(x)
+    dx = dy @ W.T                                         # (..., Din)
+    x2 = x.reshape(-1, x.shape[-1])                       # (N, Din)
+    dy2 = dy.reshape(-1, dy.shape[-1])                    # (N, Dout)
+    dW = x2.T @ dy2                                       # (Din, Dout)
+    db = xp.sum(dy2, axis=0) if has_bias else None        # (Dout,)
+    return dx, dW, db
