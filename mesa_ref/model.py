@@ -1,0 +1,307 @@
+"""The Transformer, composed from an ops namespace (mesa_ref.ops by default, mesa_fast.ops for speed).
+
+Glossary of shapes: B batch, T time, D width (residual stream), H heads, d key size per head,
+n input/state size, V vocabulary, M MLP hidden width.
+
+Block l (for every entry of config.layers), as in the official code:
+    a = LN1(h) if layernorm else h
+    q, k, v = a W_Q, a W_K, a W_V                  [B,T,H*d] -> per head [B,H,T,d]
+    o = attention(q, k, v)                         "linear" [L2] | "softmax" [L3] | "mesa" [M1]-[M4]
+    h = clip(h + o_merged W_O)                     [L6] clip after every block
+    if mlp: h = clip(h + W_2 gelu(W_1 LN2(h) + b_1) + b_2)       [L5]
+
+Input modes: "constructed" [T2] feeds tokens (0, s_t, s_t, s_{t-1}) directly (D = 4n) and reads the
+prediction of s_{t+1} from the first n coordinates of the last residual stream; "embed" maps raw
+vectors with a dense layer (+ positional encoding [L7]); "tokens" looks up integer ids. The last two
+read out with (final LN and) a dense layer.
+
+Parameters are a flat dict name -> array: "l{i}.wq" (D, H*d), "l{i}.wk", "l{i}.wv" (D, H*d),
+"l{i}.wo" (H*d, D), mesa heads "l{i}.lam_raw" (H,) [lam = softplus + lam_min] and "l{i}.gamma_raw"
+(H,) [gamma = sigmoid], "l{i}.ln1.w"/".b", "l{i}.ln2.w"/".b", "l{i}.mlp.w1" (D, M), ".b1", ".w2"
+(M, D), ".b2", "embed.w" (n or V, D), "embed.b" (D,), "ln_f.w"/".b", "out.w" (D, out), "out.b".
+Gradients come back as a dict with exactly the same keys.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops as ref_ops
+from .config import ModelConfig
+from .ops._common import array_module
+
+
+def softplus(x, xp=np):
+    return xp.logaddexp(0, x)
+
+
+def sigmoid(x, xp=np):
+    return 0.5 * (1 + xp.tanh(0.5 * x))
+
+
+def inverse_softplus(y: float) -> float:
+    return float(y + np.log(-np.expm1(-y)))
+
+
+def _split_heads(x, H):
+    """[B, T, H*d] -> [B, H, T, d]"""
+    B, T, HD = x.shape
+    return x.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x):
+    """[B, H, T, d] -> [B, T, H*d]"""
+    B, H, T, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
+
+
+class Transformer:
+    """A Transformer over a given ops namespace.  ``model = Transformer(cfg)``; ``params = model.init(seed)``;
+    ``y, cache = model.forward(params, x)``; ``grads, dx = model.backward(dy, cache)``;
+    ``loss, grads = model.loss_and_grads(params, x, y)``.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, *, ops=None):
+        self.config = config if config is not None else ModelConfig()
+        self.ops = ops if ops is not None else ref_ops
+
+    # ------------------------------------------------------------------ parameters
+    def init(self, seed: int = 0, dtype=np.float32) -> dict:
+        """Draw parameters: weight matrices N(0, init_std^2), biases 0, LayerNorm gains 1, mesa lam = mesa_lam_init,
+        gamma = sigmoid(4) ~ 0.982."""
+        c = self.config
+        rng = np.random.default_rng(seed)
+        D, H, d = c.width, c.heads, c.key_size
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype: expected float32 or float64, got {dt}")
+
+        def w(*shape):
+            return (c.init_std * rng.standard_normal(shape)).astype(dt)
+
+        p = {}
+        if c.input in ("embed", "tokens"):
+            p["embed.w"] = w(c.input_dim, D)
+            p["embed.b"] = np.zeros(D, dt)
+        for i, kind in enumerate(c.layers):
+            if c.layernorm:
+                p[f"l{i}.ln1.w"], p[f"l{i}.ln1.b"] = np.ones(D, dt), np.zeros(D, dt)
+            p[f"l{i}.wq"], p[f"l{i}.wk"], p[f"l{i}.wv"] = w(D, H * d), w(D, H * d), w(D, H * d)
+            p[f"l{i}.wo"] = w(H * d, D)
+            if kind == "mesa":
+                p[f"l{i}.lam_raw"] = np.full(H, inverse_softplus(c.mesa_lam_init - c.mesa_lam_min), dt)
+                if c.mesa_gamma:
+                    p[f"l{i}.gamma_raw"] = np.full(H, 4.0, dt)
+            if c.mlp:
+                M = c.mlp_factor * D
+                if c.layernorm:
+                    p[f"l{i}.ln2.w"], p[f"l{i}.ln2.b"] = np.ones(D, dt), np.zeros(D, dt)
+                p[f"l{i}.mlp.w1"], p[f"l{i}.mlp.b1"] = w(D, M), np.zeros(M, dt)
+                p[f"l{i}.mlp.w2"], p[f"l{i}.mlp.b2"] = w(M, D), np.zeros(D, dt)
+        if c.input in ("embed", "tokens"):
+            if c.layernorm:
+                p["ln_f.w"], p["ln_f.b"] = np.ones(D, dt), np.zeros(D, dt)
+            p["out.w"] = w(D, c.output_dim)
+            p["out.b"] = np.zeros(c.output_dim, dt)
+        return p
+
+    def mesa_lam(self, params, i):
+        """[M1] lam of layer i's heads, (H,)."""
+        raw = params[f"l{i}.lam_raw"]
+        return softplus(raw, array_module(raw)) + raw.dtype.type(self.config.mesa_lam_min)
+
+    def mesa_gamma(self, params, i):
+        """[M4] gamma of layer i's heads, (H,), or None when the forgetting factor is off."""
+        raw = params.get(f"l{i}.gamma_raw")
+        return None if raw is None else sigmoid(raw, array_module(raw))
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, params, x):
+        c = self.config
+        if c.input == "tokens":
+            if not (hasattr(x, "dtype") and x.dtype.kind in "iu" and x.ndim == 2):
+                raise ValueError(f"x: expected integer token ids of shape (B, T), got {getattr(x, 'dtype', type(x))} "
+                                 f"{getattr(x, 'shape', '')}")
+            if x.size and (int(x.min()) < 0 or int(x.max()) >= c.input_dim):
+                raise ValueError(f"x: token ids must lie in [0, {c.input_dim})")
+            return
+        want = c.width if c.input == "constructed" else c.input_dim
+        if not hasattr(x, "ndim") or x.ndim != 3 or x.shape[-1] != want:
+            raise ValueError(f"x: expected shape (B, T, {want}), got {getattr(x, 'shape', type(x))}")
+        dt = next(iter(params.values())).dtype
+        if x.dtype != dt:
+            raise ValueError(f"x: dtype {x.dtype} does not match the parameters' dtype {dt}")
+
+    def forward(self, params: dict, x):
+        """y, cache = forward(params, x).  x: (B, T, 4n) constructed tokens, (B, T, n) raw vectors, or (B, T) ids.
+        y: (B, T, output_dim).  cache.residuals holds the residual stream before the first block and after every
+        block ([B,T,D] each, length L+1); cache.layers[i]["attn"] the attention op's cache."""
+        c, ops = self.config, self.ops
+        self._check_input(params, x)
+        xp = array_module(x, *params.values())
+        top = {}
+        # ---- input
+        if c.input == "constructed":
+            h = x                                                            # [B,T,D]
+        elif c.input == "embed":
+            h, top["embed"] = ops.dense_forward(x, params["embed.w"], params["embed.b"])   # [B,T,D]
+        else:
+            h = params["embed.w"][x] + params["embed.b"]                   # [B,T,D]
+        if c.pos_enc:
+            h = h + ops.sinusoidal_positional_encoding(x.shape[1], c.width, dtype=h.dtype, xp=xp)
+        residuals = [h]
+        layers = []
+        H = c.heads
+        for i, kind in enumerate(c.layers):
+            lc = {}
+            a = h
+            if c.layernorm:
+                a, lc["ln1"] = ops.layernorm_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"])
+            qf, lc["q"] = ops.dense_forward(a, params[f"l{i}.wq"])        # [B,T,H*d]
+            kf, lc["k"] = ops.dense_forward(a, params[f"l{i}.wk"])
+            vf, lc["v"] = ops.dense_forward(a, params[f"l{i}.wv"])
+            q, k, v = _split_heads(qf, H), _split_heads(kf, H), _split_heads(vf, H)   # [B,H,T,d]
+            if kind == "linear":
+                o, lc["attn"] = ops.linear_attention_forward(q, k, v)
+            elif kind == "softmax":
+                o, lc["attn"] = ops.softmax_attention_forward(q, k, v)
+            else:
+                lam, gamma = self.mesa_lam(params, i), self.mesa_gamma(params, i)
+                o, lc["attn"] = ops.mesa_forward(q, k, v, lam, gamma=gamma, backward=c.mesa_backward)
+            delta, lc["o"] = ops.dense_forward(_merge_heads(o), params[f"l{i}.wo"])   # [B,T,D]
+            h = h + delta
+            if c.clip is not None:
+                h, lc["clip1"] = ops.clip_forward(h, c=c.clip)
+            if c.mlp:
+                m = h
+                if c.layernorm:
+                    m, lc["ln2"] = ops.layernorm_forward(h, params[f"l{i}.ln2.w"], params[f"l{i}.ln2.b"])
+                z, lc["fc1"] = ops.dense_forward(m, params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"])  # [B,T,M]
+                g, lc["gelu"] = ops.gelu_forward(z)
+                delta, lc["fc2"] = ops.dense_forward(g, params[f"l{i}.mlp.w2"], params[f"l{i}.mlp.b2"])  # [B,T,D]
+                h = h + delta
+                if c.clip is not None:
+                    h, lc["clip2"] = ops.clip_forward(h, c=c.clip)
+            layers.append(lc)
+            residuals.append(h)
+        # ---- readout
+        if c.input == "constructed":
+            y = h[..., : c.output_dim]                                       # [B,T,n]
+        else:
+            f = h
+            if c.layernorm:
+                f, top["ln_f"] = ops.layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])
+            y, top["out"] = ops.dense_forward(f, params["out.w"], params["out.b"])       # [B,T,out]
+        cache = ForwardCache(x=x, residuals=residuals, layers=layers, top=top, param_keys=tuple(params), params=params)
+        return y, cache
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, dy, cache: "ForwardCache"):
+        """grads, dx = backward(dy, cache).  dy (B, T, output_dim); grads has the keys of params; dx is the
+        gradient w.r.t. x (float inputs) or None (token ids)."""
+        c, ops = self.config, self.ops
+        params = cache.params
+        h_last = cache.residuals[-1]
+        xp = array_module(h_last)
+        if tuple(dy.shape) != tuple(h_last.shape[:2]) + (c.output_dim,):
+            raise ValueError(f"dy: expected shape {tuple(h_last.shape[:2]) + (c.output_dim,)}, got {tuple(dy.shape)}")
+        grads = {}
+        top = cache.top
+        if c.input == "constructed":
+            dh = xp.zeros_like(h_last)
+            dh[..., : c.output_dim] = dy
+        else:
+            df, grads["out.w"], grads["out.b"] = ops.dense_backward(dy, top["out"])
+            if c.layernorm:
+                dh, grads["ln_f.w"], grads["ln_f.b"] = ops.layernorm_backward(df, top["ln_f"])
+            else:
+                dh = df
+        H = c.heads
+        for i in reversed(range(len(c.layers))):
+            kind, lc = c.layers[i], cache.layers[i]
+            if c.mlp:
+                if c.clip is not None:
+                    dh = ops.clip_backward(dh, lc["clip2"])
+                dg, grads[f"l{i}.mlp.w2"], grads[f"l{i}.mlp.b2"] = ops.dense_backward(dh, lc["fc2"])
+                dz = ops.gelu_backward(dg, lc["gelu"])
+                dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"] = ops.dense_backward(dz, lc["fc1"])
+                if c.layernorm:
+                    dm, grads[f"l{i}.ln2.w"], grads[f"l{i}.ln2.b"] = ops.layernorm_backward(dm, lc["ln2"])
+                dh = dh + dm                                                 # residual branch
+            if c.clip is not None:
+                dh = ops.clip_backward(dh, lc["clip1"])
+            do_merged, grads[f"l{i}.wo"], _ = ops.dense_backward(dh, lc["o"])
+            do = _split_heads(do_merged, H)                                  # [B,H,T,d]
+            if kind == "linear":
+                dq, dk, dv = ops.linear_attention_backward(do, lc["attn"])
+            elif kind == "softmax":
+                dq, dk, dv = ops.softmax_attention_backward(do, lc["attn"])
+            else:
+                g = ops.mesa_backward(do, lc["attn"])
+                dq, dk, dv, dlam = g[:4]
+                raw = params[f"l{i}.lam_raw"]
+                grads[f"l{i}.lam_raw"] = dlam * sigmoid(raw, xp)             # d softplus = sigmoid
+                if len(g) > 4:
+                    graw = params[f"l{i}.gamma_raw"]
+                    s = sigmoid(graw, xp)
+                    grads[f"l{i}.gamma_raw"] = g[4] * s * (1 - s)
+            da, grads[f"l{i}.wq"], _ = ops.dense_backward(_merge_heads(dq), lc["q"])
+            da_k, grads[f"l{i}.wk"], _ = ops.dense_backward(_merge_heads(dk), lc["k"])
+            da_v, grads[f"l{i}.wv"], _ = ops.dense_backward(_merge_heads(dv), lc["v"])
+            da = da + da_k + da_v
+            if c.layernorm:
+                da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"] = ops.layernorm_backward(da, lc["ln1"])
+            dh = dh + da                                                     # residual branch
+        dx = None
+        if c.input == "constructed":
+            dx = dh
+        elif c.input == "embed":
+            dx, grads["embed.w"], grads["embed.b"] = ops.dense_backward(dh, top["embed"])
+        else:
+            gw = xp.zeros_like(params["embed.w"])
+            _scatter_add(gw, cache.x.reshape(-1), dh.reshape(-1, dh.shape[-1]))
+            grads["embed.w"] = gw
+            grads["embed.b"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
+        return {k: grads[k] for k in cache.param_keys}, dx
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, params, x, y):
+        """MSE with the official normalisation (sum / (2 B T)) for vector outputs, cross-entropy for token ids."""
+        pred, _ = self.forward(params, x)
+        if self.config.input == "tokens":
+            return float(self.ops.cross_entropy_forward(pred, y)[0])
+        return float(self.ops.mse_forward(pred, y)[0])
+
+    def loss_and_grads(self, params, x, y):
+        """(loss, grads) for one batch; see ``loss``."""
+        pred, cache = self.forward(params, x)
+        if self.config.input == "tokens":
+            L, lcache = self.ops.cross_entropy_forward(pred, y)
+            dpred = self.ops.cross_entropy_backward(1.0, lcache)
+        else:
+            L, lcache = self.ops.mse_forward(pred, y)
+            dpred = self.ops.mse_backward(1.0, lcache)
+        grads, _ = self.backward(dpred, cache)
+        return float(L), grads
+
+    def num_params(self, params) -> int:
+        return int(sum(v.size for v in params.values()))
+
+
+class ForwardCache:
+    """What backward needs, plus what analyses read (residual streams, attention caches)."""
+
+    __slots__ = ("x", "residuals", "layers", "top", "param_keys", "params")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _scatter_add(target, idx, values):
+    """target[idx[i]] += values[i] with repeated indices accumulated (NumPy or CuPy)."""
+    xp = array_module(target)
+    if xp is np:
+        np.add.at(target, idx, values)
+    else:  # pragma: no cover - GPU only
+        import cupyx
+        cupyx.scatter_add(target, idx, values)
