@@ -266,7 +266,11 @@ def mesa_backward(dout, cache):
         C_t   = sum_{t''>=t} w (u_{t''} q~_{t''}^T + q~_{t''} u_{t''}^T)  (d, d)
         dv_t  = D_t^T k_t,   dk_t = D_t v_t - C_t k_t                          [M3]
         dlam  = - sum_t gamma^t q~_t . u_t                 (summed over batch -> (H,))
-        dgamma = -(1/(2 gamma)) sum_t t (k_t . dk_t + v_t . dv_t)   (t = 1..T; summed over batch)
+        dgamma = sum_t [k_t . D'_t v_t - k_t . C'_t k_t / 2 - lam t gamma^{t-1} q~_t . u_t]   [M4]
+                 with the lag-weighted D'_t = sum_{t''>t} (t''-t) gamma^{t''-t-1} q~_{t''} g_{t''}^T
+                 (= gamma D'_{t+1} + D_{t+1}) and C'_t likewise from C. In exact arithmetic this equals
+                 -(1/(2 gamma)) sum_t t (k_t . dk_t + v_t . dv_t) (a rescaling identity, tested), but
+                 that form cancels badly in float32 at large T; the lag form does not.
 
     Inputs: dout (B, H, T, dv) in the forward's dtype; cache from ``mesa_forward`` (not mutated).
     Returns (dq, dk, dv, dlam), plus dgamma when the forward was given gamma;
@@ -279,7 +283,7 @@ def mesa_backward(dout, cache):
     dv_ = v.shape[3]
     dt = q.dtype
     check_dout(dout, (B, H, T, dv_), dt)
-    gamma = cache.gamma
+    lam, gamma = cache.lam, cache.gamma                                 # (H,), (H,) or None
     g = (gamma if gamma is not None else np.ones(H, dtype=dt))[None, :]   # (1,H)
 
     # 1. forward sweep: a_t = dq~_t = S_t^T g_t (S_t rebuilt, never stored)               [M3]
@@ -299,19 +303,31 @@ def mesa_backward(dout, cache):
     dq = u                                                              # [M3] dq_t = u_t          (B,H,T,d)
 
     # 3. reverse scan with the accumulators D_t, C_t                                          [M3]
+    #    with gamma also their lag-weighted sums D'_t, C'_t for dgamma                         [M4]
     dk = np.empty_like(k)                                               # (B,H,T,d)
     dv = np.empty_like(v)                                               # (B,H,T,dv)
     D = np.zeros((B, H, d, dv_), dtype=dt)                              # D_{T+1} = 0             (B,H,d,dv)
     Cacc = np.zeros((B, H, d, d), dtype=dt)                             # C_{T+1} = 0             (B,H,d,d)
+    if gamma is not None:
+        D1 = np.zeros_like(D)                                           # D'_{T+1} = 0            (B,H,d,dv)
+        C1 = np.zeros_like(Cacc)                                        # C'_{T+1} = 0            (B,H,d,d)
+        dgamma_data = np.zeros((B, H), dtype=dt)                        # data part of dgamma     (B,H)
+    gg = g[..., None, None]                                             # (1,H,1,1)
     for t in range(T, 0, -1):
         qt_t, u_t, g_t = qt[:, :, t - 1], u[:, :, t - 1], dout[:, :, t - 1]
         k_t, v_t = k[:, :, t - 1], v[:, :, t - 1]
-        D = g[..., None, None] * D + qt_t[..., :, None] * g_t[..., None, :]           # [M3] D_t
-        Cacc = g[..., None, None] * Cacc + (u_t[..., :, None] * qt_t[..., None, :]
-                                            + qt_t[..., :, None] * u_t[..., None, :])  # [M3] C_t
+        if gamma is not None:
+            D1 = gg * D1 + D                                            # [M4] D'_t = gamma D'_{t+1} + D_{t+1}
+            C1 = gg * C1 + Cacc                                         # [M4] C'_t = gamma C'_{t+1} + C_{t+1}
+        D = gg * D + qt_t[..., :, None] * g_t[..., None, :]                            # [M3] D_t
+        Cacc = gg * Cacc + (u_t[..., :, None] * qt_t[..., None, :]
+                            + qt_t[..., :, None] * u_t[..., None, :])                  # [M3] C_t
         dv[:, :, t - 1] = np.einsum("bhij,bhi->bhj", D, k_t)                          # [M3] dv_t = D_t^T k_t
         dk[:, :, t - 1] = (np.einsum("bhij,bhj->bhi", D, v_t)
                            - np.einsum("bhij,bhj->bhi", Cacc, k_t))                   # [M3] dk_t = D v - C k
+        if gamma is not None:
+            dgamma_data += (np.einsum("bhi,bhij,bhj->bh", k_t, D1, v_t)
+                            - 0.5 * np.einsum("bhi,bhij,bhj->bh", k_t, C1, k_t))      # [M4] k.D'v - k.C'k/2
 
     # 4. dlam = -sum_t gamma^t q~_t . u_t  (regulariser gamma^t lam I)                      [M3]/[M4]
     tt = np.arange(1, T + 1, dtype=dt)                                  # t = 1..T                (T,)
@@ -322,9 +338,10 @@ def mesa_backward(dout, cache):
     gpow = gamma[:, None] ** tt[None, :]                                # gamma^t                 (H,T)
     dlam = -(qu * gpow[None]).sum(axis=(0, 2))                          # (H,)
 
-    # 5. dgamma from the rescaling identity (docs/derivations/mesa.md)                        [M4]
-    kdk_vdv = np.einsum("bhti,bhti->bht", k, dk) + np.einsum("bhti,bhti->bht", v, dv)  # (B,H,T)
-    dgamma = -(kdk_vdv * tt[None, None, :]).sum(axis=(0, 2)) / (2 * gamma)             # (H,)
+    # 5. dgamma: data part (lag-weighted accumulators) + regulariser part
+    #    -sum_t t gamma^{t-1} lam q~_t . u_t   (docs/derivations/mesa.md)                    [M4]
+    treg = lam[:, None] * tt[None, :] * gamma[:, None] ** (tt[None, :] - 1)  # lam t gamma^{t-1}   (H,T)
+    dgamma = dgamma_data.sum(axis=0) - (qu * treg[None]).sum(axis=(0, 2))     # (H,)
     return dq, dk, dv, dlam, dgamma
 
 
