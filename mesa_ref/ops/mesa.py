@@ -45,7 +45,6 @@ from ._common import (
     check_dout,
     check_float_array,
     check_qkv,
-    check_same_dtype,
 )
 
 __all__ = [
