@@ -43,15 +43,15 @@ def inverse_softplus(y: float) -> float:
 
 
 def _split_heads(x, H):
-    """[B, T, H*d] -> [B, H, T, d]"""
+    """[B, T, H*d] -> [B, H, T, d] (contiguous: batched matmuls and kernels want it)"""
     B, T, HD = x.shape
-    return x.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3)
+    return array_module(x).ascontiguousarray(x.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3))
 
 
 def _merge_heads(x):
     """[B, H, T, d] -> [B, T, H*d]"""
     B, H, T, d = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
+    return array_module(x).ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, T, H * d)
 
 
 class Transformer:

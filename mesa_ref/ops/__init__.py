@@ -12,6 +12,7 @@ from .dense import DenseCache, dense_backward, dense_forward
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
                    mse_backward, mse_forward)
+from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs
 from .posenc import sinusoidal_positional_encoding
 
 __all__ = [
@@ -21,15 +22,10 @@ __all__ = [
     "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward",
     "clip_forward", "clip_backward",
+    "mesa_forward", "mesa_backward", "mesa_direct", "validate_mesa_inputs",
     "sinusoidal_positional_encoding",
     "mse_forward", "mse_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "DenseCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
-    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache",
+    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache",
 ]
-
-try:  # the mesa-layer module (written alongside); exported once present
-    from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs  # noqa: F401
-    __all__ += ["mesa_forward", "mesa_backward", "mesa_direct", "MesaCache", "validate_mesa_inputs"]
-except ImportError:  # pragma: no cover
-    pass

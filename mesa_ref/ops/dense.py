@@ -26,7 +26,9 @@ def dense_forward(x, W, b=None):
         raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")
     if b is not None and b.shape[0] != W.shape[1]:
         raise ValueError(f"b: expected shape ({W.shape[1]},), got {tuple(b.shape)}")
-    y = x @ W                                             # (..., Dout)
+    xp = array_module(x)
+    # flatten to one 2-D product: BLAS on a contiguous (N, Din) matrix, whatever x's strides are
+    y = (xp.ascontiguousarray(x.reshape(-1, x.shape[-1])) @ W).reshape(x.shape[:-1] + (W.shape[1],))
     if b is not None:
         y = y + b
     return y, DenseCache(x, W, b is not None)
@@ -37,9 +39,9 @@ def dense_backward(dy, cache: DenseCache):
     x, W, has_bias = cache
     check_dout(dy, x.shape[:-1] + (W.shape[1],), x.dtype)
     xp = array_module(x)
-    dx = dy @ W.T                                         # (..., Din)
-    x2 = x.reshape(-1, x.shape[-1])                       # (N, Din)
-    dy2 = dy.reshape(-1, dy.shape[-1])                    # (N, Dout)
+    x2 = xp.ascontiguousarray(x.reshape(-1, x.shape[-1]))     # (N, Din)
+    dy2 = xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))  # (N, Dout)
+    dx = (dy2 @ W.T).reshape(x.shape)                     # (..., Din)
     dW = x2.T @ dy2                                       # (Din, Dout)
     db = xp.sum(dy2, axis=0) if has_bias else None        # (Dout,)
     return dx, dW, db

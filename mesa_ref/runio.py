@@ -1,0 +1,114 @@
+"""Run directories and atomic file output.
+
+Every file the toolkit writes goes through a temporary file in the same directory followed by
+``os.replace``, so a killed run never leaves a half-written checkpoint, JSON or figure behind.
+Checkpoints are ``.npz`` archives of named arrays plus a JSON metadata entry.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """An error a command-line entry point reports as one line (no traceback) with a non-zero exit."""
+
+
+def ensure_writable_dir(path) -> Path:
+    """Create ``path`` if needed and check that files can be created in it; raise CLIError otherwise."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-", delete=True):
+            pass
+    except OSError as e:
+        raise CLIError(f"output directory {str(p)!r} is not writable: {e.strerror or e}") from None
+    return p
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _to_jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if hasattr(obj, "get") and type(obj).__module__.startswith("cupy"):  # a CuPy array
+        return _to_jsonable(obj.get())
+    return obj
+
+
+def write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=2) + "\n").encode())
+
+
+def read_json(path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CLIError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"{path} is not valid JSON: {e}") from None
+
+
+def save_figure(fig, path, **kw) -> None:
+    """Save a matplotlib figure atomically (format from the suffix)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_checkpoint(path, arrays: dict, meta: dict) -> None:
+    """Write named arrays and JSON metadata to ``path`` (.npz) atomically."""
+    buf = io.BytesIO()
+    payload = {k: _to_numpy(v) for k, v in arrays.items()}
+    payload["__meta__"] = np.frombuffer(json.dumps(_to_jsonable(meta)).encode(), dtype=np.uint8)
+    np.savez(buf, **payload)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path):
+    """Return (arrays, meta); raise CLIError for a missing or corrupt checkpoint."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+            if "__meta__" not in z.files:
+                raise ValueError("no metadata entry")
+            meta = json.loads(z["__meta__"].tobytes().decode())
+    except FileNotFoundError:
+        raise CLIError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # zipfile.BadZipFile, ValueError, KeyError, OSError, JSON errors
+        raise CLIError(f"checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
+    return arrays, meta
+
+
+def _to_numpy(a):
+    return a.get() if hasattr(a, "get") and type(a).__module__.startswith("cupy") else np.asarray(a)
