@@ -1,0 +1,340 @@
+"""Analyses of trained models: linear probes [P1] and linearisation of a softmax layer [P4].
+
+von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858, section 5
+of MATH.md.
+
+Shape glossary
+    N  sequences (probe training or test set)     T  positions t = 1..T
+    n  state size                                 D  residual-stream width
+    L  attention layers; residual stream l = 0..L (0: before the first block, l: after block l)
+    F  probe features (D, or the input-token size for the control probe)
+
+[P1] probes.  For every layer l and position t a least-squares linear map (with bias) from the residual
+stream h_l[t] (D,) to a target is fitted on one set of sequences and scored on another, never on the
+sequences it was fitted on.  Targets (``probe_targets``):
+
+    "current"            s_t
+    "previous"           s_{t-1}                        (s_0 = 0)
+    "next"               s_{t+1}
+    "inverse_curvature"  (X_t X_t^T + lam I)^{-1} s_t,   X_t = [x_1 .. x_t], x_{t'} = s_{t'-1}, lam = 1e-3
+                         (the official probe lam).  Since x_1 = s_0 = 0, X_t X_t^T = sum_{t'<t} s_{t'} s_{t'}^T.
+
+The error is the normalised mean squared error at each t,
+
+    nmse_t = sum_{test b, i} (probe(h_l[b, t])_i - y[b, t, i])^2 / sum_{test b, i} (y[b, t, i] - ybar_t,i)^2,
+
+ybar_t the test-set mean of the target at t: 0 is a perfect read-out, 1 is no better than predicting the
+mean.  Each target is normalised at each t separately because the inverse-curvature target's scale
+changes by orders of magnitude with t (it is of order 1/lam while t <= n).  Summaries average nmse_t
+over t = 1..T.  The control probe reads the same targets from the model's input tokens at position t
+alone (the constructed token (0, s_t, s_t, s_{t-1}) or the raw state s_t); whatever a layer adds beyond
+that control was computed from the context.
+
+Probe fit: features and targets are centred by their training means; the weights solve the ridge system
+(Z^T Z + ridge * mean(diag(Z^T Z)) I) W = Z^T Y with a tiny relative ridge (default 1e-6), which only
+guards against the exactly collinear features of constructed tokens (s_t appears twice, the first n
+coordinates are 0) and leaves the least-squares solution otherwise unchanged.
+
+[P4] linearisation (``linearise_layer``): the attention of layer i (softmax or any kind) is replaced by a
+causal linear attention [L2] with its own W_Q, W_K, W_V, W_O of the same shapes, fitted to reproduce the
+layer's attention-block output o_merged W_O (the quantity added to the residual stream) from the same
+block input (after LayerNorm if the model has one).  Fit: W_Q, W_K, W_V start from the layer's own
+weights, W_O from the exact least-squares solution given them (the block output is linear in W_O);
+then ``steps`` Adam steps on the normalised MSE over all four, and a final least-squares refit of W_O.
+The report is the model's test loss with the original layer, with the fitted linear layer, and with the
+layer removed (its output set to 0) for scale; a small change from linearising says the layer acts as
+linear attention does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ModelConfig
+from .model import Transformer, _merge_heads, _split_heads
+
+TARGETS = ("current", "previous", "next", "inverse_curvature")
+PROBE_LAM = 1e-3       # official probe lam for the inverse-curvature target
+
+
+# ---------------------------------------------------------------------------------------------- targets
+def probe_targets(states, lam: float = PROBE_LAM) -> dict:
+    """[P1] the probe targets of every position, float64.
+
+    states: (N, T+1, n) s_1..s_{T+1} (``data.linear_dynamics(...).states``).
+    Returns {"current": s_t, "previous": s_{t-1} (s_0 = 0), "next": s_{t+1},
+    "inverse_curvature": (X_t X_t^T + lam I)^{-1} s_t}, each (N, T, n) for t = 1..T, where
+    X_t X_t^T = sum_{t' <= t} x_{t'} x_{t'}^T with x_{t'} = s_{t'-1} (so = sum_{t' < t} s_{t'} s_{t'}^T).
+    """
+    s = np.asarray(states)
+    if s.ndim != 3 or s.shape[1] < 2 or s.dtype.kind != "f":
+        raise ValueError(f"states: expected a float array of shape (N, T+1, n) with T >= 1, got "
+                         f"{getattr(s, 'dtype', type(s))} {getattr(s, 'shape', '')}")
+    if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam: expected a positive finite number, got {lam!r}")
+    s = s.astype(np.float64)
+    N, T1, n = s.shape
+    T = T1 - 1
+    cur = s[:, :T]                                                     # (N, T, n) s_t
+    prev = np.zeros_like(cur)
+    prev[:, 1:] = s[:, :T - 1]                                         # (N, T, n) s_{t-1}, s_0 = 0
+    nxt = s[:, 1:]                                                     # (N, T, n) s_{t+1}
+    outer = prev[:, :, :, None] * prev[:, :, None, :]                  # (N, T, n, n) x_t x_t^T
+    A = np.cumsum(outer, axis=1) + lam * np.eye(n)                     # (N, T, n, n) X_t X_t^T + lam I
+    inv = np.linalg.solve(A, cur[..., None])[..., 0]                   # (N, T, n)
+    return {"current": cur, "previous": prev, "next": nxt, "inverse_curvature": inv}
+
+
+# ---------------------------------------------------------------------------------------------- probes
+def fit_probe(features, targets, ridge: float = 1e-6):
+    """[P1] least-squares linear read-out with bias.  features (N, F), targets (N, K) ->
+    (W (F, K), b (K,)) minimising ||features W + b - targets||^2 (+ a tiny relative ridge, see the module doc)."""
+    Z = np.asarray(features, dtype=np.float64)
+    Y = np.asarray(targets, dtype=np.float64)
+    if Z.ndim != 2 or Y.ndim != 2 or Z.shape[0] != Y.shape[0] or Z.shape[0] < 2:
+        raise ValueError(f"features/targets: expected (N, F) and (N, K) with the same N >= 2, got "
+                         f"{Z.shape} and {Y.shape}")
+    if not ridge >= 0:
+        raise ValueError(f"ridge: expected >= 0, got {ridge!r}")
+    zm, ym = Z.mean(axis=0), Y.mean(axis=0)
+    Zc, Yc = Z - zm, Y - ym                                            # (N, F), (N, K)
+    G = Zc.T @ Zc                                                      # (F, F)
+    scale = float(np.mean(np.diag(G))) or 1.0
+    W = np.linalg.lstsq(G + ridge * scale * np.eye(G.shape[0]), Zc.T @ Yc, rcond=None)[0]   # (F, K)
+    return W, ym - zm @ W
+
+
+def apply_probe(probe, features):
+    """features (N, F) -> predictions (N, K)."""
+    W, b = probe
+    return np.asarray(features, dtype=np.float64) @ W + b
+
+
+def nmse(pred, target) -> float:
+    """Normalised MSE: sum (pred - target)^2 / sum (target - mean over rows)^2; pred, target (N, K)."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    den = float(((target - target.mean(axis=0)) ** 2).sum())
+    num = float(((pred - target) ** 2).sum())
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def probe_errors(train_features, train_targets, test_features, test_targets, ridge: float = 1e-6):
+    """[P1] per-position held-out probe error.  train_features (N, T, F), train_targets (N, T, K),
+    test_features (M, T, F), test_targets (M, T, K) -> nmse per t (T,): the probe for position t is fitted
+    on the training sequences at t and scored on the test sequences at t."""
+    tr_f, tr_y = np.asarray(train_features), np.asarray(train_targets)
+    te_f, te_y = np.asarray(test_features), np.asarray(test_targets)
+    if tr_f.ndim != 3 or te_f.ndim != 3 or tr_y.ndim != 3 or te_y.ndim != 3:
+        raise ValueError("train_features/train_targets/test_features/test_targets: expected 3-d arrays (N, T, .)")
+    if tr_f.shape[:2] != tr_y.shape[:2] or te_f.shape[:2] != te_y.shape[:2] or tr_f.shape[1] != te_f.shape[1] \
+            or tr_f.shape[2] != te_f.shape[2] or tr_y.shape[2] != te_y.shape[2]:
+        raise ValueError(f"features/targets: shapes do not match: train {tr_f.shape} -> {tr_y.shape}, "
+                         f"test {te_f.shape} -> {te_y.shape}")
+    T = tr_f.shape[1]
+    out = np.empty(T)
+    for t in range(T):
+        probe = fit_probe(tr_f[:, t], tr_y[:, t], ridge)
+        out[t] = nmse(apply_probe(probe, te_f[:, t]), te_y[:, t])
+    return out
+
+
+@dataclass
+class ProbeResult:
+    """[P1] held-out errors.  per_t[target]: (L+1, T) nmse per residual stream and position;
+    control_per_t[target]: (T,) nmse of the probe from the input tokens alone."""
+    per_t: dict
+    control_per_t: dict
+    lam: float
+    n_train: int
+    n_test: int
+    extra: dict = field(default_factory=dict)
+
+    def mean_over_t(self, t_min: int = 1) -> dict:
+        """target -> list over layers (0 = input) of nmse averaged over t >= t_min (1-based)."""
+        return {k: [float(np.mean(row[t_min - 1:])) for row in v] for k, v in self.per_t.items()}
+
+    def control_mean_over_t(self, t_min: int = 1) -> dict:
+        return {k: float(np.mean(v[t_min - 1:])) for k, v in self.control_per_t.items()}
+
+
+def residual_streams(model: Transformer, params: dict, x, chunk: int = 256) -> list:
+    """The residual stream before the first block and after every block: list of L+1 arrays (N, T, D), float64
+    on the host (forward in chunks of ``chunk`` sequences)."""
+    outs = None
+    for i in range(0, x.shape[0], chunk):
+        _, cache = model.forward(params, x[i:i + chunk])
+        res = [np.asarray(_host(r), dtype=np.float64) for r in cache.residuals]
+        outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
+    return [np.concatenate(o, axis=0) for o in outs]
+
+
+def probe_model(model: Transformer, params: dict, train_states, test_states, *, tokens: str = "constructed",
+                lam: float = PROBE_LAM, ridge: float = 1e-6, targets=TARGETS, dtype=np.float32) -> ProbeResult:
+    """[P1] probe every residual stream of ``model`` for every target, fitted on ``train_states`` and scored on
+    ``test_states`` (each (N, T+1, n), states s_1..s_{T+1} of [T1]); ``tokens`` "constructed" [T2] or "raw"
+    says how the model's input is built from s_1..s_T.  Also the control probe from the input tokens."""
+    from .data import constructed_tokens
+
+    def inputs(states):
+        s = np.ascontiguousarray(np.asarray(states)[:, :-1]).astype(dtype)
+        if tokens == "constructed":
+            return constructed_tokens(s)
+        if tokens == "raw":
+            return s
+        raise ValueError(f"tokens: expected 'constructed' or 'raw', got {tokens!r}")
+
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise ValueError(f"targets: unknown {bad}; expected a subset of {TARGETS}")
+    x_tr, x_te = inputs(train_states), inputs(test_states)
+    y_tr, y_te = probe_targets(train_states, lam), probe_targets(test_states, lam)
+    h_tr = residual_streams(model, params, x_tr)
+    h_te = residual_streams(model, params, x_te)
+    per_t, control = {}, {}
+    for name in targets:
+        per_t[name] = np.stack([probe_errors(a, y_tr[name], b, y_te[name], ridge) for a, b in zip(h_tr, h_te)])
+        control[name] = probe_errors(x_tr, y_tr[name], x_te, y_te[name], ridge)
+    return ProbeResult(per_t=per_t, control_per_t=control, lam=lam, n_train=len(x_tr), n_test=len(x_te))
+
+
+def _host(a):
+    return a.get() if type(a).__module__.startswith("cupy") else a
+
+
+# ---------------------------------------------------------------------------------------------- [P4]
+def attention_block_io(model: Transformer, params: dict, x, i: int):
+    """Layer i's attention-block input a (after LN1 if any) and output o_merged W_O, each (N, T, D), float64
+    host arrays; recomputed from the residual stream before block i."""
+    c, ops = model.config, model.ops
+    _, cache = model.forward(params, x)
+    h = cache.residuals[i]
+    a = h
+    if c.layernorm:
+        a, _ = ops.layernorm_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"])
+    delta = _attention_out(model, params, i, a, c.layers[i])
+    return np.asarray(_host(a), np.float64), np.asarray(_host(delta), np.float64)
+
+
+def _attention_out(model, params, i, a, kind, weights=None):
+    """o_merged W_O of layer i's attention (kind), with ``weights`` (wq, wk, wv, wo) replacing the layer's."""
+    c, ops = model.config, model.ops
+    wq, wk, wv, wo = weights if weights is not None else (params[f"l{i}.wq"], params[f"l{i}.wk"],
+                                                           params[f"l{i}.wv"], params[f"l{i}.wo"])
+    H = c.heads
+    q = _split_heads(ops.dense_forward(a, wq)[0], H)
+    k = _split_heads(ops.dense_forward(a, wk)[0], H)
+    v = _split_heads(ops.dense_forward(a, wv)[0], H)
+    if kind == "linear":
+        o, _ = ops.linear_attention_forward(q, k, v)
+    elif kind == "softmax":
+        o, _ = ops.softmax_attention_forward(q, k, v)
+    else:
+        o, _ = ops.mesa_forward(q, k, v, model.mesa_lam(params, i), gamma=model.mesa_gamma(params, i),
+                                backward=c.mesa_backward)
+    return ops.dense_forward(_merge_heads(o), wo)[0]
+
+
+def _linear_attention_heads(a, wq, wk, wv, H, ops):
+    """Linear attention [L2] on a (N, T, D): merged head outputs (N, T, H*d) and the caches for backward."""
+    cq, ck, cv = ops.dense_forward(a, wq), ops.dense_forward(a, wk), ops.dense_forward(a, wv)
+    o, ca = ops.linear_attention_forward(_split_heads(cq[0], H), _split_heads(ck[0], H), _split_heads(cv[0], H))
+    return _merge_heads(o), (cq[1], ck[1], cv[1], ca)
+
+
+def _lstsq_wo(m, target):
+    """W_O minimising ||m W_O - target||^2 over all rows; m (N, T, H*d), target (N, T, D) -> (H*d, D)."""
+    M = m.reshape(-1, m.shape[-1]).astype(np.float64)
+    Y = target.reshape(-1, target.shape[-1]).astype(np.float64)
+    return np.linalg.lstsq(M, Y, rcond=None)[0]
+
+
+def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float = 3e-3, ops=None):
+    """[P4] fit (wq, wk, wv, wo) of a causal linear attention so that linear_attention(a) W_O ~ target.
+
+    a, target: (N, T, D) float64; init: (wq, wk, wv) of shapes (D, H*d), the starting point.  W_O starts at the
+    least-squares solution given init; Adam (b1 0.9, b2 0.999) runs ``steps`` steps on
+    mean((pred - target)^2) / mean(target^2) over all four matrices; W_O is refitted by least squares at the end.
+    Returns ((wq, wk, wv, wo), history of the normalised loss)."""
+    if ops is None:
+        from . import ops
+    a = np.asarray(a, np.float64)
+    target = np.asarray(target, np.float64)
+    scale = float(np.mean(target ** 2)) or 1.0
+    w = [np.array(x, dtype=np.float64) for x in init]
+    m, _ = _linear_attention_heads(a, *w, H, ops)
+    w.append(_lstsq_wo(m, target))
+    mom = [np.zeros_like(x) for x in w]
+    vel = [np.zeros_like(x) for x in w]
+    hist = []
+    for step in range(1, steps + 1):
+        m, (cq, ck, cv, ca) = _linear_attention_heads(a, *w[:3], H, ops)
+        pred, co = ops.dense_forward(m, w[3])
+        diff = pred - target
+        hist.append(float(np.mean(diff ** 2)) / scale)
+        dpred = 2.0 * diff / (diff.size * scale)
+        dm, dwo, _ = ops.dense_backward(dpred, co)
+        dq, dk, dv = ops.linear_attention_backward(_split_heads(dm, H), ca)
+        grads = [ops.dense_backward(_merge_heads(g), c)[1] for g, c in ((dq, cq), (dk, ck), (dv, cv))] + [dwo]
+        for j, g in enumerate(grads):
+            mom[j] = 0.9 * mom[j] + 0.1 * g
+            vel[j] = 0.999 * vel[j] + 0.001 * g * g
+            w[j] -= lr * (mom[j] / (1 - 0.9 ** step)) / (np.sqrt(vel[j] / (1 - 0.999 ** step)) + 1e-12)
+    m, _ = _linear_attention_heads(a, *w[:3], H, ops)
+    w[3] = _lstsq_wo(m, target)
+    pred = ops.dense_forward(m, w[3])[0]
+    hist.append(float(np.mean((pred - target) ** 2)) / scale)
+    return tuple(w), hist
+
+
+@dataclass
+class LinearisationResult:
+    """[P4] layer: index; loss_original / loss_linearised / loss_removed: the model's loss on the evaluation
+    batch with the layer as trained, replaced by the fitted linear attention, and with its attention output
+    set to 0; fit_nmse: held-out normalised MSE of the fitted layer's output (on the evaluation batch);
+    fit_history: the fit's training nmse per Adam step (and after the final W_O refit)."""
+    layer: int
+    loss_original: float
+    loss_linearised: float
+    loss_removed: float
+    fit_nmse: float
+    fit_history: list
+    config: ModelConfig
+    params: dict
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "loss_original": self.loss_original, "loss_linearised": self.loss_linearised,
+                "loss_change": self.loss_linearised - self.loss_original, "loss_removed": self.loss_removed,
+                "fit_nmse": self.fit_nmse, "fit_nmse_start": self.fit_history[0] if self.fit_history else None}
+
+
+def linearise_layer(model: Transformer, params: dict, i: int, x_fit, x_eval, y_eval, *, steps: int = 300,
+                    lr: float = 3e-3) -> LinearisationResult:
+    """[P4] replace layer i's attention by a causal linear attention fitted (see ``fit_linear_attention``) to
+    reproduce its block output on ``x_fit``; evaluate the model's loss on (x_eval, y_eval) before and after.
+    The fitted model is ``Transformer(result.config)`` with ``result.params`` (layer i of kind "linear")."""
+    c = model.config
+    if not (isinstance(i, (int, np.integer)) and 0 <= i < len(c.layers)):
+        raise ValueError(f"i: expected a layer index in [0, {len(c.layers)}), got {i!r}")
+    a_fit, d_fit = attention_block_io(model, params, x_fit, i)
+    dt = params[f"l{i}.wq"].dtype
+    init = tuple(np.asarray(_host(params[f"l{i}.{k}"]), np.float64) for k in ("wq", "wk", "wv"))
+    w, hist = fit_linear_attention(a_fit, d_fit, init, c.heads, steps=steps, lr=lr, ops=model.ops)
+    layers = list(c.layers)
+    layers[i] = "linear"
+    new_cfg = c.replace(layers=tuple(layers))
+    on_gpu = type(params[f"l{i}.wq"]).__module__.startswith("cupy")
+    conv = (lambda v: __import__("cupy").asarray(v)) if on_gpu else (lambda v: v)
+    new_params = {k: v for k, v in params.items() if k not in (f"l{i}.lam_raw", f"l{i}.gamma_raw")}
+    for k, v in zip(("wq", "wk", "wv", "wo"), w):
+        new_params[f"l{i}.{k}"] = conv(v.astype(dt))
+    new_model = Transformer(new_cfg, ops=model.ops)
+    removed = dict(params)
+    removed[f"l{i}.wo"] = params[f"l{i}.wo"] * 0
+    a_ev, d_ev = attention_block_io(model, params, x_eval, i)
+    fit_ev = _attention_out(new_model, new_params, i, a_ev, "linear", weights=w)          # float64
+    fit_nmse = float(np.mean((fit_ev - d_ev) ** 2)) / max(float(np.mean(d_ev ** 2)), 1e-300)
+    return LinearisationResult(layer=int(i), loss_original=model.loss(params, x_eval, y_eval),
+                               loss_linearised=new_model.loss(new_params, x_eval, y_eval),
+                               loss_removed=model.loss(removed, x_eval, y_eval), fit_nmse=fit_nmse,
+                               fit_history=hist, config=new_cfg, params=new_params)
