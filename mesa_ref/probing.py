@@ -26,7 +26,8 @@ The error is the normalised mean squared error at each t,
 ybar_t the test-set mean of the target at t: 0 is a perfect read-out, 1 is no better than predicting the
 mean.  Each target is normalised at each t separately because the inverse-curvature target's scale
 changes by orders of magnitude with t (it is of order 1/lam while t <= n).  Summaries average nmse_t
-over t = 1..T.  The control probe reads the same targets from the model's input tokens at position t
+over t = 1..T, skipping positions where the target has no variance (nmse is NaN there: the "previous"
+target s_0 = 0 at t = 1, so "previous" averages over t = 2..T).  The control probe reads the same targets from the model's input tokens at position t
 alone (the constructed token (0, s_t, s_t, s_{t-1}) or the raw state s_t); whatever a layer adds beyond
 that control was computed from the context.
 
@@ -112,11 +113,12 @@ def apply_probe(probe, features):
 
 
 def nmse(pred, target) -> float:
-    """Normalised MSE: sum (pred - target)^2 / sum (target - mean over rows)^2; pred, target (N, K)."""
+    """Normalised MSE: sum (pred - target)^2 / sum (target - mean over rows)^2; pred, target (N, K).
+    NaN where the target does not vary (e.g. s_0 = 0, the "previous" target at t = 1): no error is defined there."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     den = float(((target - target.mean(axis=0)) ** 2).sum())
     num = float(((pred - target) ** 2).sum())
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+    return num / den if den > 0 else float("nan")
 
 
 def probe_errors(train_features, train_targets, test_features, test_targets, ridge: float = 1e-6):
@@ -151,11 +153,12 @@ class ProbeResult:
     extra: dict = field(default_factory=dict)
 
     def mean_over_t(self, t_min: int = 1) -> dict:
-        """target -> list over layers (0 = input) of nmse averaged over t >= t_min (1-based)."""
-        return {k: [float(np.mean(row[t_min - 1:])) for row in v] for k, v in self.per_t.items()}
+        """target -> list over layers (0 = input) of nmse averaged over t >= t_min (1-based), skipping positions
+        where the target is constant (NaN)."""
+        return {k: [float(np.nanmean(row[t_min - 1:])) for row in v] for k, v in self.per_t.items()}
 
     def control_mean_over_t(self, t_min: int = 1) -> dict:
-        return {k: float(np.mean(v[t_min - 1:])) for k, v in self.control_per_t.items()}
+        return {k: float(np.nanmean(v[t_min - 1:])) for k, v in self.control_per_t.items()}
 
 
 def residual_streams(model: Transformer, params: dict, x, chunk: int = 256) -> list:

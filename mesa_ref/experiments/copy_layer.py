@@ -1,0 +1,128 @@
+"""Figure 5: token construction by the first softmax layer on raw tokens [T1] (the "copy layer").
+
+The full softmax Transformer of figure 4 (softmax attention [L3], GELU MLP [L5], pre-LayerNorm [L4], linear
+embedding of the raw state s_t plus sinusoidal positional encoding [L7]; the same sizes, seed stream and
+therefore the same trained model as mesa_ref.experiments.probing) sees only s_t at position t.  To run a
+mesa-optimiser on the pairs (s_{t-1}, s_t) its first layer must fetch s_{t-1}.  Evidence:
+
+* ``prev_token_attention``: the first layer's attention weight on position t-1, averaged over held-out
+  sequences, heads and positions t >= 2 (``prev_token_attention_per_head`` and ``..._per_t`` break it down);
+  ``attention_map`` is the first layer's (T, T) attention averaged over sequences and heads.
+* ``probe_previous_error``: the held-out error (normalised MSE, averaged over t = 2..T) of a least-squares
+  probe [P1] for s_{t-1} from the residual stream before the first block (layer 0) and after every block.
+  It drops after layer 1 when the first layer has copied s_{t-1} into position t.
+
+Sizes (quick and full) are those of mesa_ref.experiments.probing (see its docstring for every deviation from
+the paper's configuration in quick mode); the JSON's config records them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data import linear_dynamics
+from ..probing import PROBE_LAM, probe_model
+from .probing import probe_sets, sizes_for, train_model
+
+NAME = "fig5_copy_layer"
+DESCRIPTION = ("Figure 5: the first softmax layer attends to the previous token and so builds (s_t, s_{t-1}) from "
+               "raw tokens [T1]; attention map and probes [P1] for s_{t-1} across layers.")
+
+
+def first_layer_attention(model, params, x) -> np.ndarray:
+    """The first layer's attention weights P (N, H, T, T) on inputs x (softmax layer 0)."""
+    if model.config.layers[0] != "softmax":
+        raise ValueError(f"model: the first layer must be softmax attention, got {model.config.layers[0]!r}")
+    _, cache = model.forward(params, x)
+    P = cache.layers[0]["attn"].P
+    return np.asarray(P.get() if hasattr(P, "get") else P, dtype=np.float64)
+
+
+def prev_token_weights(P) -> np.ndarray:
+    """P (N, H, T, T) -> the weight on position t-1 at every t >= 2, averaged over sequences: (H, T-1)."""
+    T = P.shape[-1]
+    t = np.arange(1, T)
+    return P[:, :, t, t - 1].mean(axis=0)
+
+
+def compute(ctx) -> dict:
+    mode, S = sizes_for(ctx)
+    model, params, metrics, record = train_model(ctx, S, "softmax", 2)       # stream 2: figure 4's softmax model
+    ev = linear_dynamics(ctx.rng(200), S["probe_test"], S["T"], S["n"], S["sigma"], dtype=np.float32)
+    P = first_layer_attention(model, params, np.ascontiguousarray(ev.inputs))
+    prev = prev_token_weights(P)                                               # (H, T-1)
+    tr, te = probe_sets(ctx, S, 100)
+    res = probe_model(model, params, tr, te, tokens="raw", lam=PROBE_LAM, targets=("previous", "current"))
+    means = res.mean_over_t()
+    ctrl = res.control_mean_over_t()
+    return {
+        "prev_token_attention": float(prev.mean()),
+        "prev_token_attention_per_head": prev.mean(axis=1).tolist(),
+        "prev_token_attention_per_t": prev.tolist(),
+        "self_attention": float(np.mean([P[:, :, t, t].mean() for t in range(1, S["T"])])),
+        "attention_map": P.mean(axis=(0, 1)).tolist(),
+        "probe_previous_error": means["previous"],
+        "probe_current_error": means["current"],
+        "probe_previous_control": ctrl["previous"],
+        "error_measure": "normalised MSE (MSE / variance of the target over the held-out sequences) per t, averaged "
+                         "over t = 2..T for s_{t-1}; layer 0 = after embedding and positional encoding",
+        "attention_definition": "first layer's softmax weight on position t-1, mean over held-out sequences, heads "
+                                "and t = 2..T",
+        "training": {"initial_test_loss": metrics["initial_test_loss"], "final_test_loss": metrics["final_test_loss"],
+                     "step": metrics["step"], "test_loss": metrics["test_loss"]},
+        "config": {"mode": mode, "sizes": S, "model": record, "probe_train": S["probe_train"],
+                   "probe_test": S["probe_test"], "attention_sequences": S["probe_test"],
+                   "deviations_from_paper": None if mode == "full" else
+                   "quick/smoke: smaller n, T, batch, depth, width and heads; lr 3e-3 with short warm-up and cosine "
+                   "to lr/10; init N(0, 0.02^2); fewer steps and probe sequences (see sizes)"},
+    }
+
+
+def plot(data):
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    A = np.asarray(data["attention_map"])
+    T = A.shape[0]
+    ax = axes[0]
+    im = ax.imshow(A, cmap="viridis", vmin=0, vmax=1, extent=(0.5, T + 0.5, T + 0.5, 0.5))
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xlabel("key position t'")
+    ax.set_ylabel("query position t")
+    ax.set_title("first-layer attention (mean over sequences, heads)", fontsize=10)
+    ax = axes[1]
+    for h, ys in enumerate(data["prev_token_attention_per_t"]):
+        ax.plot(range(2, len(ys) + 2), ys, marker="o", label=f"head {h}")
+    ax.axhline(0.5, color="0.5", ls=":")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("query position t")
+    ax.set_ylabel("attention weight on t-1")
+    ax.set_title(f"weight on the previous token: mean {data['prev_token_attention']:.2f}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    ys = data["probe_previous_error"]
+    ax.plot(range(len(ys)), ys, marker="s", color="C1", label="probe for s_{t-1}")
+    ax.plot(range(len(data["probe_current_error"])), data["probe_current_error"], marker="o", color="C0",
+            label="probe for s_t")
+    ax.axhline(data["probe_previous_control"], color="0.4", ls="--", label="s_{t-1} from the input token")
+    ax.set_xticks(range(len(ys)))
+    ax.set_xlabel("layer (0 = input)")
+    ax.set_ylabel("held-out probe error (normalised MSE)")
+    ax.set_title("token construction: s_{t-1} becomes readable after layer 1", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("The copy layer: softmax Transformer on raw tokens" + (" (quick run)" if data.get("quick") else ""))
+    fig.tight_layout()
+    return fig
+
+
+def figure_parser():
+    import argparse
+    from .common import figure_parser as base
+    p = base(NAME, DESCRIPTION)
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # tests only: tiny sizes, seconds
+    return p
+
+
+def main(argv=None) -> int:
+    from .common import run_figure
+    return run_figure(NAME, compute, plot, DESCRIPTION, argv=argv, parser=figure_parser())
