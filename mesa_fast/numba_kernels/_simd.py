@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 LANES = 8   # sequences per SIMD group; one AVX2 register of float32, two of float64
@@ -126,3 +127,73 @@ def vsplat(typingctx, arr, x):
         return vec
 
     return LaneVec(arr.dtype)(arr, x), codegen
+
+
+@intrinsic
+def vsqrt(typingctx, a):
+    """Lane-wise IEEE square root (llvm.sqrt, correctly rounded)."""
+    if not isinstance(a, LaneVec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec_type = args[0].type
+        elem = "f32" if isinstance(vec_type.element, ir.FloatType) else "f64"
+        name = f"llvm.sqrt.v{LANES}{elem}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec_type, [vec_type]), name)
+        return builder.call(fn, [args[0]])
+
+    return a(a), codegen
+
+
+_TRANSPOSE_STAGES = (
+    # (pairs of register indices, low mask, high mask): three butterfly stages turn 8 rows into
+    # 8 columns (checked against numpy in tests/test_fast_mesa.py through the gathers).
+    (((0, 1), (2, 3), (4, 5), (6, 7)), (0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15)),
+    (((0, 2), (1, 3), (4, 6), (5, 7)), (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
+    (((0, 4), (1, 5), (2, 6), (3, 7)), (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),
+)
+
+
+def _mask(idx):
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), [int(m) for m in idx])
+
+
+@intrinsic
+def vtranspose_copy(typingctx, src, soff, sstride, dst, doff, dstride):
+    """An 8 x 8 block transpose between two 1-D arrays:
+
+        dst[doff + b*dstride + a] = src[soff + a*sstride + b]    for a, b in 0..7
+
+    (8 vector loads, 24 shuffles, 8 vector stores). Used to move one token of 8 sequences
+    between the (N, T, width) layout and the lane layout (width, 8).
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 1
+            and dst.ndim == 1 and src.dtype == dst.dtype):
+        return None
+    if LANES != 8:  # the shuffle stages below are written for 8 x 8
+        return None
+
+    def codegen(context, builder, sig, args):
+        s_arr, s_off, s_stride, d_arr, d_off, d_stride = args
+        ity = ir.IntType(64)
+        s_off, s_stride, d_off, d_stride = (
+            context.cast(builder, val, ty, types.int64)
+            for val, ty in zip((s_off, s_stride, d_off, d_stride),
+                               (sig.args[1], sig.args[2], sig.args[4], sig.args[5])))
+        align = src.dtype.bitwidth // 8
+        rows = []
+        for a in range(8):
+            off = builder.add(s_off, builder.mul(s_stride, ir.Constant(ity, a)))
+            rows.append(builder.load(_vec_ptr(context, builder, sig.args[0], s_arr, off), align=align))
+        for pairs, lo, hi in _TRANSPOSE_STAGES:
+            new = list(rows)
+            for x, y in pairs:
+                new[x] = builder.shuffle_vector(rows[x], rows[y], _mask(lo))
+                new[y] = builder.shuffle_vector(rows[x], rows[y], _mask(hi))
+            rows = new
+        for b in range(8):
+            off = builder.add(d_off, builder.mul(d_stride, ir.Constant(ity, b)))
+            builder.store(rows[b], _vec_ptr(context, builder, sig.args[3], d_arr, off), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, soff, sstride, dst, doff, dstride), codegen
