@@ -1,0 +1,341 @@
+"""Numba CPU kernels for causal linear attention [L2] (and the small element-wise ops the model uses).
+
+Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); what differs:
+
+* Recurrent form. The reference builds the masked score matrix A = mask(q k^T) (T x T per
+  sequence) and multiplies it by v. Here each sequence keeps the running state
+  S_t = sum_{t'<=t} v_{t'} k_{t'}^T (dv x d), so out_t = S_t q_t [L2] with the same sums taken
+  in another order. The backward uses the same state and its reverse-time twin
+  G_t = sum_{t'>=t} dout_{t'} q_{t'}^T:
+      dq_t = S_t^T dout_t,   dk_t = G_t^T v_t,   dv_t = G_t k_t.
+  So nothing T x T is ever formed, and the cache is just (q, k, v).
+* Lanes. 8 independent (batch, head) sequences run together, one per SIMD lane (``_simd.LaneVec``,
+  <8 x float> or <8 x double> registers, the same device the mesa kernels use). Per group of 8 the
+  inputs are gathered into lane-laid-out buffers: element (t, i) of a (T, width) per-sequence
+  matrix for lane l sits at ``(t*width + i)*LANES + l``; S and G are (dv*d*LANES,) buffers that stay
+  in L1. Each lane runs the scalar recursion, so a lane's result does not depend on its neighbours.
+  Groups run on ``numba.get_num_threads()`` threads (``run_groups``).
+
+Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math
+or FMA contraction. Float32 results differ from the reference's float32 results by rounding only
+(the sums are taken in another order); both are ~1e-6 relative from the float64 result.
+
+Shapes (N = B*H sequences, G = ceil(N / LANES) groups; the kernels see every (B, H, T, w) array as a
+C-contiguous (N, T*w) matrix, one row per sequence):
+    q, k: (B, H, T, d)   v, dout, out: (B, H, T, dv)   dq, dk: (B, H, T, d)   dv_: (B, H, T, dv)
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+import numba
+from numba import njit
+
+from ._simd import LANES, vadd, vload, vmul, vstore, vzeros
+
+L = LANES
+
+
+# --------------------------------------------------------------------------------------------
+# gather / scatter between (B, H, T, w) arrays and a lane-laid-out (T, w, LANES) buffer
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _gather_seq(x, n0, nl, buf):
+    """buf[e*L + l] = x[n0 + l, e] (x: (N, E), one row per sequence); padding lanes = 0."""
+    E = x.shape[1]
+    if nl == L:
+        for e in range(E):
+            for l in range(L):
+                buf[e * L + l] = x[n0 + l, e]
+    else:
+        for e in range(E):
+            for l in range(L):
+                buf[e * L + l] = x[n0 + l, e] if l < nl else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scatter_seq(buf, x, n0, nl):
+    """x[n0 + l, e] = buf[e*L + l] for the nl live lanes."""
+    E = x.shape[1]
+    if nl == L:
+        for e in range(E):
+            for l in range(L):
+                x[n0 + l, e] = buf[e * L + l]
+    else:
+        for e in range(E):
+            for l in range(nl):
+                x[n0 + l, e] = buf[e * L + l]
+
+
+# --------------------------------------------------------------------------------------------
+# linear attention [L2]
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _linear_forward_group(q, k, v, out, T, d, dv, g):
+    """One group of LANES sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
+
+    Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
+    N = q.shape[0]
+    n0 = g * L
+    nl = min(L, N - n0)
+    qg = np.empty(T * d * L, q.dtype)
+    kg = np.empty(T * d * L, q.dtype)
+    vg = np.empty(T * dv * L, q.dtype)
+    og = np.empty(T * dv * L, q.dtype)
+    S = np.zeros(dv * d * L, q.dtype)                  # S[j, i] at (j*d + i)*L
+    _gather_seq(q, n0, nl, qg)
+    _gather_seq(k, n0, nl, kg)
+    _gather_seq(v, n0, nl, vg)
+    dL = d * L
+    for t in range(T):
+        tq = t * dL
+        tv = t * dv * L
+        j = 0
+        while j + 4 <= dv:
+            v0 = vload(vg, tv + j * L)
+            v1 = vload(vg, tv + (j + 1) * L)
+            v2 = vload(vg, tv + (j + 2) * L)
+            v3 = vload(vg, tv + (j + 3) * L)
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
+            for i in range(d):
+                ki = vload(kg, tq + i * L)
+                qi = vload(qg, tq + i * L)
+                o = j * dL + i * L
+                s0 = vadd(vload(S, o), vmul(v0, ki))                  # S_t[j,i]
+                vstore(S, o, s0)
+                a0 = vadd(a0, vmul(s0, qi))                          # (S_t q_t)[j]
+                s1 = vadd(vload(S, o + dL), vmul(v1, ki))
+                vstore(S, o + dL, s1)
+                a1 = vadd(a1, vmul(s1, qi))
+                s2 = vadd(vload(S, o + 2 * dL), vmul(v2, ki))
+                vstore(S, o + 2 * dL, s2)
+                a2 = vadd(a2, vmul(s2, qi))
+                s3 = vadd(vload(S, o + 3 * dL), vmul(v3, ki))
+                vstore(S, o + 3 * dL, s3)
+                a3 = vadd(a3, vmul(s3, qi))
+            vstore(og, tv + j * L, a0)
+            vstore(og, tv + (j + 1) * L, a1)
+            vstore(og, tv + (j + 2) * L, a2)
+            vstore(og, tv + (j + 3) * L, a3)
+            j += 4
+        while j < dv:
+            vj = vload(vg, tv + j * L)
+            acc = vzeros(qg)
+            for i in range(d):
+                o = j * dL + i * L
+                s = vadd(vload(S, o), vmul(vj, vload(kg, tq + i * L)))
+                vstore(S, o, s)
+                acc = vadd(acc, vmul(s, vload(qg, tq + i * L)))
+            vstore(og, tv + j * L, acc)
+            j += 1
+    _scatter_seq(og, out, n0, nl)
+
+
+@njit(cache=True, nogil=True)
+def _linear_forward_range(g0, g1, q, k, v, out, T, d, dv):
+    for g in range(g0, g1):
+        _linear_forward_group(q, k, v, out, T, d, dv, g)
+
+
+@njit(cache=True, nogil=True)
+def _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g):
+    """One group: forward sweep dq_t = S_t^T dout_t; reverse sweep with G_t = G_{t+1} + dout_t q_t^T,
+    dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.)"""
+    N = q.shape[0]
+    n0 = g * L
+    nl = min(L, N - n0)
+    qg = np.empty(T * d * L, q.dtype)
+    kg = np.empty(T * d * L, q.dtype)
+    vg = np.empty(T * dv * L, q.dtype)
+    dog = np.empty(T * dv * L, q.dtype)
+    _gather_seq(q, n0, nl, qg)
+    _gather_seq(k, n0, nl, kg)
+    _gather_seq(v, n0, nl, vg)
+    _gather_seq(dout, n0, nl, dog)
+    dL = d * L
+    vL = dv * L
+    # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
+    buf = np.empty(T * dL, q.dtype)
+    S = np.zeros(d * vL, q.dtype)
+    for t in range(T):
+        tv = t * vL
+        td = t * dL
+        i = 0
+        while i + 4 <= d:
+            k0 = vload(kg, td + i * L)
+            k1 = vload(kg, td + (i + 1) * L)
+            k2 = vload(kg, td + (i + 2) * L)
+            k3 = vload(kg, td + (i + 3) * L)
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
+            for j in range(dv):
+                vj = vload(vg, tv + j * L)
+                dj = vload(dog, tv + j * L)
+                o = i * vL + j * L
+                s0 = vadd(vload(S, o), vmul(vj, k0))
+                vstore(S, o, s0)
+                a0 = vadd(a0, vmul(s0, dj))
+                s1 = vadd(vload(S, o + vL), vmul(vj, k1))
+                vstore(S, o + vL, s1)
+                a1 = vadd(a1, vmul(s1, dj))
+                s2 = vadd(vload(S, o + 2 * vL), vmul(vj, k2))
+                vstore(S, o + 2 * vL, s2)
+                a2 = vadd(a2, vmul(s2, dj))
+                s3 = vadd(vload(S, o + 3 * vL), vmul(vj, k3))
+                vstore(S, o + 3 * vL, s3)
+                a3 = vadd(a3, vmul(s3, dj))
+            vstore(buf, td + i * L, a0)
+            vstore(buf, td + (i + 1) * L, a1)
+            vstore(buf, td + (i + 2) * L, a2)
+            vstore(buf, td + (i + 3) * L, a3)
+            i += 4
+        while i < d:
+            ki = vload(kg, td + i * L)
+            acc = vzeros(qg)
+            for j in range(dv):
+                o = i * vL + j * L
+                s = vadd(vload(S, o), vmul(vload(vg, tv + j * L), ki))
+                vstore(S, o, s)
+                acc = vadd(acc, vmul(s, vload(dog, tv + j * L)))
+            vstore(buf, td + i * L, acc)
+            i += 1
+    _scatter_seq(buf, dq, n0, nl)
+    # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
+    dkg = np.zeros(T * dL, q.dtype)
+    dvg = np.empty(T * vL, q.dtype)
+    Gm = np.zeros(dv * dL, q.dtype)
+    for t in range(T - 1, -1, -1):
+        td = t * dL
+        tv = t * vL
+        j = 0
+        while j + 4 <= dv:
+            d0 = vload(dog, tv + j * L)
+            d1 = vload(dog, tv + (j + 1) * L)
+            d2 = vload(dog, tv + (j + 2) * L)
+            d3 = vload(dog, tv + (j + 3) * L)
+            v0 = vload(vg, tv + j * L)
+            v1 = vload(vg, tv + (j + 1) * L)
+            v2 = vload(vg, tv + (j + 2) * L)
+            v3 = vload(vg, tv + (j + 3) * L)
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
+            for i in range(d):
+                qi = vload(qg, td + i * L)
+                ki = vload(kg, td + i * L)
+                o = j * dL + i * L
+                g0 = vadd(vload(Gm, o), vmul(d0, qi))                 # G_t[j,i]
+                vstore(Gm, o, g0)
+                a0 = vadd(a0, vmul(g0, ki))                          # (G_t k_t)[j]
+                g1 = vadd(vload(Gm, o + dL), vmul(d1, qi))
+                vstore(Gm, o + dL, g1)
+                a1 = vadd(a1, vmul(g1, ki))
+                g2 = vadd(vload(Gm, o + 2 * dL), vmul(d2, qi))
+                vstore(Gm, o + 2 * dL, g2)
+                a2 = vadd(a2, vmul(g2, ki))
+                g3 = vadd(vload(Gm, o + 3 * dL), vmul(d3, qi))
+                vstore(Gm, o + 3 * dL, g3)
+                a3 = vadd(a3, vmul(g3, ki))
+                x = vadd(vload(dkg, td + i * L), vmul(g0, v0))       # (G_t^T v_t)[i]
+                x = vadd(x, vmul(g1, v1))
+                x = vadd(x, vmul(g2, v2))
+                vstore(dkg, td + i * L, vadd(x, vmul(g3, v3)))
+            vstore(dvg, tv + j * L, a0)
+            vstore(dvg, tv + (j + 1) * L, a1)
+            vstore(dvg, tv + (j + 2) * L, a2)
+            vstore(dvg, tv + (j + 3) * L, a3)
+            j += 4
+        while j < dv:
+            doj = vload(dog, tv + j * L)
+            vj = vload(vg, tv + j * L)
+            acc = vzeros(qg)
+            for i in range(d):
+                o = j * dL + i * L
+                gg = vadd(vload(Gm, o), vmul(doj, vload(qg, td + i * L)))
+                vstore(Gm, o, gg)
+                acc = vadd(acc, vmul(gg, vload(kg, td + i * L)))
+                vstore(dkg, td + i * L, vadd(vload(dkg, td + i * L), vmul(gg, vj)))
+            vstore(dvg, tv + j * L, acc)
+            j += 1
+    _scatter_seq(dkg, dk, n0, nl)
+    _scatter_seq(dvg, dvv, n0, nl)
+
+
+@njit(cache=True, nogil=True)
+def _linear_backward_range(g0, g1, q, k, v, dout, dq, dk, dvv, T, d, dv):
+    for g in range(g0, g1):
+        _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g)
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def run_groups(kernel, G, *args):
+    """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
+    ``numba.get_num_threads()`` threads (the kernels release the GIL).
+
+    A thread pool rather than ``prange`` (as in ``mesa.py``): a parallel=True wrapper costs many
+    seconds of extra compilation per dtype and kernel, for the same run time.
+    """
+    nthreads = min(numba.get_num_threads(), G)
+    if nthreads <= 1:
+        kernel(0, G, *args)
+        return
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < nthreads - 1:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1,
+                                                          thread_name_prefix="mesa_fast_attn")
+        pool = _POOL
+    bounds = [G * i // nthreads for i in range(nthreads + 1)]
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, nthreads)]
+    kernel(bounds[0], bounds[1], *args)          # this thread does the first chunk
+    for f in futures:
+        f.result()
+
+
+def _rows(x):
+    """(B, H, T, w) -> C-contiguous, writeable (B*H, T*w) view (copied only when needed: a
+    non-contiguous or read-only array; read-only arrays are a separate Numba type)."""
+    B, H, T, w = x.shape
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:
+        x = x.copy()
+    return x.reshape(B * H, T * w)
+
+
+def _groups(N):
+    return (N + L - 1) // L
+
+
+def linear_forward(q, k, v):
+    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype (validated by the caller).  [L2]"""
+    B, H, T, d = q.shape
+    dv = v.shape[3]
+    out = np.empty(v.shape, v.dtype)
+    run_groups(_linear_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v),
+               out.reshape(B * H, T * dv), T, d, dv)
+    return out
+
+
+def linear_backward(q, k, v, dout):
+    """(dq, dk, dv) for numpy inputs of one dtype (validated by the caller).  [L2]"""
+    B, H, T, d = q.shape
+    dv = v.shape[3]
+    dq = np.empty(q.shape, q.dtype)
+    dk = np.empty(k.shape, k.dtype)
+    dvv = np.empty(v.shape, v.dtype)
+    run_groups(_linear_backward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _rows(dout),
+               dq.reshape(B * H, T * d), dk.reshape(B * H, T * d), dvv.reshape(B * H, T * dv), T, d, dv)
+    return dq, dk, dvv
