@@ -1,0 +1,123 @@
+"""The backend switch of ``mesa_fast``: which kernels run for NumPy input.
+
+    mesa_fast.set_backend("numba" | "cupy" | "auto")      (or the MESA_BACKEND environment variable)
+    mesa_fast.get_backend()  -> "numba" | "cupy"           (the resolved choice)
+
+Dispatch rule (one rule for every op in ``mesa_fast.ops``):
+
+* CuPy arrays in -> the CuPy (CUDA) kernels, CuPy arrays out, whatever the backend setting: the
+  arrays' module says where they live.
+* NumPy arrays in -> the backend decides:
+    "numba": the Numba CPU kernels, NumPy out.
+    "cupy":  the arrays are copied to the current GPU, the CUDA kernels run, and the results are
+             copied back: NumPy in, NumPy out. (Convenient, but every call pays two transfers;
+             pass CuPy arrays to avoid them.)
+    "auto":  "cupy" if CuPy imports and a CUDA device is usable, else "numba". The choice is
+             made once, on first use, logged at INFO level, and reported by ``get_backend()``.
+
+An explicit ``set_backend`` call wins over MESA_BACKEND; the variable is read when no explicit
+choice was made. A name other than the three raises ValueError (an unusable "cupy" raises
+RuntimeError at first use, naming what is missing). CuPy is only ever imported here, lazily, and
+in ``mesa_fast.cuda``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+__all__ = ["BACKENDS", "set_backend", "get_backend", "cupy_available", "get_cupy"]
+
+BACKENDS = ("numba", "cupy", "auto")
+ENV_VAR = "MESA_BACKEND"
+
+_log = logging.getLogger("mesa_fast")
+_lock = threading.Lock()
+_requested: str | None = None        # set_backend's argument (None: read MESA_BACKEND)
+_auto_choice: str | None = None      # what "auto" resolved to (resolved once)
+_cupy_status: tuple | None = None    # (ok, module or None, reason)
+
+
+def _check_name(name, source):
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; expected one of {BACKENDS}")
+    return name.strip().lower()
+
+
+def set_backend(name: str) -> str:
+    """Choose the kernels for NumPy input: "numba", "cupy" or "auto". Returns the resolved name.
+
+    Raises ValueError for any other name. "cupy" is checked at once (RuntimeError if CuPy or a
+    CUDA device is missing); "auto" resolves now and logs its choice.
+    """
+    global _requested
+    name = _check_name(name, "backend")
+    with _lock:
+        _requested = name
+    return get_backend()
+
+
+def get_backend() -> str:
+    """The backend NumPy input goes to now: "numba" or "cupy" (after resolving "auto")."""
+    global _auto_choice
+    with _lock:
+        requested = _requested
+    if requested is None:
+        requested = _check_name(os.environ.get(ENV_VAR, "auto"), f"backend (from ${ENV_VAR})")
+    if requested == "numba":
+        return "numba"
+    if requested == "cupy":
+        ok, _, reason = _probe_cupy()
+        if not ok:
+            raise RuntimeError(f"backend 'cupy' requested but unusable: {reason}")
+        return "cupy"
+    with _lock:
+        if _auto_choice is None:
+            ok, _, reason = _probe_cupy()
+            _auto_choice = "cupy" if ok else "numba"
+            _log.info("mesa_fast backend 'auto' chose %r (%s)", _auto_choice,
+                      "CuPy and a CUDA device found" if ok else reason)
+        return _auto_choice
+
+
+def _probe_cupy():
+    """(ok, cupy module or None, reason): can CuPy run a kernel on a CUDA device here?"""
+    global _cupy_status
+    if _cupy_status is not None:
+        return _cupy_status
+    try:
+        import cupy  # noqa: PLC0415  (optional dependency, imported lazily)
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        _cupy_status = (False, None, f"CuPy does not import ({type(exc).__name__}: {exc})")
+        return _cupy_status
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            raise RuntimeError("no CUDA device")
+        (cupy.arange(4, dtype=cupy.float32) * 2).sum().item()   # a kernel launch really works
+    except Exception as exc:
+        _cupy_status = (False, None, f"no usable CUDA device ({type(exc).__name__}: {exc})")
+        return _cupy_status
+    _cupy_status = (True, cupy, "ok")
+    return _cupy_status
+
+
+def cupy_available() -> bool:
+    """True if CuPy imports and can launch a kernel on a CUDA device."""
+    return _probe_cupy()[0]
+
+
+def get_cupy():
+    """The cupy module (RuntimeError, with the reason, if it is not usable)."""
+    ok, cupy, reason = _probe_cupy()
+    if not ok:
+        raise RuntimeError(f"CuPy is not usable: {reason}")
+    return cupy
+
+
+def _reset_for_tests():
+    """Forget the explicit choice and the resolved "auto" (tests of MESA_BACKEND use this)."""
+    global _requested, _auto_choice
+    with _lock:
+        _requested = None
+        _auto_choice = None

@@ -1,0 +1,35 @@
+"""mesa_fast.ops: the ``mesa_ref.ops`` namespace, with fast kernels where they exist.
+
+Every public name of ``mesa_ref.ops`` is here, with the same signature (tests/test_api.py), so the
+one model in ``mesa_ref/model.py`` runs on either namespace. Ops with a fast implementation are
+imported from their ``mesa_fast`` module below and replace the reference's; every other op is the
+reference's own (written against an array module ``xp``, so it runs on NumPy and on CuPy).
+
+NumPy in -> NumPy out, CuPy in -> CuPy out; ``mesa_fast.set_backend`` / MESA_BACKEND decide where
+NumPy input is computed (see ``mesa_fast.backend``).
+"""
+from mesa_ref import ops as _ref_ops
+from mesa_ref.ops import *  # noqa: F401,F403  (every reference op; the fast ones below replace some)
+
+# --------------------------------------------------------------------------------------------
+# Fast ops. Add further fast kernels here, one import per op pair, and list them in FAST.
+# --------------------------------------------------------------------------------------------
+
+# mesa-layer [M1]-[M4]: Numba (CPU) and CUDA (CuPy) kernels, mesa_fast/mesa.py
+from .mesa import MesaFastCache, mesa_backward, mesa_forward  # noqa: E402
+
+MesaCache = MesaFastCache          # the cache type this namespace's mesa_forward returns
+
+# (linear / softmax attention, ...: the lead's fast versions go here)
+
+FAST = ("mesa_forward", "mesa_backward")   # names backed by fast kernels; the rest are the reference's
+
+# --- attention / clip kernels (Numba), see numba_kernels/attention.py and numba_kernels/layers.py ---
+# NumPy input -> Numba kernels; CuPy input -> the reference op (it runs on CuPy as it is).
+from .numba_kernels.layers import FAST_OPS as _LAYER_FAST_OPS  # noqa: E402
+from .numba_kernels.layers import *  # noqa: E402,F401,F403  (overrides the reference re-exports above)
+
+FAST = FAST + _LAYER_FAST_OPS
+# --- end attention / clip kernels ---
+
+__all__ = sorted(set(_ref_ops.__all__) | {"MesaFastCache"})
