@@ -22,7 +22,9 @@ or FMA contraction. Float32 results differ from the reference's float32 results 
 
 Shapes (N = B*H sequences, G = ceil(N / LANES) groups; the kernels see every (B, H, T, w) array as a
 C-contiguous (N, T*w) matrix, one row per sequence):
-    q, k: (B, H, T, d)   v, dout, out: (B, H, T, dv)   dq, dk: (B, H, T, d)   dv_: (B, H, T, dv)
+    q, k: (B, H, T, d)   v, dout: (B, H, T, dv)                        inputs, any strides
+    out: (B, H, T, dv)   dq, dk: (B, H, T, d)   dv: (B, H, T, dv)       outputs, laid out in memory
+         as (B, T, H, width), so that the model's merge of the heads (the next step) needs no copy
 """
 from __future__ import annotations
 
@@ -57,17 +59,18 @@ def _gather_seq(x, n0, nl, buf):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_seq(buf, x, n0, nl):
-    """x[n0 + l, e] = buf[e*L + l] for the nl live lanes."""
-    E = x.shape[1]
-    if nl == L:
-        for e in range(E):
-            for l in range(L):
-                x[n0 + l, e] = buf[e * L + l]
-    else:
-        for e in range(E):
-            for l in range(nl):
-                x[n0 + l, e] = buf[e * L + l]
+def _scatter_merged(buf, x, n0, nl, H, w):
+    """x[b, t, h*w + i] = buf[(t*w + i)*L + l] for the nl live lanes, (b, h) = divmod(n0 + l, H).
+
+    x: (B, T, H*w) C-contiguous, i.e. the heads-merged layout the model multiplies by W_O next."""
+    T = x.shape[1]
+    for t in range(T):
+        for l in range(nl):
+            n = n0 + l
+            b = n // H
+            c0 = (n - b * H) * w
+            for i in range(w):
+                x[b, t, c0 + i] = buf[(t * w + i) * L + l]
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ def _scatter_seq(buf, x, n0, nl):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _linear_forward_group(q, k, v, out, T, d, dv, g):
+def _linear_forward_group(q, k, v, out, H, T, d, dv, g):
     """One group of LANES sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
     Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
@@ -135,17 +138,17 @@ def _linear_forward_group(q, k, v, out, T, d, dv, g):
                 acc = vadd(acc, vmul(s, vload(qg, tq + i * L)))
             vstore(og, tv + j * L, acc)
             j += 1
-    _scatter_seq(og, out, n0, nl)
+    _scatter_merged(og, out, n0, nl, H, dv)
 
 
 @njit(cache=True, nogil=True)
-def _linear_forward_range(g0, g1, q, k, v, out, T, d, dv):
+def _linear_forward_range(g0, g1, q, k, v, out, H, T, d, dv):
     for g in range(g0, g1):
-        _linear_forward_group(q, k, v, out, T, d, dv, g)
+        _linear_forward_group(q, k, v, out, H, T, d, dv, g)
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g):
+def _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g):
     """One group: forward sweep dq_t = S_t^T dout_t; reverse sweep with G_t = G_{t+1} + dout_t q_t^T,
     dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.)"""
     N = q.shape[0]
@@ -208,7 +211,7 @@ def _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g):
                 acc = vadd(acc, vmul(s, vload(dog, tv + j * L)))
             vstore(buf, td + i * L, acc)
             i += 1
-    _scatter_seq(buf, dq, n0, nl)
+    _scatter_merged(buf, dq, n0, nl, H, d)
     # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
     dkg = np.zeros(T * dL, q.dtype)
     dvg = np.empty(T * vL, q.dtype)
@@ -267,14 +270,14 @@ def _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g):
                 vstore(dkg, td + i * L, vadd(vload(dkg, td + i * L), vmul(gg, vj)))
             vstore(dvg, tv + j * L, acc)
             j += 1
-    _scatter_seq(dkg, dk, n0, nl)
-    _scatter_seq(dvg, dvv, n0, nl)
+    _scatter_merged(dkg, dk, n0, nl, H, d)
+    _scatter_merged(dvg, dvv, n0, nl, H, dv)
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_range(g0, g1, q, k, v, dout, dq, dk, dvv, T, d, dv):
+def _linear_backward_range(g0, g1, q, k, v, dout, dq, dk, dvv, H, T, d, dv):
     for g in range(g0, g1):
-        _linear_backward_group(q, k, v, dout, dq, dk, dvv, T, d, dv, g)
+        _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g)
 
 
 _POOL = None
@@ -319,23 +322,65 @@ def _groups(N):
     return (N + L - 1) // L
 
 
+def merged_empty(B, H, T, w, dtype):
+    """An uninitialised (B, H, T, w) array whose memory is laid out as (B, T, H, w): the model's
+    ``_merge_heads`` (transpose to (B, T, H, w) + ascontiguousarray) is then free."""
+    return np.empty((B, T, H, w), dtype).transpose(0, 2, 1, 3)
+
+
+def _merged_rows(x):
+    """The (B, T, H*w) C-contiguous buffer behind a ``merged_empty`` array."""
+    B, H, T, w = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * w)
+
+
 def linear_forward(q, k, v):
-    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype (validated by the caller).  [L2]"""
+    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype (validated by the caller).
+    ``out`` is laid out in memory as (B, T, H, dv) (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
-    out = np.empty(v.shape, v.dtype)
-    run_groups(_linear_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v),
-               out.reshape(B * H, T * dv), T, d, dv)
+    out = merged_empty(B, H, T, dv, v.dtype)
+    run_groups(_linear_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _merged_rows(out),
+               H, T, d, dv)
     return out
 
 
 def linear_backward(q, k, v, dout):
-    """(dq, dk, dv) for numpy inputs of one dtype (validated by the caller).  [L2]"""
+    """(dq, dk, dv) for numpy inputs of one dtype (validated by the caller), each laid out in memory
+    as (B, T, H, width) (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
-    dq = np.empty(q.shape, q.dtype)
-    dk = np.empty(k.shape, k.dtype)
-    dvv = np.empty(v.shape, v.dtype)
+    dq = merged_empty(B, H, T, d, q.dtype)
+    dk = merged_empty(B, H, T, d, q.dtype)
+    dvv = merged_empty(B, H, T, dv, q.dtype)
     run_groups(_linear_backward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _rows(dout),
-               dq.reshape(B * H, T * d), dk.reshape(B * H, T * d), dvv.reshape(B * H, T * dv), T, d, dv)
+               _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv), H, T, d, dv)
     return dq, dk, dvv
+
+
+# --------------------------------------------------------------------------------------------
+# [L6] clipping: one pass for y and the pass-through mask (the reference takes four)
+# --------------------------------------------------------------------------------------------
+
+def flat(x):
+    """x as a C-contiguous, writeable 1-D array (copied only when needed)."""
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:
+        x = x.copy()
+    return x.reshape(-1)
+
+
+@njit(cache=True, nogil=True)
+def clip_fwd(x, c, y, inside):
+    """y = clip(x, -c, c), inside = (-c < x < c).  x, y, inside: (n,).  Branch-free (vectorises)."""
+    for i in range(x.shape[0]):
+        xi = x[i]
+        y[i] = min(max(xi, -c), c)
+        inside[i] = (xi > -c) & (xi < c)
+
+
+@njit(cache=True, nogil=True)
+def clip_bwd(dy, inside, dx):
+    """dx = dy * inside (0 outside the band, as the reference's dy * mask)."""
+    for i in range(dy.shape[0]):
+        dx[i] = dy[i] * inside[i]

@@ -1,0 +1,104 @@
+"""Op-level wrappers for the Numba attention / element-wise kernels: the ``mesa_ref.ops`` signatures.
+
+Each function takes the same arguments as its ``mesa_ref.ops`` namesake, validates them with the
+same ``mesa_ref.ops._common`` checks (so the same ``ValueError``s, raised before any work), and
+returns the same kinds of outputs: NumPy in -> NumPy out of the same dtype. The caches are this
+module's own NamedTuples (the model only hands them back to the matching backward); a cache from
+the reference (which is what a CuPy call returns) is passed on to the reference backward.
+
+CuPy arrays (GPU) go to the reference implementation, which is written against an array module
+and runs on CuPy as it is.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from mesa_ref.ops import activations as _ref_act
+from mesa_ref.ops import attention_linear as _ref_lin
+from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv
+
+_K = None
+
+
+def _k():
+    """The kernel module, imported on first use (importing mesa_fast does not import Numba)."""
+    global _K
+    if _K is None:
+        from . import attention
+        _K = attention
+    return _K
+
+
+def _numpy(*arrays) -> bool:
+    return array_module(*arrays) is np
+
+
+# --------------------------------------------------------------------------------------------
+# [L2] causal linear attention
+# --------------------------------------------------------------------------------------------
+
+class LinearAttentionFastCache(NamedTuple):
+    q: np.ndarray   # (B, H, T, d)
+    k: np.ndarray   # (B, H, T, d)
+    v: np.ndarray   # (B, H, T, dv)   (no T x T score matrix: the backward re-runs the recurrence)
+
+
+def linear_attention_forward(q, k, v):
+    """[L2] out_t = sum_{t'<=t} v_{t'} (k_{t'} . q_t).  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache)."""
+    if not _numpy(q, k, v):
+        return _ref_lin.linear_attention_forward(q, k, v)
+    check_qkv(q, k, v)
+    return _k().linear_forward(q, k, v), LinearAttentionFastCache(q, k, v)
+
+
+def linear_attention_backward(dout, cache):
+    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv))."""
+    if not isinstance(cache, LinearAttentionFastCache):
+        return _ref_lin.linear_attention_backward(dout, cache)
+    q, k, v = cache
+    check_dout(dout, v.shape, v.dtype)
+    if not _numpy(dout):
+        raise ValueError("dout: lives on a different device/array module than the forward's inputs")
+    return _k().linear_backward(q, k, v, dout)
+
+
+# --------------------------------------------------------------------------------------------
+# [L6] activation clipping
+# --------------------------------------------------------------------------------------------
+
+class ClipFastCache(NamedTuple):
+    inside: np.ndarray   # (...) uint8, 1 where -c < x < c (the gradient passes)
+
+
+def clip_forward(x, *, c):
+    """[L6] y = clip(x, -c, c); the gradient is zero outside the open band (-c, c)."""
+    if not _numpy(x):
+        return _ref_act.clip_forward(x, c=c)
+    check_float_array("x", x)
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise ValueError(f"c: expected a positive finite clipping bound, got {c!r}")
+    xf = _k().flat(x)
+    y = np.empty(xf.shape, x.dtype)
+    inside = np.empty(xf.shape, np.uint8)
+    _k().clip_fwd(xf, x.dtype.type(c), y, inside)
+    return y.reshape(x.shape), ClipFastCache(inside.reshape(x.shape))
+
+
+def clip_backward(dy, cache):
+    """Returns dx (...) = dy where -c < x < c, else 0."""
+    if not isinstance(cache, ClipFastCache):
+        return _ref_act.clip_backward(dy, cache)
+    check_dout(dy, cache.inside.shape, dy.dtype)
+    if not _numpy(dy):
+        raise ValueError("dy: lives on a different device/array module than the forward's input")
+    dx = np.empty(dy.size, dy.dtype)
+    _k().clip_bwd(_k().flat(dy), cache.inside.reshape(-1), dx)
+    return dx.reshape(dy.shape)
+
+
+# the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
+FAST_OPS = ("linear_attention_forward", "linear_attention_backward", "clip_forward", "clip_backward")
+__all__ = list(FAST_OPS)
