@@ -189,8 +189,8 @@ def plot(data: dict):
         for m in METHODS:
             ys = np.asarray(d[m], dtype=float)
             kw = dict(STYLES[m])
-            ax.plot(np.arange(1, len(ys) + 1), np.maximum(ys, 1e-6), markersize=3, **kw)
-        ax.set_yscale("log")
+            ax.plot(np.arange(1, len(ys) + 1), ys, markersize=3, **kw)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("number of in-context examples (i)")
         ax.set_ylabel("error on y_i  (||y - yhat||^2 / 2)")
         ax.set_title(f"few-shot regression [T5]: {title}")

@@ -18,8 +18,8 @@ The trainer is a small loop over ``train.AdamW`` / ``learning_rate`` / ``clip_gr
 draws its test batches from the training task; here the curves are on the held-out split).
 
 Quick-mode choices (CPU, a few minutes; the paper trains far larger models on far more text): character
-level, width 32, 4 heads of key size 8, 2 layers, no MLP, context T = 32, batch 16, 400 steps, peak lr
-3e-3 for every kind (warm-up 40 steps, cosine to 3e-4), weights initialised N(0, 0.02^2) instead of the
+level, width 32, 4 heads of key size 8, 2 layers, no MLP, context T = 32, batch 16, 800 steps, peak lr
+3e-3 for every kind (warm-up 80 steps, cosine to 3e-4), weights initialised N(0, 0.02^2) instead of the
 [T1] models' N(0, 0.0002^2), mesa lam initialised to 1; held-out loss on 256 fixed windows of the last 10%.
 The full mode (meant for the fast backend on a GPU) uses width 128, 8 heads, 4 layers with MLPs,
 T = 256, batch 32, 10,000 steps at lr 1e-3.
@@ -75,8 +75,8 @@ class LMConfig:
 
 
 FULL = LMConfig()
-QUICK = LMConfig(T=32, batch=16, steps=400, width=32, heads=4, key_size=8, layers=2, mlp=False, lr=3e-3,
-                 warmup_steps=40, final_lr=3e-4, eval_every=40)
+QUICK = LMConfig(T=32, batch=16, steps=800, width=32, heads=4, key_size=8, layers=2, mlp=False, lr=3e-3,
+                 warmup_steps=80, final_lr=3e-4, eval_every=80)
 SMOKE = LMConfig(T=8, batch=4, steps=4, width=8, heads=2, key_size=4, layers=2, mlp=False, lr=3e-3,
                  warmup_steps=1, final_lr=3e-4, eval_every=2, eval_windows=8, curve_windows=4)
 
