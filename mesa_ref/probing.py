@@ -40,8 +40,9 @@ coordinates are 0) and leaves the least-squares solution otherwise unchanged.
 causal linear attention [L2] with its own W_Q, W_K, W_V, W_O of the same shapes, fitted to reproduce the
 layer's attention-block output o_merged W_O (the quantity added to the residual stream) from the same
 block input (after LayerNorm if the model has one).  Fit: W_Q, W_K, W_V start from the layer's own
-weights, W_O from the exact least-squares solution given them (the block output is linear in W_O);
-then ``steps`` Adam steps on the normalised MSE over all four, and a final least-squares refit of W_O.
+weights; the block output is linear in W_O, so W_O is always the exact least-squares solution given the
+others (variable projection), and ``steps`` Adam steps on the normalised MSE move W_Q, W_K, W_V; the
+weights with the lowest training error are kept.
 The report is the model's test loss with the original layer, with the fitted linear layer, and with the
 layer removed (its output set to 0) for scale; a small change from linearising says the layer acts as
 linear attention does.
@@ -252,42 +253,48 @@ def _lstsq_wo(m, target):
     return np.linalg.lstsq(M, Y, rcond=None)[0]
 
 
-def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float = 3e-3, ops=None):
+def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float = 1e-3, ops=None):
     """[P4] fit (wq, wk, wv, wo) of a causal linear attention so that linear_attention(a) W_O ~ target.
 
-    a, target: (N, T, D) float64; init: (wq, wk, wv) of shapes (D, H*d), the starting point.  W_O starts at the
-    least-squares solution given init; Adam (b1 0.9, b2 0.999) runs ``steps`` steps on
-    mean((pred - target)^2) / mean(target^2) over all four matrices; W_O is refitted by least squares at the end.
-    Returns ((wq, wk, wv, wo), history of the normalised loss)."""
+    a, target: (N, T, D) float64; init: (wq, wk, wv) of shapes (D, H*d), the starting point.  Variable projection:
+    the output is linear in W_O, so at every step W_O is the exact least-squares solution given W_Q, W_K, W_V, and
+    Adam (b1 0.9, b2 0.999) takes ``steps`` steps on W_Q, W_K, W_V with the gradient of
+    mean((pred - target)^2) / mean(target^2) at that W_O (the gradient of the projected loss).  Adam's step is
+    lr times the RMS of each matrix at the start, so ``lr`` is a relative step size.  Returns the weights with the
+    lowest training error seen, and the error history (normalised MSE at each step).
+    Returns ((wq, wk, wv, wo), history)."""
     if ops is None:
         from . import ops
     a = np.asarray(a, np.float64)
     target = np.asarray(target, np.float64)
     scale = float(np.mean(target ** 2)) or 1.0
     w = [np.array(x, dtype=np.float64) for x in init]
-    m, _ = _linear_attention_heads(a, *w, H, ops)
-    w.append(_lstsq_wo(m, target))
+    if len(w) != 3:
+        raise ValueError(f"init: expected (wq, wk, wv), got {len(w)} arrays")
+    step_size = [lr * (float(np.sqrt(np.mean(x ** 2))) or 1.0) for x in w]
     mom = [np.zeros_like(x) for x in w]
     vel = [np.zeros_like(x) for x in w]
-    hist = []
-    for step in range(1, steps + 1):
-        m, (cq, ck, cv, ca) = _linear_attention_heads(a, *w[:3], H, ops)
-        pred, co = ops.dense_forward(m, w[3])
+    hist, best = [], None
+    for step in range(steps + 1):
+        m, (cq, ck, cv, ca) = _linear_attention_heads(a, *w, H, ops)
+        wo = _lstsq_wo(m, target)
+        pred, co = ops.dense_forward(m, wo)
         diff = pred - target
-        hist.append(float(np.mean(diff ** 2)) / scale)
-        dpred = 2.0 * diff / (diff.size * scale)
-        dm, dwo, _ = ops.dense_backward(dpred, co)
+        err = float(np.mean(diff ** 2)) / scale
+        hist.append(err)
+        if best is None or err < best[0]:
+            best = (err, [x.copy() for x in w] + [wo])
+        if step == steps or not np.isfinite(err):
+            break
+        dm, _, _ = ops.dense_backward(2.0 * diff / (diff.size * scale), co)
         dq, dk, dv = ops.linear_attention_backward(_split_heads(dm, H), ca)
-        grads = [ops.dense_backward(_merge_heads(g), c)[1] for g, c in ((dq, cq), (dk, ck), (dv, cv))] + [dwo]
+        grads = [ops.dense_backward(_merge_heads(g), c)[1] for g, c in ((dq, cq), (dk, ck), (dv, cv))]
+        t = step + 1
         for j, g in enumerate(grads):
             mom[j] = 0.9 * mom[j] + 0.1 * g
             vel[j] = 0.999 * vel[j] + 0.001 * g * g
-            w[j] -= lr * (mom[j] / (1 - 0.9 ** step)) / (np.sqrt(vel[j] / (1 - 0.999 ** step)) + 1e-12)
-    m, _ = _linear_attention_heads(a, *w[:3], H, ops)
-    w[3] = _lstsq_wo(m, target)
-    pred = ops.dense_forward(m, w[3])[0]
-    hist.append(float(np.mean((pred - target) ** 2)) / scale)
-    return tuple(w), hist
+            w[j] -= step_size[j] * (mom[j] / (1 - 0.9 ** t)) / (np.sqrt(vel[j] / (1 - 0.999 ** t)) + 1e-30)
+    return tuple(best[1]), hist
 
 
 @dataclass
@@ -312,7 +319,7 @@ class LinearisationResult:
 
 
 def linearise_layer(model: Transformer, params: dict, i: int, x_fit, x_eval, y_eval, *, steps: int = 300,
-                    lr: float = 3e-3) -> LinearisationResult:
+                    lr: float = 1e-3) -> LinearisationResult:
     """[P4] replace layer i's attention by a causal linear attention fitted (see ``fit_linear_attention``) to
     reproduce its block output on ``x_fit``; evaluate the model's loss on (x_eval, y_eval) before and after.
     The fitted model is ``Transformer(result.config)`` with ``result.params`` (layer i of kind "linear")."""
