@@ -18,7 +18,10 @@ import numpy as np
 
 from mesa_ref.ops import activations as _ref_act
 from mesa_ref.ops import attention_linear as _ref_lin
-from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv
+from mesa_ref.ops import dense as _ref_dense
+from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv, check_same_dtype
+
+from . import dense as _dense
 
 _K = None
 
@@ -66,6 +69,49 @@ def linear_attention_backward(dout, cache):
 
 
 # --------------------------------------------------------------------------------------------
+# [L1] dense layer (BLAS products, threads run here: see numba_kernels/dense.py)
+# --------------------------------------------------------------------------------------------
+
+class DenseFastCache(NamedTuple):
+    x2: np.ndarray   # (N, Din) the input, rows flattened, C-contiguous
+    W: np.ndarray    # (Din, Dout)
+    has_bias: bool
+    x_shape: tuple   # the input's shape (..., Din)
+
+
+def dense_forward(x, W, b=None):
+    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> (y (..., Dout), cache)."""
+    if not _numpy(x, W, b):
+        return _ref_dense.dense_forward(x, W, b)
+    # the reference's checks, in the reference's order (same ValueErrors)
+    check_float_array("x", x)
+    check_float_array("W", W, ndim=2)
+    if b is not None:
+        check_float_array("b", b, ndim=1)
+    check_same_dtype(x=x, W=W, b=b)
+    if x.ndim < 1 or x.shape[-1] != W.shape[0]:
+        raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")
+    if b is not None and b.shape[0] != W.shape[1]:
+        raise ValueError(f"b: expected shape ({W.shape[1]},), got {tuple(b.shape)}")
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))                  # (N, Din)
+    y = _dense.forward(x2, W, b)                                             # (N, Dout)
+    return y.reshape(x.shape[:-1] + (W.shape[1],)), DenseFastCache(x2, W, b is not None, tuple(x.shape))
+
+
+def dense_backward(dy, cache):
+    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None)."""
+    if not isinstance(cache, DenseFastCache):
+        return _ref_dense.dense_backward(dy, cache)
+    x2, W, has_bias, x_shape = cache
+    check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
+    if not _numpy(dy):
+        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    dy2 = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))                # (N, Dout)
+    dx, dW, db = _dense.backward(dy2, x2, W, has_bias)
+    return dx.reshape(x_shape), dW, db
+
+
+# --------------------------------------------------------------------------------------------
 # [L6] activation clipping
 # --------------------------------------------------------------------------------------------
 
@@ -100,5 +146,6 @@ def clip_backward(dy, cache):
 
 
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
-FAST_OPS = ("linear_attention_forward", "linear_attention_backward", "clip_forward", "clip_backward")
+FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
+            "clip_forward", "clip_backward")
 __all__ = list(FAST_OPS)

@@ -1,0 +1,212 @@
+"""Median time of one training step, mesa_ref vs mesa_fast, on the CPU.
+
+A step is what ``mesa_ref.train.train`` does per batch: ``loss_and_grads`` + gradient clipping
++ the AdamW update (the batch is drawn beforehand and not timed). Models: the authors' default
+(``ModelConfig()``: 2 layers of causal linear attention, 4 heads, width 40, key 20, clip 1.5,
+constructed tokens) and a one-layer mesa model (``ModelConfig(layers=("mesa",))``); batch 256,
+T 50, float32.
+
+The backends are timed in alternating blocks of steps, so that a change in the machine's load
+hits both alike. Wall-clock and process-CPU medians are both reported: on a machine shared with
+other processes the CPU time is the steadier number. Timing is never asserted anywhere.
+
+    python benchmarks/bench_train_step.py                  # full run, writes benchmarks/results/
+    python benchmarks/bench_train_step.py --quick          # a few steps, nothing written
+    python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
+
+JAX / PyTorch peers are timed only if installed; neither is a dependency (DESIGN.md), and without
+them the table says "not installed". The authors' jitted JAX step on a 2-core CPU: ~108 ms (DESIGN.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+JAX_REFERENCE_MS = 108.0   # authors' jitted JAX training step, default model, 2-core CPU (DESIGN.md)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=30, help="timed steps per backend and model (default 30)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (after compilation)")
+    p.add_argument("--block", type=int, default=5, help="steps per alternating block")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--models", default="linear2,mesa1", help="comma list of linear2, mesa1")
+    p.add_argument("--numba-threads", type=int, default=None, help="numba.set_num_threads (default: all cores)")
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="set OPENBLAS/OMP/MKL_NUM_THREADS before NumPy is imported (default: untouched)")
+    p.add_argument("--quick", action="store_true", help="4 steps, nothing written")
+    p.add_argument("--out", default=str(RESULTS), help="directory for bench_train_step_cpu.{json,md}")
+    p.add_argument("--tag", default="", help="suffix for the output file names")
+    return p.parse_args(argv)
+
+
+def loadavg():
+    try:
+        return list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        return None
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+    except Exception:  # pragma: no cover
+        return ""
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.blas_threads is not None:          # must happen before NumPy loads its BLAS
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import numba
+
+    import mesa_fast.ops as fast_ops
+    import mesa_ref.ops as ref_ops
+    from mesa_ref.config import ModelConfig
+    from mesa_ref.model import Transformer
+    from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients
+
+    if args.numba_threads is not None:
+        numba.set_num_threads(args.numba_threads)
+    steps = 4 if args.quick else args.steps
+    models = {"linear2": ModelConfig(), "mesa1": ModelConfig(layers=("mesa",))}
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in wanted:
+        if m not in models:
+            sys.exit(f"error: --models: unknown model {m!r}; expected a comma list of {sorted(models)}")
+    tcfg = TrainConfig(batch=args.batch)
+    task = DynamicsTask()
+    x, y = task.batch(np.random.default_rng(0), args.batch, np.float32)
+
+    load_before = loadavg()
+    rows = []
+    for name in wanted:
+        cfg = models[name]
+        runners = {}
+        for backend, ops in (("mesa_ref", ref_ops), ("mesa_fast", fast_ops)):
+            model = Transformer(cfg, ops=ops)
+            params = model.init(0, dtype=np.float32)
+            opt = AdamW(params, tcfg)
+
+            def step(model=model, params=params, opt=opt):
+                loss, grads = model.loss_and_grads(params, x, y)
+                grads, _ = clip_gradients(grads, tcfg)
+                opt.update(params, grads, 1e-4)
+                return loss
+
+            t0 = time.perf_counter()
+            step()                               # compiles the Numba kernels (or loads them from cache)
+            first = time.perf_counter() - t0
+            for _ in range(args.warmup):
+                step()
+            runners[backend] = (step, first)
+        wall = {b: [] for b in runners}
+        cpu = {b: [] for b in runners}
+        done = 0
+        while done < steps:
+            n = min(args.block, steps - done)
+            for b, (step, _) in runners.items():
+                for _ in range(n):
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    step()
+                    cpu[b].append(time.process_time() - c0)
+                    wall[b].append(time.perf_counter() - w0)
+            done += n
+        for b in runners:
+            rows.append({"model": name, "backend": b, "steps": steps,
+                         "wall_ms_median": 1e3 * float(np.median(wall[b])), "wall_ms_min": 1e3 * float(np.min(wall[b])),
+                         "cpu_ms_median": 1e3 * float(np.median(cpu[b])), "cpu_ms_min": 1e3 * float(np.min(cpu[b])),
+                         "first_step_s": runners[b][1]})
+    load_after = loadavg()
+
+    peers = {}
+    for mod in ("jax", "torch"):
+        try:
+            __import__(mod)
+            peers[mod] = "installed, but no peer implementation of the model is timed here"
+        except ImportError:
+            peers[mod] = "not installed"
+
+    by = {(r["model"], r["backend"]): r for r in rows}
+    lines = [f"{'model':8s} {'backend':10s} {'wall ms (median)':>17s} {'cpu ms (median)':>16s} "
+             f"{'wall ref/fast':>14s} {'cpu ref/fast':>13s} {'vs JAX 108 ms':>14s}"]
+    for r in rows:
+        ref = by[(r["model"], "mesa_ref")]
+        wr = ref["wall_ms_median"] / r["wall_ms_median"]
+        cr = ref["cpu_ms_median"] / r["cpu_ms_median"]
+        vj = f"{JAX_REFERENCE_MS / r['wall_ms_median']:.2f}x" if r["model"] == "linear2" else "-"
+        r["ratio_ref_over_this_wall"], r["ratio_ref_over_this_cpu"] = wr, cr
+        lines.append(f"{r['model']:8s} {r['backend']:10s} {r['wall_ms_median']:17.1f} {r['cpu_ms_median']:16.1f} "
+                     f"{wr:13.2f}x {cr:12.2f}x {vj:>14s}")
+    table = "\n".join(lines)
+    print(table)
+    print(f"load average before {load_before}, after {load_after}; peers: {peers}")
+
+    if args.quick:
+        return 0
+    cmd = "python benchmarks/bench_train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": cmd.strip(),
+        "git_commit": git_commit(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+                    "numba_threads": numba.get_num_threads(),
+                    "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")},
+        "load_average_before": load_before, "load_average_after": load_after,
+        "shape": {"batch": args.batch, "T": task.T, "dtype": "float32"},
+        "step": "loss_and_grads + global-norm gradient clipping + AdamW update (batch drawn beforehand)",
+        "jax_reference_ms": JAX_REFERENCE_MS,
+        "peers": peers,
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "bench_train_step_cpu" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    busy = load_before and max(load_before[0], (load_after or [0])[0]) > 0.5 * (os.cpu_count() or 1)
+    md = [f"# Training step, mesa_ref vs mesa_fast (CPU)", "",
+          f"- date: {meta['date']}; commit {meta['git_commit']}",
+          f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; numpy {np.__version__}, "
+          f"numba {numba.__version__} ({numba.get_num_threads()} threads), OPENBLAS_NUM_THREADS="
+          f"{meta['machine']['blas_threads_env']}",
+          f"- command: `{meta['command']}`",
+          f"- step: {meta['step']}; batch {args.batch}, T {task.T}, float32; {steps} timed steps per row, "
+          f"medians, backends alternating in blocks of {args.block}",
+          f"- load average (1, 5, 15 min) before: {load_before}, after: {load_after}"
+          + (" -- **other processes shared the CPU while this ran**; wall-clock numbers are inflated and "
+             "noisy, the CPU-time column is the steadier comparison" if busy else ""),
+          f"- peers: JAX {peers['jax']}, PyTorch {peers['torch']}; the authors' jitted JAX step is "
+          f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (DESIGN.md)", "",
+          "```", table, "```", ""]
+    (out / f"{stem}.md").write_text("\n".join(md))
+    print(f"wrote {out / (stem + '.json')} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

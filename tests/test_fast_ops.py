@@ -1,0 +1,307 @@
+"""mesa_fast's attention / dense / clip ops and the whole fast model against the NumPy reference.
+
+Truth is the float64 reference (mesa_ref.ops, mesa_ref.model). The fast ops run in float64
+(agreement to ~1e-10) and in float32 (compared with the float64 truth on the same float32-rounded
+inputs, through the tolerance table TOL). Errors are ``rel_error``-style: max|a - b| / max|b|.
+Also: non-contiguous and read-only inputs, a partial 8-lane group, validation parity (the same
+ValueError messages as the reference), the reference-cache fallback, and the training CLI.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mesa_fast
+from mesa_fast import ops as F
+from mesa_fast.model import Transformer as FastTransformer
+from mesa_ref import ops as R
+from mesa_ref.config import ModelConfig
+from mesa_ref.model import Transformer as RefTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tolerance on max|fast - truth| / max|truth|, truth = the float64 reference on the same inputs.
+TOL = {
+    **{(np.float64, n): 1e-10 for n in ("out", "dq", "dk", "dv", "y", "dx", "dW", "db")},  # measured <= 1e-15
+    (np.float32, "out"): 1e-5,    # linear attention: sums of <= T d products; measured <= 2e-7
+    (np.float32, "dq"): 1e-5,
+    (np.float32, "dk"): 1e-5,
+    (np.float32, "dv"): 1e-5,
+    (np.float32, "y"): 1e-5,      # dense: measured <= 5e-7
+    (np.float32, "dx"): 1e-5,
+    (np.float32, "dW"): 1e-5,     # dW sums N = B*T products: measured <= 1e-6 at N = 441
+    (np.float32, "db"): 1e-5,
+}
+# Whole model, float64: the same ops in another order through 2 layers -> still ~1e-12.
+MODEL_TOL64 = 1e-10
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(1e-30, np.abs(b).max())) if b.size else 0.0
+
+
+def assert_close(name, fast, truth, dtype):
+    assert fast.shape == truth.shape, (name, fast.shape, truth.shape)
+    assert fast.dtype == np.dtype(dtype), (name, fast.dtype, dtype)
+    err, tol = rel(fast, truth), TOL[(dtype, name)]
+    assert err <= tol, f"{name} ({np.dtype(dtype).name}): rel error {err:.2e} > {tol:.0e} ({100 * err / tol:.0f}% of tol)"
+
+
+def qkv(rng, B, H, T, d, dv, dtype, layout="c"):
+    """q, k (B,H,T,d), v, dout (B,H,T,dv); layout "c" (contiguous), "merged" ((B,T,H,w) transposed
+    views, as a model could pass them), "strided" (every other time step of a longer array) or
+    "readonly"."""
+    def draw(w):
+        if layout == "merged":
+            return rng.standard_normal((B, T, H, w)).astype(dtype).transpose(0, 2, 1, 3)
+        if layout == "strided":
+            return rng.standard_normal((B, H, 2 * T, w)).astype(dtype)[:, :, ::2]
+        a = rng.standard_normal((B, H, T, w)).astype(dtype)
+        if layout == "readonly":
+            a.flags.writeable = False
+        return a
+    return draw(d), draw(d), draw(dv), draw(dv)
+
+
+SHAPES = [  # (B, H, T, d, dv)
+    (2, 3, 1, 3, 3),      # T = 1
+    (2, 2, 7, 3, 5),      # dv != d, d = 3 (no full block of 4 rows)
+    (1, 2, 63, 4, 4),     # odd T, a partial lane group (N = 2 < 8)
+    (3, 3, 7, 6, 9),      # N = 9: one full group of 8 + a partial one; d, dv not multiples of 4
+    (2, 4, 50, 20, 20),   # the paper's head size
+]
+
+
+def _ids(s):
+    return "B{}-H{}-T{}-d{}-dv{}".format(*s)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_linear_attention_matches_reference(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    q, k, v, dout = qkv(rng, *shape, dtype)
+    out, cache = F.linear_attention_forward(q, k, v)
+    grads = F.linear_attention_backward(dout, cache)
+    t_out, t_cache = R.linear_attention_forward(*(a.astype(np.float64) for a in (q, k, v)))
+    t_grads = R.linear_attention_backward(dout.astype(np.float64), t_cache)
+    assert_close("out", out, t_out, dtype)
+    for name, g, t in zip(("dq", "dk", "dv"), grads, t_grads):
+        assert_close(name, g, t, dtype)
+
+
+@pytest.mark.parametrize("layout", ["merged", "strided", "readonly"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_linear_attention_any_layout(layout, dtype):
+    rng = np.random.default_rng(7)
+    q, k, v, dout = qkv(rng, 3, 3, 7, 6, 5, dtype, layout)
+    out, cache = F.linear_attention_forward(q, k, v)
+    grads = F.linear_attention_backward(dout, cache)
+    c = [np.array(a) for a in (q, k, v, dout)]           # contiguous, writeable copies
+    out_c, cache_c = F.linear_attention_forward(*c[:3])
+    np.testing.assert_array_equal(out, out_c)            # same arithmetic whatever the layout
+    for g, gc in zip(grads, F.linear_attention_backward(c[3], cache_c)):
+        np.testing.assert_array_equal(g, gc)
+
+
+def test_linear_attention_lanes_are_independent():
+    """A sequence's result does not depend on which lane group it lands in or on its neighbours."""
+    rng = np.random.default_rng(3)
+    q, k, v, dout = qkv(rng, 5, 3, 9, 4, 6, np.float32)
+    out, cache = F.linear_attention_forward(q, k, v)
+    grads = F.linear_attention_backward(dout, cache)
+    b = 3
+    out1, cache1 = F.linear_attention_forward(q[b:b + 1], k[b:b + 1], v[b:b + 1])
+    grads1 = F.linear_attention_backward(dout[b:b + 1], cache1)
+    np.testing.assert_array_equal(out[b:b + 1], out1)
+    for g, g1 in zip(grads, grads1):
+        np.testing.assert_array_equal(g[b:b + 1], g1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny"])
+def test_dense_matches_reference(case, dtype):
+    rng = np.random.default_rng(11)
+    if case == "3d-bias":
+        x, W, b = rng.standard_normal((9, 49, 12)), rng.standard_normal((12, 7)), rng.standard_normal(7)
+    elif case == "2d-nobias":
+        x, W, b = rng.standard_normal((600, 5)), rng.standard_normal((5, 3)), None
+    elif case == "noncontig":
+        x, W, b = rng.standard_normal((7, 12, 40)).transpose(1, 0, 2)[:, ::2], rng.standard_normal((40, 8)), None
+    else:
+        x, W, b = rng.standard_normal((1, 1, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    x, W = x.astype(dtype), W.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    y, cache = F.dense_forward(x, W, b)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dW, db = F.dense_backward(dy, cache)
+    f64 = (lambda a: None if a is None else a.astype(np.float64))
+    ty, tcache = R.dense_forward(f64(x), f64(W), f64(b))
+    tdx, tdW, tdb = R.dense_backward(f64(dy), tcache)
+    assert_close("y", y, ty, dtype)
+    assert_close("dx", dx, tdx, dtype)
+    assert_close("dW", dW, tdW, dtype)
+    if b is None:
+        assert db is None
+    else:
+        assert_close("db", db, tdb, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_clip_matches_reference_exactly(dtype):
+    rng = np.random.default_rng(5)
+    x = (2 * rng.standard_normal((4, 7, 9))).astype(dtype)
+    x[0, 0, :3] = [1.5, -1.5, 0.0]                      # on the band's edges: no gradient there
+    x = x.transpose(1, 0, 2)                            # non-contiguous
+    y, cache = F.clip_forward(x, c=1.5)
+    ty, tcache = R.clip_forward(x, c=1.5)
+    np.testing.assert_array_equal(y, ty)
+    assert y.dtype == x.dtype
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx = F.clip_backward(dy, cache)
+    np.testing.assert_array_equal(dx, R.clip_backward(dy, tcache))
+    assert dx.dtype == dtype
+
+
+# ------------------------------------------------------------------------------- validation parity
+def _message(fn, *args, **kw):
+    with pytest.raises(ValueError) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+def test_validation_matches_reference():
+    rng = np.random.default_rng(0)
+    q, k, v, dout = qkv(rng, 2, 2, 5, 3, 3, np.float32)
+    bad_q = q.copy()
+    bad_q[0, 0, 0, 0] = np.nan
+    cases = [
+        ("linear_attention_forward", (bad_q, k, v), {}),
+        ("linear_attention_forward", (q, k[..., :2], v), {}),
+        ("linear_attention_forward", (q, k, v.astype(np.float64)), {}),
+        ("linear_attention_forward", (q[0], k, v), {}),
+        ("dense_forward", (q, np.ones((2, 4), np.float32)), {}),
+        ("dense_forward", (q, np.ones((3, 4), np.float64)), {}),
+        ("dense_forward", (q, np.ones((3, 4), np.float32), np.ones(5, np.float32)), {}),
+        ("dense_forward", (bad_q, np.ones((3, 4), np.float32)), {}),
+        ("clip_forward", (q,), {"c": -1.0}),
+        ("clip_forward", (bad_q,), {"c": 1.0}),
+        ("clip_forward", (q.astype(np.int32),), {"c": 1.0}),
+    ]
+    for name, args, kw in cases:
+        assert _message(getattr(F, name), *args, **kw) == _message(getattr(R, name), *args, **kw), name
+    # backward: dout of the wrong shape / dtype / with a NaN
+    _, fc = F.linear_attention_forward(q, k, v)
+    _, rc = R.linear_attention_forward(q, k, v)
+    for bad in (dout[..., :2], dout.astype(np.float64), bad_q):
+        assert _message(F.linear_attention_backward, bad, fc) == _message(R.linear_attention_backward, bad, rc)
+    _, fc = F.dense_forward(q, np.ones((3, 4), np.float32))
+    _, rc = R.dense_forward(q, np.ones((3, 4), np.float32))
+    assert _message(F.dense_backward, dout, fc) == _message(R.dense_backward, dout, rc)
+    _, fc = F.clip_forward(q, c=1.0)
+    _, rc = R.clip_forward(q, c=1.0)
+    assert _message(F.clip_backward, dout[..., :2], fc) == _message(R.clip_backward, dout[..., :2], rc)
+
+
+def test_reference_cache_goes_to_reference_backward():
+    """A cache made by the reference (what a CuPy call returns) is handed to the reference backward."""
+    rng = np.random.default_rng(1)
+    q, k, v, dout = qkv(rng, 2, 2, 5, 3, 4, np.float64)
+    _, rc = R.linear_attention_forward(q, k, v)
+    for g, t in zip(F.linear_attention_backward(dout, rc), R.linear_attention_backward(dout, rc)):
+        np.testing.assert_array_equal(g, t)
+    _, rc = R.clip_forward(q, c=0.5)
+    np.testing.assert_array_equal(F.clip_backward(dout[..., :3], rc), R.clip_backward(dout[..., :3], rc))
+
+
+# ------------------------------------------------------------------------------- whole model
+def _model_cases():
+    yield "linear-default", ModelConfig()
+    yield "softmax", ModelConfig(layers=("softmax",))
+    yield "mesa", ModelConfig(layers=("mesa",))
+    yield "hybrid-mlp-ln", ModelConfig(layers=("linear", "softmax", "mesa"), mlp=True, layernorm=True)
+    yield "embed-posenc", ModelConfig(layers=("linear",), input="embed", mlp=True, layernorm=True, pos_enc=True,
+                                      output_dim=3, input_dim=5, width=16, heads=2, key_size=8)
+    yield "tokens", ModelConfig(layers=("linear", "linear"), input="tokens", input_dim=11, output_dim=11,
+                                width=12, heads=3, key_size=4, mlp=True)
+
+
+def _batch(cfg, rng, dtype, B=3, T=9):
+    if cfg.input == "tokens":
+        return rng.integers(0, cfg.input_dim, (B, T)), rng.integers(0, cfg.output_dim, (B, T))
+    n_in = cfg.width if cfg.input == "constructed" else cfg.input_dim
+    return (rng.standard_normal((B, T, n_in)).astype(dtype),
+            rng.standard_normal((B, T, cfg.output_dim)).astype(dtype))
+
+
+def _scaled_params(model, dtype):
+    """Weights of order 1/sqrt(fan-in) rather than the authors' 2e-4, so that every path matters
+    and some activations hit the clipping bound."""
+    p = model.init(3, dtype=dtype)
+    for k, v in p.items():
+        if v.ndim == 2:
+            p[k] = (v * dtype(1.0 / (model.config.init_std * np.sqrt(v.shape[0])))).astype(dtype)
+    return p
+
+
+def _fast_is_reference(name):
+    return getattr(F, name) is getattr(R, name)
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _model_cases()])
+def test_whole_model_float64_matches_reference(case):
+    cfg = dict(_model_cases())[case]
+    if "mesa" in cfg.layers and _fast_is_reference("mesa_forward"):
+        pytest.skip("mesa_fast.ops.mesa_forward is the reference's (no fast mesa kernel registered)")
+    rng = np.random.default_rng(2)
+    fast, ref = FastTransformer(cfg), RefTransformer(cfg)
+    assert fast.ops is F
+    p = _scaled_params(ref, np.float64)
+    x, y = _batch(cfg, rng, np.float64)
+    L_f, g_f = fast.loss_and_grads(p, x, y)
+    L_r, g_r = ref.loss_and_grads(p, x, y)
+    assert abs(L_f - L_r) <= MODEL_TOL64 * abs(L_r)
+    assert set(g_f) == set(g_r)
+    for k in g_r:
+        assert g_f[k].dtype == np.float64
+        assert rel(g_f[k], g_r[k]) <= MODEL_TOL64, (k, rel(g_f[k], g_r[k]))
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _model_cases()])
+def test_whole_model_float32_as_accurate_as_reference(case):
+    """Float32 through both backends, float64 reference as truth: the fast backend's error is at most
+    a small multiple of the reference's own float32 error (plus 1e-5 relative: rounding of the sums)."""
+    cfg = dict(_model_cases())[case]
+    if "mesa" in cfg.layers and _fast_is_reference("mesa_forward"):
+        pytest.skip("mesa_fast.ops.mesa_forward is the reference's (no fast mesa kernel registered)")
+    rng = np.random.default_rng(4)
+    fast, ref = FastTransformer(cfg), RefTransformer(cfg)
+    p32 = _scaled_params(ref, np.float32)
+    p64 = {k: v.astype(np.float64) for k, v in p32.items()}
+    x32, y32 = _batch(cfg, rng, np.float32)
+    x64 = x32 if cfg.input == "tokens" else x32.astype(np.float64)
+    y64 = y32 if cfg.input == "tokens" else y32.astype(np.float64)
+    L_t, g_t = ref.loss_and_grads(p64, x64, y64)
+    L_f, g_f = fast.loss_and_grads(p32, x32, y32)
+    L_r, g_r = ref.loss_and_grads(p32, x32, y32)
+    assert abs(L_f - L_t) <= 4 * abs(L_r - L_t) + 1e-5 * abs(L_t)
+    for k in g_t:
+        assert g_f[k].dtype == np.float32
+        e_f, e_r = rel(g_f[k], g_t[k]), rel(g_r[k], g_t[k])
+        assert e_f <= 4 * e_r + 1e-5, (k, e_f, e_r)
+
+
+# ------------------------------------------------------------------------------- command line
+def test_fast_train_cli_runs(tmp_path):
+    if not hasattr(mesa_fast, "array_module_for_backend"):
+        pytest.skip("mesa_ref.train.resolve_backend calls mesa_fast.array_module_for_backend(), "
+                    "which mesa_fast does not define yet")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "mesa_fast.train", "--steps", "3", "--batch", "8", "--eval-every", "1",
+                        "--no-progress", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "test loss" in r.stdout
+    assert (out / "metrics.json").exists() and (out / "checkpoint.npz").exists()
