@@ -511,10 +511,14 @@ def _backward_group(g, kf, vf, gf, T, d, dv, N, lam_n, gam_n, has_gamma, store_w
     dt = kf.dtype
     R = np.zeros(d * d * L, dt)        # R_t                     (d, d, L)
     ST = np.zeros(d * dv * L, dt)      # S_t^T                   (d, dv, L)
-    K = np.zeros(T * d * L, dt)        # k_t, all t              (T, d, L)
-    V = np.zeros(T * dv * L, dt)       # v_t, all t              (T, dv, L)
-    G = np.zeros(T * dv * L, dt)       # g_t = dL/do_t, all t    (T, dv, L)
+    K = np.empty(T * d * L, dt)        # k_t, all t              (T, d, L)
+    V = np.empty(T * dv * L, dt)       # v_t, all t              (T, dv, L)
+    G = np.empty(T * dv * L, dt)       # g_t = dL/do_t, all t    (T, dv, L)
     U = np.empty(T * d * L, dt)        # u_t, all t              (T, d, L)
+    if nl < L:                         # padding lanes: zero inputs (the gathers skip them)
+        K[:] = 0
+        V[:] = 0
+        G[:] = 0
     c = np.zeros(d * L, dt)            # c_t                     (d, L)
     w = np.zeros(d * L, dt)            # w_t                     (d, L)
     ab = np.zeros(d * L, dt)           # dq~_t = S_t^T g_t       (d, L)
