@@ -77,6 +77,9 @@ class LMConfig:
 FULL = LMConfig()
 QUICK = LMConfig(T=32, batch=16, steps=800, width=32, heads=4, key_size=8, layers=2, mlp=False, lr=3e-3,
                  warmup_steps=80, final_lr=3e-4, eval_every=80)
+QUICK_DEVIATIONS = ("character level on pydoc_data.topics; width 32, 4 heads x key size 8, 2 layers, no MLP; "
+                    "context T = 32, batch 16, 800 steps, peak lr 3e-3 for every kind (warm-up 80, cosine to 3e-4); "
+                    "init N(0, 0.02^2); far smaller models, contexts and token budgets than the paper's")
 SMOKE = LMConfig(T=8, batch=4, steps=4, width=8, heads=2, key_size=4, layers=2, mlp=False, lr=3e-3,
                  warmup_steps=1, final_lr=3e-4, eval_every=2, eval_windows=8, curve_windows=4)
 
@@ -183,6 +186,8 @@ def compute(ctx, cfg: LMConfig | None = None, text_path=None) -> dict:
                    "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids))},
         "token_budget": cfg.steps * cfg.batch * cfg.T,
         "config": {"lm": dataclasses.asdict(cfg), "models": mcfgs, "mode": "quick" if ctx.quick else "full",
+                   "deviations_from_paper": QUICK_DEVIATIONS if ctx.quick else
+                   "model sizes, context and steps are our choices (the paper's LM setup is far larger)",
                    "heldout": f"last {cfg.heldout_frac:.0%} of the corpus; final loss on {cfg.eval_windows} fixed "
                               f"windows, learning curves on the first {cfg.curve_windows} of them",
                    "hybrid": "first layer softmax, the others mesa"},
