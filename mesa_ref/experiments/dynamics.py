@@ -175,7 +175,8 @@ def tune_baselines(task, tune_batch, *, features: bool = True) -> dict:
 def baseline_predictions(task, batches, tuned: dict, methods) -> dict:
     """method -> list of (B, T, n) predictions (float64), for method in
     "gd" [A1], "lsq" [A3], "lsq_linear" (ridge on raw states, [T4]), "gd_K<k>" [A2] (k GD steps, eta
-    tuned), "neumann_K<k>" [A4] (preconditioned GD with a k-term Neumann series, scalar 70, eta = 1)."""
+    tuned), "neumann_K<k>" [A4] (preconditioned GD with a Neumann series of k terms beyond the identity,
+    scalar 70, eta tuned); the tuned etas are ``tuned[method]`` (``tune_k_step``)."""
     out = {m: [] for m in methods}
     for x, _ in batches:
         s, feats = task.baseline_inputs(x)
@@ -192,7 +193,7 @@ def baseline_predictions(task, batches, tuned: dict, methods) -> dict:
                 p = solvers.gd_k_steps(s, tuned[m], int(m[4:]), feats=feats)
             elif m.startswith("neumann_K"):
                 A = solvers.curvature(s, tuned["lam"], feats)
-                p = solvers.preconditioned_gd(s, solvers.neumann_inverse(A, int(m[9:])), 1.0, feats)
+                p = solvers.preconditioned_gd(s, solvers.neumann_inverse(A, int(m[9:])), tuned[m], feats)
             else:
                 raise ValueError(f"methods: unknown baseline {m!r}")
             out[m].append(p)
@@ -214,3 +215,40 @@ def ratio_after(per_step: dict, a: str, b: str, t_min: int = 10) -> float:
     """mean_{t >= t_min} loss_a(t) / mean_{t >= t_min} loss_b(t) (t counts from 1)."""
     la, lb = np.asarray(per_step[a]), np.asarray(per_step[b])
     return float(la[t_min - 1:].mean() / lb[t_min - 1:].mean())
+
+
+def tune_k_step(task, tune_batch, method: str, lam: float | None = None) -> float:
+    """eta for "gd_K<k>" [A2] (k GD steps) or "neumann_K<k>" [A4] (preconditioned GD, Neumann series with
+    k terms beyond the identity, scalar 70, ridge lam ``lam``), by line search over ``solvers.ETA_GRID``
+    (times 1..100 for the Neumann form, whose H already divides by 70) on one batch."""
+    x, y = tune_batch
+    s, feats = task.baseline_inputs(x)
+    s, y = np.asarray(s, np.float64), np.asarray(y, np.float64)
+    feats = None if feats is None else np.asarray(feats, np.float64)
+    if method.startswith("gd_K"):
+        K = int(method[4:])
+        return solvers.line_search(lambda eta: solvers.gd_k_steps(s, eta, K, feats=feats), y, solvers.ETA_GRID).value
+    if method.startswith("neumann_K"):
+        K = int(method[9:])
+        H = solvers.neumann_inverse(solvers.curvature(s, lam, feats), K)
+        return solvers.line_search(lambda eta: solvers.preconditioned_gd(s, H, eta, feats), y,
+                                   np.logspace(-2, 2, 41)).value
+    raise ValueError(f"method: expected gd_K<k> or neumann_K<k>, got {method!r}")
+
+
+def final_spread(per_step_by_seed) -> float:
+    """Std over seeds (ddof 1; 0 for one seed) of each seed's mean-over-t loss."""
+    a = np.asarray(per_step_by_seed, np.float64).mean(axis=1)
+    return float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def evaluate_models(ctx, task, trained: dict, batches, tuned: dict, baselines) -> dict:
+    """[P3] summary (``summarise``) of trained models {name: (model, params)} and the named baselines,
+    plus "final_spread": method -> std over seeds of the per-seed mean loss."""
+    preds = {name: model_predictions(ctx, m, p, batches) for name, (m, p) in trained.items()}
+    preds.update(baseline_predictions(task, batches, tuned, baselines))
+    out = summarise(preds, batches)
+    tg = [np.asarray(y, np.float64) for _, y in batches]
+    out["final_spread"] = {k: final_spread([solvers.per_step_loss(p, y) for p, y in zip(v, tg)])
+                           for k, v in preds.items()}
+    return out

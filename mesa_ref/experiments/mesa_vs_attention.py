@@ -1,0 +1,168 @@
+"""Figure 7: the mesa-layer [M1] against linear [L2] and softmax [L3] attention on [T1], [T3] and [T4].
+
+von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
+
+Per task, [P3] per-time-step loss of trained models ``mesa_L<L>``, ``linear_L<L>``, ``softmax_L<L>``
+(L layers) against [A3] tuned least squares ``lsq`` and [A1] one GD step ``gd``.  One mesa layer
+should match least squares on [T1].
+
+Tasks: [T1] linear dynamics with constructed tokens [T2]; [T3] partially observed dynamics
+(m < n observations, tokens = the last k observations, linear embedding; softmax models add the
+sinusoidal positional encoding [L7]); [T4] nonlinear dynamics with constructed tokens.  Baselines
+regress on the task's natural inputs: [T1] s_{t'} on s_{t'-1}; [T3] o_{t'} on the history token of
+t'-1; [T4] s_{t'} on the true features phi(s_{t'-1}) (``lsq``, an oracle the models lack) and on the raw
+states (``lsq_linear``).
+
+JSON layout: ``tasks`` maps "T1", "T3", "T4" to {per_step_loss, per_step_spread, final_loss,
+final_spread, tuned, ...}; the top-level ``per_step_loss``/``final_loss``/``per_step_spread`` are
+[T1]'s (method -> list of T floats / float), so the [T1] curves are where the figure contract looks.
+
+Configurations (recorded in the JSON, deviations listed):
+
+* full: n = 10, T = 50, every task with L = 1 and 2 of each kind, 4 heads, key size 20, clip 1.5,
+  init std 0.0002, AdamW lr 3e-4 (4e-4 for mesa), 1000 warm-up steps, cosine to 1e-5 at 20000,
+  batch 256, 20000 steps; [T3] m = 5, k = 4; evaluation seeds 1, 11, 111, 1111, 11111 x 256.
+* quick: n = 6, T = 30, one head of key size 6 (the mesa-layer needs d >= n), init std 0.02, batch 64;
+  [T1] all six models, [T3] and [T4] the one-layer models only; attention models 300 steps at lr 3e-3
+  (30 warm-up steps, cosine to 3e-5); mesa models 600 steps with lam initialised to 1e-3 (paper 1)
+  and no weight decay (decay pulls the softplus parameter of lam towards 0, i.e. lam towards 0.69,
+  which costs the late-t precision least squares reaches); [T3] m = 3, k = 4; evaluation seeds
+  1, 11, 111 x 128; tuning batch 256.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..train import TrainConfig
+from .common import figure_parser, plot_per_step, run_figure
+from .dynamics import (EVAL_SEEDS, LinearTask, NonlinearTask, PartialTask, eval_batches, evaluate_models,
+                       ratio_after, train_cached, tune_baselines)
+
+NAME = "fig7_mesa_vs_attention"
+KINDS = ("mesa", "linear", "softmax")
+
+
+def setup(ctx):
+    """(task specs: [(task name, task, base model config, [(model name, config, train config)])], eval seeds,
+    eval batch, tune batch, deviations)."""
+    seed = ctx.seed
+    smoke = getattr(ctx.args, "smoke", False)
+    if smoke or ctx.quick:
+        n, T = (3, 12) if smoke else (6, 30)
+        m, k = (2, 2) if smoke else (3, 4)
+        B, steps, mesa_steps = (16, 10, 10) if smoke else (64, 300, 600)
+
+        def tc(mesa):
+            s = mesa_steps if mesa else steps
+            lr = 1e-2 if mesa else 3e-3
+            return TrainConfig(steps=s, batch=B, lr=lr, warmup_steps=max(1, s // 10), decay_steps=s,
+                               final_lr=lr / 100, weight_decay=0.0 if mesa else 0.05, eval_every=max(1, s // 3),
+                               test_batches=1 if smoke else 2, checkpoint_every=10 ** 6, seed=seed)
+        mk = dict(heads=1, key_size=n, init_std=0.02, mesa_lam_init=1e-3)
+        depths = {"T1": (1, 2), "T3": (1,), "T4": (1,)}
+        seeds, Be, Bt = (EVAL_SEEDS[:2], 16, 32) if smoke else (EVAL_SEEDS[:3], 128, 256)
+        dev = ["smoke test sizes"] if smoke else [
+            "n = 6, T = 30 (paper 10, 50)", "1 head, key size 6 (paper 4, 20)", "init std 0.02 (paper 0.0002)",
+            "[T3]/[T4]: one-layer models only (paper 1 and 2 layers)",
+            "batch 64; 300 steps at lr 3e-3 for attention, 600 at lr 1e-2 for mesa (paper 256, 20000, 3e-4/4e-4)",
+            "warm-up 10% of the steps, cosine to lr/100 (paper 1000 steps, 1e-5 at 20000)",
+            "mesa: lam initialised to 1e-3 (paper 1), no weight decay (paper 0.05)",
+            "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"]
+    else:
+        n, T, m, k = 10, 50, 5, 4
+
+        def tc(mesa):
+            return TrainConfig(steps=20000, lr=4e-4 if mesa else 3e-4, seed=seed)
+        mk = dict(heads=4, key_size=20)
+        depths = {"T1": (1, 2), "T3": (1, 2), "T4": (1, 2)}
+        seeds, Be, Bt, dev = EVAL_SEEDS, 256, 512, []
+    con = dict(input="constructed", width=4 * n, input_dim=n, output_dim=n)
+    tasks = [("T1", LinearTask(n=n, T=T), ModelConfig(**con, **mk)),
+             ("T3", PartialTask(n=n, m=m, k=k, T=T),
+              ModelConfig(input="embed", width=4 * n, input_dim=k * m, output_dim=m, **mk)),
+             ("T4", NonlinearTask(n=n, T=T), ModelConfig(**con, **mk))]
+    specs = []
+    for tname, task, base in tasks:
+        models = []
+        for L in depths[tname]:
+            for kind in KINDS:
+                cfg = base.replace(layers=(kind,) * L,
+                                   pos_enc=(kind == "softmax" and base.input == "embed"))
+                models.append((f"{kind}_L{L}", cfg, tc(kind == "mesa")))
+        specs.append((tname, task, base, models))
+    return specs, seeds, Be, Bt, dev
+
+
+def compute(ctx) -> dict:
+    specs, seeds, B, Btune, dev = setup(ctx)
+    tasks, config = {}, {"eval_seeds": list(seeds), "eval_batch": B, "tune_batch": Btune, "deviations": dev,
+                         "tasks": {}}
+    for tname, task, base, models in specs:
+        trained, metrics, lams = {}, {}, {}
+        for name, cfg, tcfg in models:
+            model, params, mt = train_cached(ctx, cfg, task, tcfg, f"{tname}_{name}")
+            trained[name] = (model, params)
+            metrics[name] = mt
+            if name.startswith("mesa"):
+                lams[name] = [np.asarray(model.mesa_lam(params, i)).tolist() for i in range(len(cfg.layers))]
+        tune = task.batch(ctx.rng(7, int(tname[1:])), Btune, np.float64)
+        tuned = tune_baselines(task, tune)
+        baselines = ["gd", "lsq"] + (["lsq_linear"] if "lam_linear" in tuned else [])
+        batches = eval_batches(ctx, task, seeds, B)
+        out = evaluate_models(ctx, task, trained, batches, tuned, baselines)
+        out["ratio_to_lsq_t10"] = {name: ratio_after(out["per_step_loss"], name, "lsq") for name, _, _ in models}
+        tasks[tname] = {**out, "tuned": tuned, "train_metrics": metrics, "mesa_lam": lams}
+        config["tasks"][tname] = {"task": task.to_dict(), "models": {name: {"model": cfg.to_dict(), "train": {
+            f: getattr(tc, f) for f in tc.__dataclass_fields__}} for name, cfg, tc in models}}
+    t1 = tasks["T1"]
+    return {"config": config, "per_step_loss": t1["per_step_loss"], "per_step_spread": t1["per_step_spread"],
+            "final_loss": t1["final_loss"], "tasks": tasks,
+            "mesa_vs_lsq_ratio_t10": ratio_after(t1["per_step_loss"], "mesa_L1", "lsq"),
+            "mesa_vs_linear_ratio_t10": ratio_after(t1["per_step_loss"], "mesa_L1", "linear_L1"),
+            "notes": "top-level per_step_loss/final_loss are task [T1]'s; tasks[<T>] holds every task. "
+                     "per_step_loss[m][t-1]: loss at time t (sum over sequences and dims / (2B)), mean over the "
+                     "evaluation seeds; per_step_spread: std over seeds; final_loss: mean over t. "
+                     "mesa_vs_lsq_ratio_t10 = mean_{t>=10} mesa_L1 / mean_{t>=10} lsq on [T1]."}
+
+
+def _styles(names):
+    col = {"mesa": "C3", "linear": "C0", "softmax": "C2"}
+    st = {}
+    for k in names:
+        if "_L" in k and k.split("_L")[0] in col:
+            kind, L = k.split("_L")
+            st[k] = dict(color=col[kind], lw=2.2 if L == "1" else 1.4, ls="-" if L == "1" else "--",
+                         label=f"{kind}, {L} layer{'s' if L != '1' else ''}")
+    st["lsq"] = dict(color="k", lw=1.4, label="[A3] least squares (tuned lam)")
+    st["lsq_linear"] = dict(color="0.5", lw=1.2, ls="-.", label="[A3] least squares on raw states")
+    st["gd"] = dict(color="C1", ls=":", lw=1.4, label="[A1] one GD step")
+    return st
+
+
+TITLES = {"T1": "[T1] linear dynamics", "T3": "[T3] partially observed", "T4": "[T4] nonlinear dynamics"}
+
+
+def plot(data):
+    import matplotlib.pyplot as plt
+    names = list(data["tasks"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
+    for ax, tname in zip(axes[0], names):
+        t = data["tasks"][tname]
+        plot_per_step(ax, t["per_step_loss"], t.get("per_step_spread"), styles=_styles(t["per_step_loss"]))
+        ax.set_title(TITLES.get(tname, tname), fontsize=10)
+    r = data.get("mesa_vs_lsq_ratio_t10")
+    fig.suptitle("Fig. 7 - one mesa-layer matches least squares; linear and softmax attention do not"
+                 + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
+                 + "  (bands: +-1 std over evaluation seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    desc = "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least squares"
+    p = figure_parser(NAME, desc)
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    return run_figure(NAME, compute, plot, desc, argv=argv, parser=p)
