@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tolerance on max|fast - truth| / max|truth|, truth = the float64 reference on the same inputs.
 TOL = {
-    **{(np.float64, n): 1e-10 for n in ("out", "dq", "dk", "dv", "y", "dx", "dW", "db")},  # measured <= 1e-15
-    (np.float32, "out"): 1e-5,    # linear attention: sums of <= T d products; measured <= 2e-7
+    **{(np.float64, n): 1e-10 for n in ("out", "P", "dq", "dk", "dv", "y", "dx", "dW", "db")},  # measured <= 2e-15
+    (np.float32, "out"): 1e-5,    # attention: sums of <= T d products; measured <= 2e-7
+    (np.float32, "P"): 1e-5,      # softmax attention map: measured <= 2e-7
     (np.float32, "dq"): 1e-5,
     (np.float32, "dk"): 1e-5,
     (np.float32, "dv"): 1e-5,
@@ -79,31 +80,42 @@ def _ids(s):
     return "B{}-H{}-T{}-d{}-dv{}".format(*s)
 
 
+KINDS = ("linear_attention", "softmax_attention")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_linear_attention_matches_reference(shape, dtype):
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_matches_reference(kind, shape, dtype):
     rng = np.random.default_rng(sum(shape))
     q, k, v, dout = qkv(rng, *shape, dtype)
-    out, cache = F.linear_attention_forward(q, k, v)
-    grads = F.linear_attention_backward(dout, cache)
-    t_out, t_cache = R.linear_attention_forward(*(a.astype(np.float64) for a in (q, k, v)))
-    t_grads = R.linear_attention_backward(dout.astype(np.float64), t_cache)
+    if kind == "softmax_attention":
+        q, k = 2 * q, 2 * k                              # peaked attention rows too, not only flat ones
+    fwd, bwd = getattr(F, kind + "_forward"), getattr(F, kind + "_backward")
+    out, cache = fwd(q, k, v)
+    grads = bwd(dout, cache)
+    t_out, t_cache = getattr(R, kind + "_forward")(*(a.astype(np.float64) for a in (q, k, v)))
+    t_grads = getattr(R, kind + "_backward")(dout.astype(np.float64), t_cache)
     assert_close("out", out, t_out, dtype)
+    if kind == "softmax_attention":
+        assert_close("P", cache.P, t_cache.P, dtype)   # the attention map analyses read from the cache
     for name, g, t in zip(("dq", "dk", "dv"), grads, t_grads):
         assert_close(name, g, t, dtype)
 
 
 @pytest.mark.parametrize("layout", ["merged", "strided", "readonly"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_linear_attention_any_layout(layout, dtype):
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_any_layout(kind, layout, dtype):
     rng = np.random.default_rng(7)
     q, k, v, dout = qkv(rng, 3, 3, 7, 6, 5, dtype, layout)
-    out, cache = F.linear_attention_forward(q, k, v)
-    grads = F.linear_attention_backward(dout, cache)
+    fwd, bwd = getattr(F, kind + "_forward"), getattr(F, kind + "_backward")
+    out, cache = fwd(q, k, v)
+    grads = bwd(dout, cache)
     c = [np.array(a) for a in (q, k, v, dout)]           # contiguous, writeable copies
-    out_c, cache_c = F.linear_attention_forward(*c[:3])
+    out_c, cache_c = fwd(*c[:3])
     np.testing.assert_array_equal(out, out_c)            # same arithmetic whatever the layout
-    for g, gc in zip(grads, F.linear_attention_backward(c[3], cache_c)):
+    for g, gc in zip(grads, bwd(c[3], cache_c)):
         np.testing.assert_array_equal(g, gc)
 
 
@@ -183,6 +195,9 @@ def test_validation_matches_reference():
         ("linear_attention_forward", (q, k[..., :2], v), {}),
         ("linear_attention_forward", (q, k, v.astype(np.float64)), {}),
         ("linear_attention_forward", (q[0], k, v), {}),
+        ("softmax_attention_forward", (bad_q, k, v), {}),
+        ("softmax_attention_forward", (q, k, v), {"scale": -1.0}),
+        ("softmax_attention_forward", (q, k, v), {"scale": float("inf")}),
         ("dense_forward", (q, np.ones((2, 4), np.float32)), {}),
         ("dense_forward", (q, np.ones((3, 4), np.float64)), {}),
         ("dense_forward", (q, np.ones((3, 4), np.float32), np.ones(5, np.float32)), {}),
@@ -198,6 +213,10 @@ def test_validation_matches_reference():
     _, rc = R.linear_attention_forward(q, k, v)
     for bad in (dout[..., :2], dout.astype(np.float64), bad_q):
         assert _message(F.linear_attention_backward, bad, fc) == _message(R.linear_attention_backward, bad, rc)
+    _, fc = F.softmax_attention_forward(q, k, v)
+    _, rc = R.softmax_attention_forward(q, k, v)
+    for bad in (dout[..., :2], dout.astype(np.float64), bad_q):
+        assert _message(F.softmax_attention_backward, bad, fc) == _message(R.softmax_attention_backward, bad, rc)
     _, fc = F.dense_forward(q, np.ones((3, 4), np.float32))
     _, rc = R.dense_forward(q, np.ones((3, 4), np.float32))
     assert _message(F.dense_backward, dout, fc) == _message(R.dense_backward, dout, rc)

@@ -359,6 +359,137 @@ def linear_backward(q, k, v, dout):
 
 
 # --------------------------------------------------------------------------------------------
+# softmax attention [L3]: one sequence at a time (the exp is scalar anyway), inner loops are
+# axpys over a contiguous axis so that LLVM's loop vectoriser takes them
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _softmax_forward_range(n0, n1, q, k, v, scale, P, out, H):
+    """For sequences n0..n1-1: P[n] = softmax(mask(q k^T * scale)) (rows; zero above the diagonal),
+    out = P v written to the merged (B, T, H*dv) layout.  q, k (N,T,d), v (N,T,dv), P (N,T,T).  [L3]"""
+    T, d = q.shape[1], q.shape[2]
+    dv = v.shape[2]
+    kT = np.empty((d, T), q.dtype)
+    acc = np.empty(dv, q.dtype)
+    for n in range(n0, n1):
+        b = n // H
+        c0 = (n - b * H) * dv
+        for i in range(d):
+            for s in range(T):
+                kT[i, s] = k[n, s, i]
+        for t in range(T):
+            row = P[n, t]
+            for s in range(T):
+                row[s] = 0.0
+            for i in range(d):                                   # row[:t+1] = q_t . k_s
+                a = q[n, t, i]
+                for s in range(t + 1):
+                    row[s] += a * kT[i, s]
+            m = row[0] * scale
+            for s in range(t + 1):
+                row[s] = row[s] * scale                          # scores S[t, s]
+                m = max(m, row[s])
+            tot = row[0] * 0.0
+            for s in range(t + 1):
+                e = np.exp(row[s] - m)
+                row[s] = e
+                tot += e
+            for s in range(t + 1):
+                row[s] = row[s] / tot                            # P[t, s]
+            for j in range(dv):
+                acc[j] = 0.0
+            for s in range(t + 1):
+                p = row[s]
+                for j in range(dv):
+                    acc[j] += p * v[n, s, j]
+            for j in range(dv):
+                out[b, t, c0 + j] = acc[j]
+
+
+@njit(cache=True, nogil=True)
+def _softmax_backward_range(n0, n1, q, k, v, P, scale, dout, dq, dk, dvv, H):
+    """dv = P^T dout, dP = dout v^T, dS = P (dP - rowsum(dP P)) * scale, dq = dS k, dk = dS^T q for
+    sequences n0..n1-1, written to the merged layouts dq, dk (B,T,H*d), dvv (B,T,H*dv).  [L3]"""
+    T, d = q.shape[1], q.shape[2]
+    dv = v.shape[2]
+    vT = np.empty((dv, T), q.dtype)
+    dP = np.empty(T, q.dtype)
+    gq = np.empty((T, d), q.dtype)
+    gk = np.empty((T, d), q.dtype)
+    gv = np.empty((T, dv), q.dtype)
+    for n in range(n0, n1):
+        b = n // H
+        h = n - b * H
+        for j in range(dv):
+            for s in range(T):
+                vT[j, s] = v[n, s, j]
+        gq[:, :] = 0.0
+        gk[:, :] = 0.0
+        gv[:, :] = 0.0
+        for t in range(T):
+            row = P[n, t]
+            for s in range(t + 1):
+                dP[s] = 0.0
+            for j in range(dv):                                  # dP[t, :t+1] = dout_t . v_s
+                a = dout[n, t, j]
+                for s in range(t + 1):
+                    dP[s] += a * vT[j, s]
+            rd = dP[0] * 0.0
+            for s in range(t + 1):
+                rd += dP[s] * row[s]
+            for s in range(t + 1):
+                p = row[s]
+                ds = p * (dP[s] - rd) * scale                    # dS[t, s]
+                for j in range(dv):
+                    gv[s, j] += p * dout[n, t, j]
+                for i in range(d):
+                    gq[t, i] += ds * k[n, s, i]
+                for i in range(d):
+                    gk[s, i] += ds * q[n, t, i]
+        for t in range(T):
+            for i in range(d):
+                dq[b, t, h * d + i] = gq[t, i]
+                dk[b, t, h * d + i] = gk[t, i]
+            for j in range(dv):
+                dvv[b, t, h * dv + j] = gv[t, j]
+
+
+def _seq3(x):
+    """(B, H, T, w) -> C-contiguous, writeable (B*H, T, w) view (copied only when needed)."""
+    B, H, T, w = x.shape
+    x = np.ascontiguousarray(x)
+    if not x.flags.writeable:
+        x = x.copy()
+    return x.reshape(B * H, T, w)
+
+
+def softmax_forward(q, k, v, scale):
+    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T)) for numpy inputs of one dtype.  [L3]"""
+    B, H, T, d = q.shape
+    dv = v.shape[3]
+    out = merged_empty(B, H, T, dv, v.dtype)
+    P = np.empty((B, H, T, T), q.dtype)
+    run_groups(_softmax_forward_range, B * H, _seq3(q), _seq3(k), _seq3(v), q.dtype.type(scale),
+               P.reshape(B * H, T, T), _merged_rows(out), H)
+    return out, P
+
+
+def softmax_backward(q, k, v, P, scale, dout):
+    """(dq, dk, dv), each in merged memory layout, for numpy inputs of one dtype.  [L3]"""
+    B, H, T, d = q.shape
+    dv = v.shape[3]
+    dq = merged_empty(B, H, T, d, q.dtype)
+    dk = merged_empty(B, H, T, d, q.dtype)
+    dvv = merged_empty(B, H, T, dv, q.dtype)
+    Pn = np.ascontiguousarray(P).reshape(B * H, T, T)
+    if not Pn.flags.writeable:
+        Pn = Pn.copy()
+    run_groups(_softmax_backward_range, B * H, _seq3(q), _seq3(k), _seq3(v), Pn, q.dtype.type(scale),
+               _seq3(dout), _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv), H)
+    return dq, dk, dvv
+
+
+# --------------------------------------------------------------------------------------------
 # [L6] clipping: one pass for y and the pass-through mask (the reference takes four)
 # --------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mesa_ref.ops import activations as _ref_act
 from mesa_ref.ops import attention_linear as _ref_lin
+from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
 from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv, check_same_dtype
 
@@ -66,6 +67,36 @@ def linear_attention_backward(dout, cache):
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
     return _k().linear_backward(q, k, v, dout)
+
+
+# --------------------------------------------------------------------------------------------
+# [L3] causal softmax attention
+# --------------------------------------------------------------------------------------------
+# The cache is the reference's own SoftmaxAttentionCache(q, k, v, P, scale): analyses read the
+# attention map P from it (e.g. the copy-layer experiment), so it keeps the reference's meaning.
+
+def softmax_attention_forward(q, k, v, *, scale=None):
+    """[L3] out = softmax(mask(q k^T * scale)) v.  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache)."""
+    if not _numpy(q, k, v):
+        return _ref_sm.softmax_attention_forward(q, k, v, scale=scale)
+    _, _, T, d, _ = check_qkv(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
+    out, P = _k().softmax_forward(q, k, v, scale)
+    return out, _ref_sm.SoftmaxAttentionCache(q, k, v, P, float(scale))
+
+
+def softmax_attention_backward(dout, cache):
+    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv))."""
+    q, k, v, P, scale = cache
+    if not _numpy(q):
+        return _ref_sm.softmax_attention_backward(dout, cache)
+    check_dout(dout, v.shape, v.dtype)
+    if not _numpy(dout):
+        raise ValueError("dout: lives on a different device/array module than the forward's inputs")
+    return _k().softmax_backward(q, k, v, P, scale, dout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,5 +178,5 @@ def clip_backward(dy, cache):
 
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
 FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
-            "clip_forward", "clip_backward")
+            "softmax_attention_forward", "softmax_attention_backward", "clip_forward", "clip_backward")
 __all__ = list(FAST_OPS)
