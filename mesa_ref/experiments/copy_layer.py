@@ -1,9 +1,11 @@
 """Figure 5: token construction by the first softmax layer on raw tokens [T1] (the "copy layer").
 
 The full softmax Transformer of figure 4 (softmax attention [L3], GELU MLP [L5], pre-LayerNorm [L4], linear
-embedding of the raw state s_t plus sinusoidal positional encoding [L7]; the same sizes, seed stream and
-therefore the same trained model as mesa_ref.experiments.probing) sees only s_t at position t.  To run a
-mesa-optimiser on the pairs (s_{t-1}, s_t) its first layer must fetch s_{t-1}.  Evidence:
+embedding of the raw state s_t plus sinusoidal positional encoding [L7]; the sizes of
+mesa_ref.experiments.probing) but with two layers (``COPY_MODEL_LAYERS``) sees only s_t at position t.  To run a
+mesa-optimiser on the pairs (s_{t-1}, s_t) in its second layer, its first layer must fetch s_{t-1}.  (Our
+choice: in a deeper model the copy can happen in any early layer: in quick runs of figure 4's 3-layer model
+the previous-token layer was layer 1 for one seed and layer 2 for another.)  Evidence:
 
 * ``prev_token_attention``: the first layer's attention weight on position t-1, averaged over held-out
   sequences, heads and positions t >= 2 (``prev_token_attention_per_head`` and ``..._per_t`` break it down);
@@ -12,8 +14,9 @@ mesa-optimiser on the pairs (s_{t-1}, s_t) its first layer must fetch s_{t-1}.  
   probe [P1] for s_{t-1} from the residual stream before the first block (layer 0) and after every block.
   It drops after layer 1 when the first layer has copied s_{t-1} into position t.
 
-Sizes (quick and full) are those of mesa_ref.experiments.probing (see its docstring for every deviation from
-the paper's configuration in quick mode); the JSON's config records them.
+Sizes (quick and full) are those of mesa_ref.experiments.probing's softmax model except the depth (2 layers;
+see that module's docstring for every deviation from the paper's configuration in quick mode); the JSON's config
+records them.
 """
 from __future__ import annotations
 
@@ -44,9 +47,13 @@ def prev_token_weights(P) -> np.ndarray:
     return P[:, :, t, t - 1].mean(axis=0)
 
 
+COPY_MODEL_LAYERS = 2
+
+
 def compute(ctx) -> dict:
     mode, S = sizes_for(ctx)
-    model, params, metrics, record = train_model(ctx, S, "softmax", 2)       # stream 2: figure 4's softmax model
+    S = {**S, "softmax": {**S["softmax"], "layers": COPY_MODEL_LAYERS}}
+    model, params, metrics, record = train_model(ctx, S, "softmax", 2)
     ev = linear_dynamics(ctx.rng(200), S["probe_test"], S["T"], S["n"], S["sigma"], dtype=np.float32)
     P = first_layer_attention(model, params, np.ascontiguousarray(ev.inputs))
     prev = prev_token_weights(P)                                               # (H, T-1)
@@ -71,8 +78,10 @@ def compute(ctx) -> dict:
                      "step": metrics["step"], "test_loss": metrics["test_loss"]},
         "config": {"mode": mode, "sizes": S, "model": record, "probe_train": S["probe_train"],
                    "probe_test": S["probe_test"], "attention_sequences": S["probe_test"],
+                   "depth": f"{COPY_MODEL_LAYERS} softmax layers (our choice: the second layer can regress only once the "
+                            "first has built the pairs)",
                    "deviations_from_paper": None if mode == "full" else
-                   "quick/smoke: smaller n, T, batch, depth, width and heads; lr 3e-3 with short warm-up and cosine "
+                   "quick/smoke: smaller n, T, batch, width and heads; lr 3e-3 with short warm-up and cosine "
                    "to lr/10; init N(0, 0.02^2); fewer steps and probe sequences (see sizes)"},
     }
 

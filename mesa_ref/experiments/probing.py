@@ -26,7 +26,7 @@ state the softmax model's sizes); probes on 2048 training and 1024 test sequence
 Quick mode (CPU, a few minutes) deviates from that, and the JSON's config records every value: n = 4, T = 12,
 batch 32, peak lr 3e-3 with 100 warm-up steps and cosine decay to lr/10 at the last step, init N(0, 0.02^2),
 linear model 4 layers x 2 heads of key size 8 (width 4n = 16) trained 1500 steps, softmax model 3 layers x 1
-head, width 32, key size 32, MLP factor 2, trained 2000 steps; probes on 512 / 256 sequences; linearisation fit
+head, width 32, key size 32, MLP factor 2, trained 2000 steps; probes on 2048 / 512 sequences; linearisation fit
 with 200 Adam steps on 192 sequences (full: 500 steps on 512).
 """
 from __future__ import annotations
@@ -50,16 +50,17 @@ SIZES = {
                  linear=dict(layers=6, heads=4, key_size=20, init_std=0.0002, steps=20000),
                  softmax=dict(layers=6, heads=4, width=64, key_size=16, mlp_factor=4, init_std=0.02, steps=20000),
                  probe_train=2048, probe_test=1024, lin_fit=512, lin_eval=512, lin_steps=500, lin_lr=1e-2,
-                 eval_every=500),
+                 eval_every=500, test_batches=10),
     "quick": dict(n=4, T=12, sigma=0.01, batch=32, lr=3e-3, warmup=100, decay=None, final_lr=None,
                   linear=dict(layers=4, heads=2, key_size=8, init_std=0.02, steps=1500),
                   softmax=dict(layers=3, heads=1, width=32, key_size=32, mlp_factor=2, init_std=0.02, steps=2000),
-                  probe_train=512, probe_test=256, lin_fit=192, lin_eval=256, lin_steps=200, lin_lr=2e-2,
-                  eval_every=250),
+                  probe_train=2048, probe_test=512, lin_fit=192, lin_eval=256, lin_steps=200, lin_lr=2e-2,
+                  eval_every=250, test_batches=10),
     "smoke": dict(n=3, T=6, sigma=0.01, batch=8, lr=3e-3, warmup=2, decay=None, final_lr=None,
                   linear=dict(layers=2, heads=1, key_size=4, init_std=0.02, steps=4),
                   softmax=dict(layers=2, heads=1, width=8, key_size=8, mlp_factor=1, init_std=0.02, steps=4),
-                  probe_train=40, probe_test=20, lin_fit=8, lin_eval=8, lin_steps=3, lin_lr=2e-2, eval_every=2),
+                  probe_train=40, probe_test=20, lin_fit=8, lin_eval=8, lin_steps=3, lin_lr=2e-2, eval_every=2,
+                  test_batches=2),
 }
 
 
@@ -86,7 +87,7 @@ def softmax_config(S: dict) -> ModelConfig:
 def train_config(S: dict, steps: int, seed: int) -> TrainConfig:
     return TrainConfig(steps=steps, batch=S["batch"], lr=S["lr"], warmup_steps=min(S["warmup"], steps),
                        decay_steps=S["decay"] or steps, final_lr=S["final_lr"] if S["final_lr"] is not None else S["lr"] / 10,
-                       eval_every=min(S["eval_every"], steps), test_batches=4 if S["probe_train"] < 1000 else 10,
+                       eval_every=min(S["eval_every"], steps), test_batches=S["test_batches"],
                        checkpoint_every=10 ** 9, seed=seed)
 
 
