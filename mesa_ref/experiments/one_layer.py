@@ -116,7 +116,7 @@ def plot_fig1(data):
     KQ, PV = np.asarray(data["KQ"]), np.asarray(data["PV"])
     H, n = KQ.shape[0], int(data["n"])
     fig, axes = plt.subplots(2, H, figsize=(3.3 * H + 0.8, 6.6), squeeze=False)
-    slots = ["0", "s_t", "s_t", "s_t-1"]
+    slots = ["0", "$s_t$", "$s_t$", "$s_{t-1}$"]
     for h in range(H):
         for row, (M, title, ylab, xlab) in enumerate(
                 ((KQ[h], r"$W_K^\top W_Q$", "key-side slot", "query-side slot"),

@@ -1,0 +1,117 @@
+"""Smoke tests of the figure scripts fig1, fig2, fig3, fig7 and make_figures (tiny --smoke sizes, CPU, ref).
+
+Each script runs in-process through its ``main(argv)`` (the same code the scripts/ entry points call) with
+the hidden ``--smoke`` flag (seconds); the command-line behaviour (one-line error, non-zero exit) is
+checked once through a real subprocess.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mains():
+    from mesa_ref.experiments import depth, mesa_vs_attention, one_layer
+    return {"fig1_weights": one_layer.main_fig1, "fig2_one_layer_gd": one_layer.main_fig2,
+            "fig3_depth": depth.main, "fig7_mesa_vs_attention": mesa_vs_attention.main}
+
+
+def _check_per_step(d, T):
+    assert isinstance(d["per_step_loss"], dict) and d["per_step_loss"]
+    for name, ys in d["per_step_loss"].items():
+        assert isinstance(ys, list) and len(ys) == T, name
+        assert all(isinstance(v, float) and v >= 0 for v in ys), name
+        assert d["final_loss"][name] == pytest.approx(sum(ys) / T)
+    for key in ("gd", "lsq"):
+        assert key in d["per_step_loss"]
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figs")
+    mains = _mains()
+    for name in ("fig1_weights", "fig2_one_layer_gd", "fig3_depth", "fig7_mesa_vs_attention"):
+        rc = mains[name](["--smoke", "--backend", "ref", "--out", str(out), "--no-progress"])
+        assert rc == 0, name
+    return out
+
+
+@pytest.mark.parametrize("name", ["fig1_weights", "fig2_one_layer_gd", "fig3_depth", "fig7_mesa_vs_attention"])
+def test_outputs_and_contract(smoke_dir, name):
+    png, js = smoke_dir / f"{name}.png", smoke_dir / f"{name}.json"
+    assert png.exists() and png.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d = json.loads(js.read_text())
+    for key in ("figure", "config", "seed", "backend", "command", "quick"):
+        assert key in d, key
+    assert d["figure"] == name and d["backend"] == "ref"
+    if name == "fig1_weights":
+        H = d["heads"]
+        assert len(d["gd_similarity"]) == H and d["gd_similarity_max"] == pytest.approx(max(d["gd_similarity"]))
+        assert -1 <= d["gd_similarity_max"] <= 1
+        assert len(d["KQ"]) == H and len(d["PV"]) == H
+    elif name == "fig2_one_layer_gd":
+        _check_per_step(d, 12)
+        assert {"model", "revalg"} <= set(d["per_step_loss"])
+        it = d["interpolation"]
+        assert len(it["alpha"]) == len(it["to_revalg"]) == len(it["to_gd"])
+        # alpha = 0 is the trained model itself (float64 product form vs float32 forward)
+        assert it["to_revalg"][0] == pytest.approx(d["final_loss"]["model"], rel=1e-3)
+        assert it["to_gd"][0] == pytest.approx(it["to_revalg"][0], rel=1e-12)
+    elif name == "fig3_depth":
+        _check_per_step(d, 12)
+        assert {"linear_L1", "linear_L2", "gd_K2", "neumann_K1"} <= set(d["per_step_loss"])
+        assert len(d["depth_check"]) == 1
+    else:
+        _check_per_step(d, 12)
+        assert {"mesa_L1", "linear_L1", "softmax_L1", "mesa_L2"} <= set(d["per_step_loss"])
+        assert set(d["tasks"]) == {"T1", "T3", "T4"}
+        for t in ("T3", "T4"):
+            assert {"mesa_L1", "linear_L1", "softmax_L1", "lsq"} <= set(d["tasks"][t]["per_step_loss"])
+        assert d["tasks"]["T1"]["per_step_loss"] == d["per_step_loss"]
+
+
+def test_replot_redraws_from_json_alone(smoke_dir, tmp_path):
+    mains = _mains()
+    for name in mains:
+        # copy only the JSON into a fresh directory: nothing else (no cache, no PNG) is there to use
+        (tmp_path / f"{name}.json").write_bytes((smoke_dir / f"{name}.json").read_bytes())
+        before = (tmp_path / f"{name}.json").read_bytes()
+        rc = mains[name](["--replot", "--out", str(tmp_path)])
+        assert rc == 0, name
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / f"{name}.json").read_bytes() == before
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_cache_reused_by_fig2(smoke_dir):
+    cached = list((smoke_dir / ".cache").glob("one_layer-*.npz"))
+    assert len(cached) == 1            # fig1 trained, fig2 reused the same parameters
+    f1 = json.loads((smoke_dir / "fig1_weights.json").read_text())
+    f2 = json.loads((smoke_dir / "fig2_one_layer_gd.json").read_text())
+    assert f1["gd_similarity"] == f2["gd_similarity"]
+
+
+def test_bad_out_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "fig1_weights.py"), "--smoke", "--backend", "ref",
+                        "--out", str(blocker / "sub")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_make_figures_reports_failures(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--only", "fig1,fig3",
+                        "--backend", "ref", "--out", str(blocker / "sub")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert "fig1_weights" in r.stderr and "fig3_depth" in r.stderr and "2 of 2" in r.stderr
