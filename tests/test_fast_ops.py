@@ -34,6 +34,13 @@ TOL = {
     (np.float32, "dx"): 1e-5,
     (np.float32, "dW"): 1e-5,     # dW sums N = B*T products: measured <= 1e-6 at N = 441
     (np.float32, "db"): 1e-5,
+    **{(np.float64, n): 1e-10 for n in ("ln.y", "ln.dx", "ln.dw", "ln.db", "gelu.y", "gelu.dx")},
+    (np.float32, "ln.y"): 1e-5,   # measured <= 1e-7
+    (np.float32, "ln.dx"): 1e-5,
+    (np.float32, "ln.dw"): 1e-5,  # sums over B*T rows (float64 accumulators in the fast kernel)
+    (np.float32, "ln.db"): 1e-5,
+    (np.float32, "gelu.y"): 1e-5,   # tanh through exp: measured <= 4e-8
+    (np.float32, "gelu.dx"): 1e-5,  # measured <= 7e-7
 }
 # Whole model, float64: the same ops in another order through 2 layers -> still ~1e-12.
 MODEL_TOL64 = 1e-10
@@ -163,6 +170,29 @@ def test_dense_matches_reference(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 40), (9, 13)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("contiguous", [True, False], ids=["c", "nc"])
+def test_layernorm_and_gelu_match_reference(shape, dtype, contiguous):
+    rng = np.random.default_rng(len(shape) + shape[-1])
+    x = (3 * rng.standard_normal(shape[::-1])).astype(dtype).T if not contiguous else \
+        (3 * rng.standard_normal(shape)).astype(dtype)
+    D = x.shape[-1]
+    w, b = rng.standard_normal(D).astype(dtype), rng.standard_normal(D).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    f64 = (lambda a: a.astype(np.float64))
+    y, cache = F.layernorm_forward(x, w, b)
+    grads = F.layernorm_backward(dy, cache)
+    ty, tcache = R.layernorm_forward(f64(x), f64(w), f64(b))
+    tgrads = R.layernorm_backward(f64(dy), tcache)
+    assert_close("ln.y", y, ty, dtype)
+    for name, g, t in zip(("ln.dx", "ln.dw", "ln.db"), grads, tgrads):
+        assert_close(name, g, t, dtype)
+    y, cache = F.gelu_forward(x)
+    assert_close("gelu.y", y, R.gelu_forward(f64(x))[0], dtype)
+    assert_close("gelu.dx", F.gelu_backward(dy, cache), R.gelu_backward(f64(dy), R.gelu_forward(f64(x))[1]), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_clip_matches_reference_exactly(dtype):
     rng = np.random.default_rng(5)
     x = (2 * rng.standard_normal((4, 7, 9))).astype(dtype)
@@ -202,6 +232,12 @@ def test_validation_matches_reference():
         ("dense_forward", (q, np.ones((3, 4), np.float64)), {}),
         ("dense_forward", (q, np.ones((3, 4), np.float32), np.ones(5, np.float32)), {}),
         ("dense_forward", (bad_q, np.ones((3, 4), np.float32)), {}),
+        ("layernorm_forward", (q, np.ones(3, np.float32), np.ones(2, np.float32)), {}),
+        ("layernorm_forward", (bad_q, np.ones(3, np.float32), np.ones(3, np.float32)), {}),
+        ("layernorm_forward", (q, np.ones(3, np.float32), np.ones(3, np.float32)), {"eps": 0.0}),
+        ("layernorm_forward", (q, np.ones(3, np.float64), np.ones(3, np.float32)), {}),
+        ("gelu_forward", (bad_q,), {}),
+        ("gelu_forward", (q.astype(np.int64),), {}),
         ("clip_forward", (q,), {"c": -1.0}),
         ("clip_forward", (bad_q,), {"c": 1.0}),
         ("clip_forward", (q.astype(np.int32),), {"c": 1.0}),
@@ -220,6 +256,14 @@ def test_validation_matches_reference():
     _, fc = F.dense_forward(q, np.ones((3, 4), np.float32))
     _, rc = R.dense_forward(q, np.ones((3, 4), np.float32))
     assert _message(F.dense_backward, dout, fc) == _message(R.dense_backward, dout, rc)
+    _, fc = F.gelu_forward(q)
+    _, rc = R.gelu_forward(q)
+    assert _message(F.gelu_backward, dout[..., :2], fc) == _message(R.gelu_backward, dout[..., :2], rc)
+    w1 = np.ones(3, np.float32)
+    _, fc = F.layernorm_forward(q, w1, w1)
+    _, rc = R.layernorm_forward(q, w1, w1)
+    assert _message(F.layernorm_backward, dout.astype(np.float64), fc) == \
+        _message(R.layernorm_backward, dout.astype(np.float64), rc)
     _, fc = F.clip_forward(q, c=1.0)
     _, rc = R.clip_forward(q, c=1.0)
     assert _message(F.clip_backward, dout[..., :2], fc) == _message(R.clip_backward, dout[..., :2], rc)

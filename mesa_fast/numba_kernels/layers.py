@@ -20,20 +20,31 @@ from mesa_ref.ops import activations as _ref_act
 from mesa_ref.ops import attention_linear as _ref_lin
 from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
+from mesa_ref.ops import layernorm as _ref_ln
 from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv, check_same_dtype
 
 from . import dense as _dense
 
 _K = None
+_E = None
 
 
 def _k():
-    """The kernel module, imported on first use (importing mesa_fast does not import Numba)."""
+    """The attention kernel module, imported on first use (importing mesa_fast does not import Numba)."""
     global _K
     if _K is None:
         from . import attention
         _K = attention
     return _K
+
+
+def _e():
+    """The GELU / LayerNorm kernel module, imported on first use."""
+    global _E
+    if _E is None:
+        from . import elementwise
+        _E = elementwise
+    return _E
 
 
 def _numpy(*arrays) -> bool:
@@ -143,6 +154,82 @@ def dense_backward(dy, cache):
 
 
 # --------------------------------------------------------------------------------------------
+# [L4] LayerNorm (the reference's cache type: xhat, rstd, w keep their meaning)
+# --------------------------------------------------------------------------------------------
+
+def layernorm_forward(x, w, b, *, eps=1e-5):
+    """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis."""
+    if not _numpy(x, w, b):
+        return _ref_ln.layernorm_forward(x, w, b, eps=eps)
+    check_float_array("x", x)                     # the reference's checks, in its order
+    check_float_array("w", w, ndim=1)
+    check_float_array("b", b, ndim=1)
+    check_same_dtype(x=x, w=w, b=b)
+    D = x.shape[-1]
+    if w.shape != (D,) or b.shape != (D,):
+        raise ValueError(f"w, b: expected shape ({D},), got {tuple(w.shape)} and {tuple(b.shape)}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected > 0, got {eps!r}")
+    x2 = _k().flat(x).reshape(-1, D)                                        # (M, D)
+    y = np.empty(x2.shape, x.dtype)
+    xhat = np.empty(x2.shape, x.dtype)
+    rstd = np.empty(x2.shape[0], x.dtype)
+    _e().layernorm_fwd(x2, _k().flat(w), _k().flat(b), x.dtype.type(eps), y, xhat, rstd)
+    return y.reshape(x.shape), _ref_ln.LayerNormCache(xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
+
+
+def layernorm_backward(dy, cache):
+    """Returns (dx (..., D), dw (D,), db (D,))."""
+    xhat, rstd, w = cache
+    if not _numpy(xhat):
+        return _ref_ln.layernorm_backward(dy, cache)
+    check_dout(dy, xhat.shape, xhat.dtype)
+    if not _numpy(dy):
+        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    D = xhat.shape[-1]
+    dx = np.empty(xhat.shape, xhat.dtype)
+    dw = np.empty(D, xhat.dtype)
+    db = np.empty(D, xhat.dtype)
+    _e().layernorm_bwd(_k().flat(dy).reshape(-1, D), _k().flat(xhat).reshape(-1, D), _k().flat(rstd),
+                       _k().flat(w), dx.reshape(-1, D), dw, db)
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# [L5] GELU (tanh approximation)
+# --------------------------------------------------------------------------------------------
+
+class GeluFastCache(NamedTuple):
+    x: np.ndarray   # (...) the input
+    t: np.ndarray   # (...) tanh(sqrt(2/pi) (x + 0.044715 x^3)), kept so the backward needs no tanh
+
+
+def gelu_forward(x):
+    """[L5] gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if not _numpy(x):
+        return _ref_act.gelu_forward(x)
+    check_float_array("x", x)
+    xf = _k().flat(x)
+    y = np.empty(xf.shape, x.dtype)
+    t = np.empty(xf.shape, x.dtype)
+    _e().gelu_fwd(xf, y, t)
+    return y.reshape(x.shape), GeluFastCache(x, t.reshape(x.shape))
+
+
+def gelu_backward(dy, cache):
+    """Returns dx (...)."""
+    if not isinstance(cache, GeluFastCache):
+        return _ref_act.gelu_backward(dy, cache)
+    x, t = cache
+    check_dout(dy, x.shape, x.dtype)
+    if not _numpy(dy):
+        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    dx = np.empty(x.size, x.dtype)
+    _e().gelu_bwd(_k().flat(dy), _k().flat(x), _k().flat(t), dx)
+    return dx.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
 # [L6] activation clipping
 # --------------------------------------------------------------------------------------------
 
@@ -178,5 +265,6 @@ def clip_backward(dy, cache):
 
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
 FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
-            "softmax_attention_forward", "softmax_attention_backward", "clip_forward", "clip_backward")
+            "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
+            "gelu_forward", "gelu_backward", "clip_forward", "clip_backward")
 __all__ = list(FAST_OPS)
