@@ -33,7 +33,7 @@ from .config import ModelConfig
 __all__ = [
     "PerStep", "per_step_summary", "per_step_losses",
     "weight_products", "gd_patterns", "cosine_similarity", "gd_similarity", "WeightReadout", "weight_readout",
-    "gd_construction", "product_config", "product_params", "revalg_clean", "interpolate_params",
+    "gd_construction", "gd_project", "product_config", "product_params", "revalg_clean", "interpolate_params",
     "interpolation_losses", "product_interpolation_losses",
 ]
 
@@ -277,6 +277,24 @@ def revalg_clean(KQ, PV, n: int):
         return out
 
     return (np.stack([clean(M, range(4)) for M in KQ]), np.stack([clean(M, (_OUT_SLOT,)) for M in PV]))
+
+
+def gd_project(KQ, PV, n: int):
+    """[A1]/[A5] the GD component of each head: KQ_h -> a_h G_KQ and PV_h -> b_h G_PV (output slot 0 only),
+    a_h, b_h the least-squares coefficients <KQ_h, G_KQ> / |G_KQ|^2 and <PV_h[:n], G_PV[:n]> / |G_PV[:n]|^2.
+    A layer with the projected products computes one GD step with eta = sum_h 4 a_h b_h (two query and
+    two value slots hold s_t).
+
+    KQ, PV: (H, 4n, 4n) -> (KQ_proj, PV_proj (H, 4n, 4n), eta float).
+    """
+    KQ, PV = np.asarray(KQ, np.float64), np.asarray(PV, np.float64)
+    n = int(n)
+    if KQ.ndim != 3 or KQ.shape[1:] != (4 * n, 4 * n) or PV.shape != KQ.shape:
+        raise ValueError(f"KQ: expected (H, {4 * n}, {4 * n}) arrays KQ and PV, got {KQ.shape} and {PV.shape}")
+    G_KQ, G_PV = gd_patterns(n)
+    a = np.einsum("hij,ij->h", KQ, G_KQ) / np.sum(G_KQ * G_KQ)
+    b = np.einsum("hij,ij->h", PV, G_PV) / np.sum(G_PV * G_PV)       # G_PV is zero outside rows :n
+    return a[:, None, None] * G_KQ, b[:, None, None] * G_PV, float(4 * np.sum(a * b))
 
 
 def interpolate_params(pa: dict, pb: dict, alpha: float) -> dict:

@@ -144,3 +144,12 @@ def test_revalg_clean_model_matches_revalg_predict():
     pred, _ = Transformer(A.product_config(cfg)).forward(A.product_params(KQc, PVc), x)
     C = solvers.revalg_coeffs_from_weights(p["l0.wq"], p["l0.wk"], p["l0.wv"], p["l0.wo"], N, 2)
     np.testing.assert_allclose(pred, solvers.revalg_predict(x[..., N:2 * N], C), atol=1e-10)
+
+
+def test_gd_project_of_construction_is_identity_and_recovers_eta():
+    cfg = one_layer(heads=2, key_size=N)
+    KQ, PV = A.weight_products(A.gd_construction(cfg, 0.09), cfg)
+    KQp, PVp, eta = A.gd_project(KQ, PV, N)
+    assert eta == pytest.approx(0.09)
+    np.testing.assert_allclose(KQp, KQ, atol=1e-15)
+    np.testing.assert_allclose(PVp, PV, atol=1e-15)

@@ -8,7 +8,7 @@ fig1_weights      [P2] W_K^T W_Q and P W_V per head as heat maps, with ``gd_simi
 fig2_one_layer_gd [P3] per-time-step loss of the trained model against [A1] one GD step (eta tuned),
                   [A5] the reverse-engineered algorithm (coefficients read off the weights, and fitted),
                   [A3] tuned ridge regression; plus the [A5] interpolation from the trained weights to
-                  their cleaned reading and to the GD construction.
+                  their cleaned reading and to their GD component.
 
 Both scripts train the same model (same config and seed); the trained parameters are cached in
 ``OUT/.cache/`` keyed by the full configuration (``dynamics.train_cached``), so running fig1 then fig2
@@ -173,13 +173,14 @@ def compute_fig2(ctx) -> dict:
     out = summarise({k: preds[k] for k in order}, batches)
     # [A5] interpolation in product form: trained -> cleaned reading, trained -> GD construction
     alphas = np.linspace(0.0, 1.0, 11)
-    gd_cfg = mcfg.replace(key_size=max(mcfg.key_size, n))
-    gd_prod = analysis.weight_products(analysis.gd_construction(gd_cfg, tuned["eta"]), gd_cfg)
+    KQ, PV = analysis.weight_products(params, mcfg)
+    KQg, PVg, eta_implied = analysis.gd_project(KQ, PV, n)
     interp = {"alpha": alphas.tolist(),
               "to_revalg": analysis.product_interpolation_losses(mcfg, params, "revalg", alphas, batches,
                                                                  ops=ctx.ops).tolist(),
-              "to_gd": analysis.product_interpolation_losses(mcfg, params, gd_prod, alphas, batches,
-                                                             ops=ctx.ops).tolist()}
+              "to_gd": analysis.product_interpolation_losses(mcfg, params, (KQg, PVg), alphas, batches,
+                                                             ops=ctx.ops).tolist(),
+              "gd_eta_implied": eta_implied}
     r = analysis.weight_readout(params, mcfg)
     return {"config": config, "train_metrics": metrics, "tuned": tuned, **out,
             "model_vs_gd_ratio_t10": ratio_after(out["per_step_loss"], "model", "gd"),
@@ -191,7 +192,9 @@ def compute_fig2(ctx) -> dict:
                      "model / mean_{t>=10} gd. revalg: [A5] with coefficients read off the trained weights; "
                      "revalg_fit: fitted by least squares on the tuning batch. interpolation: mean loss along "
                      "straight lines (in product form, mesa_ref.analysis.product_interpolation_losses) from "
-                     "the trained weights (alpha 0) to their cleaned [A5] reading / the GD construction (alpha 1)."}
+                     "the trained weights (alpha 0) to their cleaned [A5] reading / their GD component (each head "
+                     "projected onto the [A1] pattern, mesa_ref.analysis.gd_project; a GD step with eta = "
+                     "interpolation.gd_eta_implied) (alpha 1)."}
 
 
 STYLES = {"model": dict(color="C0", lw=2.2, label="trained 1-layer linear attention"),
@@ -210,10 +213,10 @@ def plot_fig2(data):
                  + (f"\nmodel / GD averaged over t >= 10: {r:.3f}" if r is not None else ""), fontsize=10)
     it = data["interpolation"]
     ax2.plot(it["alpha"], it["to_revalg"], "o-", color="C2", label="trained -> [A5] cleaned reading")
-    ax2.plot(it["alpha"], it["to_gd"], "s-", color="C1", label="trained -> [A1] GD construction")
+    ax2.plot(it["alpha"], it["to_gd"], "s-", color="C1", label="trained -> its [A1] GD component")
     ax2.axhline(data["final_loss"]["model"], color="C0", lw=1, ls=":", label="trained model")
     ax2.axhline(data["final_loss"]["gd"], color="C1", lw=1, ls=":", label="GD (tuned eta)")
-    ax2.set_xlabel("interpolation alpha (0: trained weights, 1: construction)")
+    ax2.set_xlabel("interpolation alpha (0: trained weights, 1: constructed)")
     ax2.set_ylabel("test loss (MSE / 2, mean over t)")
     ax2.set_title("[A5] loss along weight interpolation", fontsize=10)
     ax2.grid(True, alpha=0.3)
