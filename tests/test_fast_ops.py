@@ -55,7 +55,8 @@ def assert_close(name, fast, truth, dtype):
     assert fast.shape == truth.shape, (name, fast.shape, truth.shape)
     assert fast.dtype == np.dtype(dtype), (name, fast.dtype, dtype)
     err, tol = rel(fast, truth), TOL[(dtype, name)]
-    assert err <= tol, f"{name} ({np.dtype(dtype).name}): rel error {err:.2e} > {tol:.0e} ({100 * err / tol:.0f}% of tol)"
+    assert err <= tol, (f"{name} ({np.dtype(dtype).name}): rel error {err:.2e} > {tol:.0e} "
+                        f"({100 * err / tol:.0f}% of tol)")
 
 
 def qkv(rng, B, H, T, d, dv, dtype, layout="c"):

@@ -7,7 +7,14 @@ module's own NamedTuples (the model only hands them back to the matching backwar
 the reference (which is what a CuPy call returns) is passed on to the reference backward.
 
 CuPy arrays (GPU) go to the reference implementation, which is written against an array module
-and runs on CuPy as it is.
+and runs on CuPy as it is. NumPy arrays always run the Numba kernels, whatever
+``mesa_fast.set_backend`` says: these ops have no CUDA twin, so copying NumPy input to the GPU
+would buy nothing.
+
+Ops here: dense [L1] (BLAS, threads run by ``dense.py``), causal linear attention [L2] and
+softmax attention [L3] (``attention.py``), LayerNorm [L4] and GELU [L5] (``elementwise.py``),
+clipping [L6] (``attention.py``). Attention outputs and gradients come back as (B, H, T, w)
+arrays laid out in memory as (B, T, H, w), so the model's merge of the heads costs no copy.
 """
 from __future__ import annotations
 
