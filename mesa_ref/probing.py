@@ -301,8 +301,9 @@ def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float
 class LinearisationResult:
     """[P4] layer: index; loss_original / loss_linearised / loss_removed: the model's loss on the evaluation
     batch with the layer as trained, replaced by the fitted linear attention, and with its attention output
-    set to 0; fit_nmse: held-out normalised MSE of the fitted layer's output (on the evaluation batch);
-    fit_history: the fit's training nmse per Adam step (and after the final W_O refit)."""
+    set to 0; fit_nmse: the fitted layer's held-out error on the evaluation batch, mean squared error of its block
+    output divided by the mean square of the original block output; fit_history: the same error on the fitting
+    batch at every Adam step (entry 0: the starting point)."""
     layer: int
     loss_original: float
     loss_linearised: float
@@ -315,7 +316,9 @@ class LinearisationResult:
     def to_dict(self) -> dict:
         return {"layer": self.layer, "loss_original": self.loss_original, "loss_linearised": self.loss_linearised,
                 "loss_change": self.loss_linearised - self.loss_original, "loss_removed": self.loss_removed,
-                "fit_nmse": self.fit_nmse, "fit_nmse_start": self.fit_history[0] if self.fit_history else None}
+                "fit_error_heldout": self.fit_nmse,
+                "fit_error_train_start": self.fit_history[0] if self.fit_history else None,
+                "fit_error_train_best": min(self.fit_history) if self.fit_history else None}
 
 
 def linearise_layer(model: Transformer, params: dict, i: int, x_fit, x_eval, y_eval, *, steps: int = 300,

@@ -53,7 +53,7 @@ COPY_MODEL_LAYERS = 2
 def compute(ctx) -> dict:
     mode, S = sizes_for(ctx)
     S = {**S, "softmax": {**S["softmax"], "layers": COPY_MODEL_LAYERS}}
-    model, params, metrics, record = train_model(ctx, S, "softmax", 2)
+    model, params, metrics, record = train_model(ctx, S, "softmax", 2, run_name=NAME)
     ev = linear_dynamics(ctx.rng(200), S["probe_test"], S["T"], S["n"], S["sigma"], dtype=np.float32)
     P = first_layer_attention(model, params, np.ascontiguousarray(ev.inputs))
     prev = prev_token_weights(P)                                               # (H, T-1)

@@ -91,14 +91,20 @@ def train_config(S: dict, steps: int, seed: int) -> TrainConfig:
                        checkpoint_every=10 ** 9, seed=seed)
 
 
-def train_model(ctx, S: dict, kind: str, seed_stream: int):
-    """Train the ``kind`` ("linear" | "softmax") model of sizes S; returns (model, params (host), metrics, record)."""
+def train_model(ctx, S: dict, kind: str, seed_stream: int, run_name: str | None = None):
+    """Train the ``kind`` ("linear" | "softmax") model of sizes S; returns (model, params (host), metrics, record).
+    With ``run_name`` and outside quick/smoke mode the run directory OUT/runs/<run_name> gets config.json,
+    metrics.json and checkpoint.npz (mesa_ref.train)."""
     cfg = linear_config(S) if kind == "linear" else softmax_config(S)
     task = DynamicsTask(n=S["n"], T=S["T"], sigma=S["sigma"], tokens="constructed" if kind == "linear" else "raw")
     seed = int(ctx.rng(seed_stream).integers(2 ** 31))
     tcfg = train_config(S, S[kind]["steps"], seed)
     model = ctx.model(cfg)
-    res = train(model, task, tcfg, None, progress=ctx.progress, dtype=np.float32, xp=ctx.xp)
+    run_dir = None
+    if run_name is not None and not ctx.quick and not getattr(ctx.args, "smoke", False):
+        run_dir = ctx.out / "runs" / run_name
+        tcfg = dataclasses.replace(tcfg, checkpoint_every=2000)
+    res = train(model, task, tcfg, run_dir, progress=ctx.progress, dtype=np.float32, xp=ctx.xp)
     params = {k: (v.get() if hasattr(v, "get") else v) for k, v in res.params.items()}
     host_model = _host_model(ctx, cfg)
     record = {"model": cfg.to_dict(), "train": dataclasses.asdict(tcfg), "task": task.to_dict()}
@@ -134,7 +140,7 @@ def compute(ctx) -> dict:
     tr, te = probe_sets(ctx, S, 100)
     probe_error, per_t, control_by_target, training, configs, linearisation = {}, {}, {}, {}, {}, []
     for kind, stream in (("linear", 1), ("softmax", 2)):
-        model, params, metrics, record = train_model(ctx, S, kind, stream)
+        model, params, metrics, record = train_model(ctx, S, kind, stream, run_name=f"{NAME}_{kind}")
         res = probe_model(model, params, tr, te, tokens="constructed" if kind == "linear" else "raw", lam=PROBE_LAM)
         probe_error[kind] = probe_summary(res)
         per_t[kind] = {k: v.tolist() for k, v in res.per_t.items()}
@@ -184,7 +190,9 @@ def plot(data):
     import matplotlib.pyplot as plt
     pe = data["probe_error"]
     models = [m for m in ("linear", "softmax") if m in pe]
-    fig, axes = plt.subplots(1, len(models) + 1, figsize=(5 * (len(models) + 1), 4))
+    lin = (data.get("linearisation") or {}).get("softmax") or []
+    ncol = len(models) + 1 + (1 if lin else 0)
+    fig, axes = plt.subplots(1, ncol, figsize=(5 * ncol, 4))
     titles = {"linear": "deep linear model, constructed tokens", "softmax": "softmax Transformer, raw tokens"}
     for ax, m in zip(axes, models):
         for tname, ys in pe[m].items():
@@ -195,7 +203,7 @@ def plot(data):
         ax.set_xticks(range(len(next(iter(pe[m].values())))))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    ax = axes[-1]
+    ax = axes[len(models)]
     curves = data["probe_error_per_t"]["linear"]["inverse_curvature"]
     cmap = plt.get_cmap("viridis")
     for l, ys in enumerate(curves):
@@ -205,6 +213,17 @@ def plot(data):
     ax.set_title("linear model: (X_t X_t^T + lam I)^-1 s_t per t", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    if lin:
+        ax = axes[-1]
+        idx = np.arange(len(lin))
+        for j, (key, label) in enumerate((("loss_original", "as trained"), ("loss_linearised", "layer linearised"),
+                                          ("loss_removed", "layer removed"))):
+            ax.bar(idx + (j - 1) * 0.27, [r[key] for r in lin], width=0.27, label=label)
+        ax.set_xticks(idx, [f"layer {r['layer'] + 1}" for r in lin])
+        ax.set_ylabel("test loss (MSE / 2)")
+        ax.set_title("softmax model: linearising one layer [P4]", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle("Probing across layers [P1]" + (" (quick run)" if data.get("quick") else ""))
     fig.tight_layout()
     return fig
