@@ -5,17 +5,19 @@ Two models are trained and probed:
 * ``linear``: a deep linear-attention model [L2] on constructed tokens [T2] (the official architecture: no MLP,
   no LayerNorm, activations clipped to +-1.5, weights N(0, init_std^2)).
 * ``softmax``: the full Transformer (softmax attention [L3], GELU MLP [L5], pre-LayerNorm [L4], a linear
-  embedding of the raw states and sinusoidal positional encoding [L7], no clipping) on raw tokens [T1], so its
-  first layer must build the pair (s_t, s_{t-1}) itself (figure 5 looks at that layer).
+  embedding of the raw states and sinusoidal positional encoding [L7], no clipping) on raw tokens [T1], so an
+  early layer must build the pair (s_t, s_{t-1}) itself (figure 5 looks at it in a two-layer model).
 
 For every residual stream (layer 0 = input, layer l = after block l) and position t, least-squares probes
 (mesa_ref.probing) are fitted on ``probe_train`` fresh sequences and scored on ``probe_test`` others; the error is
-the normalised MSE (MSE / variance of the target, per t) averaged over t = 1..T.  Targets: s_t ("current"),
+the normalised MSE (MSE / variance of the target over the test sequences, per t) averaged over t = 1..T (t = 2..T
+for "previous": s_0 = 0 has no variance).  Targets: s_t ("current"),
 s_{t-1} ("previous"), s_{t+1} ("next"), (X_t X_t^T + lam I)^{-1} s_t ("inverse_curvature", lam = 1e-3, the
 official probe lam).  ``control`` is the inverse-curvature target probed from the input tokens alone (the token
 at position t), repeated at every layer so that it plots as a reference line; ``control_by_target`` gives the
-input-token control for every target.  The softmax model's later layers are also linearised [P4]: each is
-replaced by a linear attention fitted to its outputs and the test-loss change is reported (``linearisation``).
+input-token control for every target.  Every layer of the softmax model is also linearised [P4] in turn:
+replaced by a linear attention fitted to its outputs, with the test-loss change reported (``linearisation``, with
+the loss when the layer's attention output is removed for scale).
 
 Full mode (no --quick, for the fast backend): the official data (n = 10, T = 50, sigma = 0.01, batch 256) and
 optimiser (AdamW, lr 3e-4, 1000 warm-up steps, cosine decay to 1e-5 at step 20000, weight decay 0.05, clipping
@@ -27,7 +29,8 @@ Quick mode (CPU, a few minutes) deviates from that, and the JSON's config record
 batch 32, peak lr 3e-3 with 100 warm-up steps and cosine decay to lr/10 at the last step, init N(0, 0.02^2),
 linear model 4 layers x 2 heads of key size 8 (width 4n = 16) trained 1500 steps, softmax model 3 layers x 1
 head, width 32, key size 32, MLP factor 2, trained 2000 steps; probes on 2048 / 512 sequences; linearisation fit
-with 200 Adam steps on 192 sequences (full: 500 steps on 512).
+with 200 Adam steps on 192 sequences (full: 500 steps on 512).  Measured: about 1.5-2 minutes on the 2-core CPU
+under heavy load from other processes (35-48 s of CPU time).
 """
 from __future__ import annotations
 
