@@ -40,7 +40,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..data import linear_dynamics
-from ..probing import PROBE_LAM, TARGETS, linearise_layer, probe_model
+from ..probing import PROBE_LAM, linearise_layer, probe_model
 from ..train import DynamicsTask, TrainConfig, train
 
 NAME = "fig4_probing"
