@@ -6,8 +6,9 @@ A step is what ``mesa_ref.train.train`` does per batch: ``loss_and_grads`` + gra
 constructed tokens) and a one-layer mesa model (``ModelConfig(layers=("mesa",))``); batch 256,
 T 50, float32.
 
-The backends are timed in alternating blocks of steps, so that a change in the machine's load
-hits both alike. Wall-clock and process-CPU medians are both reported: on a machine shared with
+The backends are timed in alternating blocks of steps, each block in a fresh process (after
+warm-up), so that a change in the machine's load hits both alike and OpenBLAS threads left
+spinning by one backend are not billed to the other. Wall-clock and process-CPU medians are both reported: on a machine shared with
 other processes the CPU time is the steadier number. Timing is never asserted anywhere.
 
     python benchmarks/bench_train_step.py                  # full run, writes benchmarks/results/
@@ -38,7 +39,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per backend and model (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (after compilation)")
-    p.add_argument("--block", type=int, default=5, help="steps per alternating block")
+    p.add_argument("--block", type=int, default=10, help="steps per alternating block (one process each)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--models", default="linear2,mesa1", help="comma list of linear2, mesa1")
     p.add_argument("--numba-threads", type=int, default=None, help="numba.set_num_threads (default: all cores)")
@@ -47,6 +48,7 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="4 steps, nothing written")
     p.add_argument("--out", default=str(RESULTS), help="directory for bench_train_step_cpu.{json,md}")
     p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--no-ops", action="store_true", help="skip the per-op table (each op at the default model's shapes)")
     return p.parse_args(argv)
 
 
@@ -75,12 +77,53 @@ def git_commit():
         return ""
 
 
-def main(argv=None):
-    args = parse(argv)
-    if args.blas_threads is not None:          # must happen before NumPy loads its BLAS
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.blas_threads)
-    sys.path.insert(0, str(ROOT))
+def time_ops(np, ref_ops, fast_ops, reps):
+    """Median process-CPU ms of each op, forward and backward, at the default model's shapes
+    (B 256, T 50, D 40, H 4, d 20; MLP width 160), float32, for both namespaces."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    B, T, D, H, d = 256, 50, 40, 4, 20
+    x = rng.standard_normal((B, T, D)).astype(f32)
+    W = (0.1 * rng.standard_normal((D, H * d))).astype(f32)
+    qkv = [rng.standard_normal((B, H, T, d)).astype(f32) for _ in range(4)]
+    z = rng.standard_normal((B, T, 4 * D)).astype(f32)
+    w1, b1 = np.ones(D, f32), np.zeros(D, f32)
+    cases = {
+        "dense 40->80": (lambda o: o.dense_forward(x, W), lambda o, c: o.dense_backward(np.ones((B, T, H * d), f32), c)),
+        "linear attention": (lambda o: o.linear_attention_forward(*qkv[:3]), lambda o, c: o.linear_attention_backward(qkv[3], c)),
+        "softmax attention": (lambda o: o.softmax_attention_forward(*qkv[:3]),
+                              lambda o, c: o.softmax_attention_backward(qkv[3], c)),
+        "layernorm D=40": (lambda o: o.layernorm_forward(x, w1, b1), lambda o, c: o.layernorm_backward(x, c)),
+        "gelu 160": (lambda o: o.gelu_forward(z), lambda o, c: o.gelu_backward(z, c)),
+        "clip D=40": (lambda o: o.clip_forward(x, c=1.5), lambda o, c: o.clip_backward(x, c)),
+    }
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(reps):
+            c0 = time.process_time()
+            fn()
+            ts.append(time.process_time() - c0)
+        return 1e3 * float(np.median(ts))
+
+    rows = []
+    for name, (fwd, bwd) in cases.items():
+        row = {"op": name}
+        for label, ops in (("ref", ref_ops), ("fast", fast_ops)):
+            cache = fwd(ops)[1]
+            row[f"{label}_fwd_cpu_ms"] = med(lambda: fwd(ops))
+            row[f"{label}_bwd_cpu_ms"] = med(lambda: bwd(ops, cache))
+        rows.append(row)
+    return rows
+
+
+def worker(model_name, backend, batch, warmup, steps, numba_threads):
+    """Run in a subprocess: time ``steps`` training steps of one backend; print JSON.
+
+    One process per backend and round: OpenBLAS's threads keep busy-waiting for a while after a
+    multi-threaded product, and in a shared process that CPU time would be billed to whichever
+    backend runs next."""
     import numpy as np
     import numba
 
@@ -90,57 +133,84 @@ def main(argv=None):
     from mesa_ref.model import Transformer
     from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients
 
+    if numba_threads:
+        numba.set_num_threads(numba_threads)
+    cfg = {"linear2": ModelConfig(), "mesa1": ModelConfig(layers=("mesa",))}[model_name]
+    tcfg = TrainConfig(batch=batch)
+    x, y = DynamicsTask().batch(np.random.default_rng(0), batch, np.float32)
+    model = Transformer(cfg, ops=fast_ops if backend == "mesa_fast" else ref_ops)
+    params = model.init(0, dtype=np.float32)
+    opt = AdamW(params, tcfg)
+
+    def step():
+        loss, grads = model.loss_and_grads(params, x, y)
+        grads, _ = clip_gradients(grads, tcfg)
+        opt.update(params, grads, 1e-4)
+
+    t0 = time.perf_counter()
+    step()                                   # compiles the Numba kernels (or loads them from the cache)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        step()
+    wall, cpu = [], []
+    for _ in range(steps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    print(json.dumps({"wall": wall, "cpu": cpu, "first": first, "numba_threads": numba.get_num_threads()}))
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.blas_threads is not None:          # must happen before NumPy loads its BLAS (here and in workers)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
     if args.numba_threads is not None:
-        numba.set_num_threads(args.numba_threads)
+        os.environ["NUMBA_NUM_THREADS"] = str(args.numba_threads)
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import numba
+
+    import mesa_fast.ops as fast_ops
+    import mesa_ref.ops as ref_ops
+    from mesa_ref.train import DynamicsTask
+
     steps = 4 if args.quick else args.steps
-    models = {"linear2": ModelConfig(), "mesa1": ModelConfig(layers=("mesa",))}
+    models = ("linear2", "mesa1")
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in wanted:
         if m not in models:
-            sys.exit(f"error: --models: unknown model {m!r}; expected a comma list of {sorted(models)}")
-    tcfg = TrainConfig(batch=args.batch)
+            sys.exit(f"error: --models: unknown model {m!r}; expected a comma list of {list(models)}")
     task = DynamicsTask()
-    x, y = task.batch(np.random.default_rng(0), args.batch, np.float32)
 
     load_before = loadavg()
     rows = []
     for name in wanted:
-        cfg = models[name]
-        runners = {}
-        for backend, ops in (("mesa_ref", ref_ops), ("mesa_fast", fast_ops)):
-            model = Transformer(cfg, ops=ops)
-            params = model.init(0, dtype=np.float32)
-            opt = AdamW(params, tcfg)
-
-            def step(model=model, params=params, opt=opt):
-                loss, grads = model.loss_and_grads(params, x, y)
-                grads, _ = clip_gradients(grads, tcfg)
-                opt.update(params, grads, 1e-4)
-                return loss
-
-            t0 = time.perf_counter()
-            step()                               # compiles the Numba kernels (or loads them from cache)
-            first = time.perf_counter() - t0
-            for _ in range(args.warmup):
-                step()
-            runners[backend] = (step, first)
-        wall = {b: [] for b in runners}
-        cpu = {b: [] for b in runners}
+        wall = {"mesa_ref": [], "mesa_fast": []}
+        cpu = {"mesa_ref": [], "mesa_fast": []}
+        first = {}
         done = 0
-        while done < steps:
+        while done < steps:                  # alternate the backends, a fresh process per block
             n = min(args.block, steps - done)
-            for b, (step, _) in runners.items():
-                for _ in range(n):
-                    w0, c0 = time.perf_counter(), time.process_time()
-                    step()
-                    cpu[b].append(time.process_time() - c0)
-                    wall[b].append(time.perf_counter() - w0)
+            for b in wall:
+                code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+                        f"import bench_train_step as m; "
+                        f"m.worker({name!r}, {b!r}, {args.batch}, {args.warmup}, {n}, {args.numba_threads or 0})")
+                r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit(f"error: worker {name}/{b} failed:\n{r.stderr[-2000:]}")
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                wall[b] += res["wall"]
+                cpu[b] += res["cpu"]
+                first.setdefault(b, res["first"])
             done += n
-        for b in runners:
+        for b in wall:
             rows.append({"model": name, "backend": b, "steps": steps,
                          "wall_ms_median": 1e3 * float(np.median(wall[b])), "wall_ms_min": 1e3 * float(np.min(wall[b])),
                          "cpu_ms_median": 1e3 * float(np.median(cpu[b])), "cpu_ms_min": 1e3 * float(np.min(cpu[b])),
-                         "first_step_s": runners[b][1]})
+                         "first_step_s": first[b]})
+    op_rows = [] if args.no_ops else time_ops(np, ref_ops, fast_ops, 5 if args.quick else 15)
     load_after = loadavg()
 
     peers = {}
@@ -164,6 +234,14 @@ def main(argv=None):
                      f"{wr:13.2f}x {cr:12.2f}x {vj:>14s}")
     table = "\n".join(lines)
     print(table)
+    op_table = ""
+    if op_rows:
+        ol = [f"{'op (B256 T50 f32)':20s} {'ref fwd':>8s} {'fast fwd':>9s} {'ref bwd':>8s} {'fast bwd':>9s}   (process-CPU ms, medians)"]
+        for r in op_rows:
+            ol.append(f"{r['op']:20s} {r['ref_fwd_cpu_ms']:8.2f} {r['fast_fwd_cpu_ms']:9.2f} "
+                      f"{r['ref_bwd_cpu_ms']:8.2f} {r['fast_bwd_cpu_ms']:9.2f}")
+        op_table = "\n".join(ol)
+        print(op_table)
     print(f"load average before {load_before}, after {load_after}; peers: {peers}")
 
     if args.quick:
@@ -183,6 +261,7 @@ def main(argv=None):
         "jax_reference_ms": JAX_REFERENCE_MS,
         "peers": peers,
         "results": rows,
+        "ops": op_rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,13 +275,16 @@ def main(argv=None):
           f"{meta['machine']['blas_threads_env']}",
           f"- command: `{meta['command']}`",
           f"- step: {meta['step']}; batch {args.batch}, T {task.T}, float32; {steps} timed steps per row, "
-          f"medians, backends alternating in blocks of {args.block}",
+          f"medians, backends alternating in blocks of {args.block} steps, each block in a fresh process",
           f"- load average (1, 5, 15 min) before: {load_before}, after: {load_after}"
           + (" -- **other processes shared the CPU while this ran**; wall-clock numbers are inflated and "
              "noisy, the CPU-time column is the steadier comparison" if busy else ""),
           f"- peers: JAX {peers['jax']}, PyTorch {peers['torch']}; the authors' jitted JAX step is "
           f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (DESIGN.md)", "",
           "```", table, "```", ""]
+    if op_table:
+        md += ["Per op at the default model's shapes (numba threads as above; the fast dense op runs OpenBLAS "
+               "single-threaded per thread):", "", "```", op_table, "```", ""]
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"wrote {out / (stem + '.json')} and .md")
     return 0

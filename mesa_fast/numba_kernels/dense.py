@@ -1,19 +1,21 @@
-"""Dense layer [L1] on the CPU: the reference's BLAS products, with the threading done here.
+"""Dense layer [L1] on the CPU: the reference's BLAS products, run single-threaded.
 
 Re-expresses ``mesa_ref.ops.dense`` (y = x W + b; dx = dy W^T, dW = x^T dy, db = sum dy). The
-products stay BLAS calls (no hand-written kernel beats OpenBLAS at these sizes); what differs is
-who runs the threads:
+products stay the same BLAS calls (no hand-written kernel beats OpenBLAS at these sizes; a naive
+Numba product measured 5-10x slower); what differs is the threading:
 
 * OpenBLAS's own threads synchronise many times inside one product and busy-wait in between.
   On a machine whose cores are shared with other processes that is a disaster: measured on the
   2-core machine under load, ``x.T @ dy`` for x (12800, 40), dy (12800, 80) took ~950 ms wall
   with OpenBLAS's 2 threads and ~2 ms with 1 thread.
 * So every product here runs with OpenBLAS set to 1 thread *for the calling thread only*
-  (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27; nothing global changes), and the rows
-  are split into ``numba.get_num_threads()`` contiguous blocks run on a small thread pool (NumPy
-  releases the GIL inside BLAS): one join per product instead of many. dW is summed from the
-  per-block partial products (another summation order than the reference's single product:
-  rounding-level differences only).
+  (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27), switched back after the product, so
+  nothing changes for the caller's own NumPy code.
+* The products are not split over threads of our own either: tried (row blocks on a thread pool,
+  each single-threaded), it left OpenBLAS's worker threads busy-waiting (~770 ms of CPU per
+  training step of the default model under load, against ~150 ms for the whole step without the
+  split). On an idle machine this costs the second core during the products (~1.3 ms each at
+  the default model's shapes); the attention kernels still use every core.
 
 Where the thread-local switch is not found (another BLAS, or not Linux) the products run as the
 reference runs them.
@@ -22,7 +24,6 @@ Shapes: x (..., Din), W (Din, Dout), b (Dout,) or None, y / dy (..., Dout); N = 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import threading
 
@@ -30,8 +31,6 @@ import numpy as np
 
 _UNSET = object()
 _set_local = _UNSET
-_POOL = None
-_POOL_LOCK = threading.Lock()
 _tls = threading.local()
 
 
@@ -70,71 +69,25 @@ def _release_blas_thread():
         _tls.single = False
 
 
-def _worker(fn, *args):
-    _one_blas_thread()                    # pool threads stay single-threaded for BLAS
-    return fn(*args)
-
-
-def _run_blocks(fn, nrows, nthreads):
-    """fn(r0, r1) over row blocks [r0, r1) covering [0, nrows); returns the results in order.
-    The calling thread does the first block, with OpenBLAS single-threaded only for the call."""
-    nthreads = max(1, min(nthreads, nrows // 256))           # tiny products: not worth a join
-    bounds = [nrows * i // nthreads for i in range(nthreads + 1)]
-    futures = []
-    if nthreads > 1:
-        global _POOL
-        with _POOL_LOCK:
-            if _POOL is None or _POOL._max_workers < nthreads - 1:
-                _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1,
-                                                              thread_name_prefix="mesa_fast_dense")
-            pool = _POOL
-        futures = [pool.submit(_worker, fn, bounds[i], bounds[i + 1]) for i in range(1, nthreads)]
+def _single(fn):
+    """fn() with OpenBLAS single-threaded for the calling thread, restored afterwards."""
     _one_blas_thread()
     try:
-        first = fn(bounds[0], bounds[1])
+        return fn()
     finally:
         _release_blas_thread()
-    return [first] + [f.result() for f in futures]
-
-
-def _nthreads():
-    import numba
-    return numba.get_num_threads()
 
 
 def forward(x2, W, b):
     """y (N, Dout) = x2 (N, Din) @ W (+ b), x2 C-contiguous.  [L1]"""
-    N = x2.shape[0]
-    y = np.empty((N, W.shape[1]), np.result_type(x2, W))
-
-    def block(r0, r1):
-        np.matmul(x2[r0:r1], W, out=y[r0:r1])
-        if b is not None:
-            y[r0:r1] += b
-
-    _run_blocks(block, N, _nthreads())
+    y = _single(lambda: x2 @ W)                                  # (N, Dout)
+    if b is not None:
+        y += b
     return y
 
 
 def backward(dy2, x2, W, has_bias):
     """(dx (N, Din), dW (Din, Dout), db (Dout,) or None) for C-contiguous dy2 (N, Dout), x2 (N, Din)."""
-    N = x2.shape[0]
-    dx = np.empty(x2.shape, x2.dtype)
-    WT = W.T
-
-    def block(r0, r1):
-        np.matmul(dy2[r0:r1], WT, out=dx[r0:r1])
-        dW = x2[r0:r1].T @ dy2[r0:r1]
-        db = dy2[r0:r1].sum(axis=0) if has_bias else None
-        return dW, db
-
-    parts = _run_blocks(block, N, _nthreads())
-    dW = parts[0][0]
-    for p in parts[1:]:
-        dW += p[0]
-    db = None
-    if has_bias:
-        db = parts[0][1]
-        for p in parts[1:]:
-            db += p[1]
+    dx, dW = _single(lambda: (dy2 @ W.T, x2.T @ dy2))            # (N, Din), (Din, Dout)
+    db = dy2.sum(axis=0) if has_bias else None                    # (Dout,)
     return dx, dW, db
