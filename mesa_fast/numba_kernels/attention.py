@@ -35,7 +35,7 @@ import numpy as np
 import numba
 from numba import njit
 
-from ._simd import LANES, vadd, vload, vmul, vstore, vzeros
+from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vzeros
 
 L = LANES
 
@@ -359,108 +359,184 @@ def linear_backward(q, k, v, dout):
 
 
 # --------------------------------------------------------------------------------------------
-# softmax attention [L3]: one sequence at a time (the exp is scalar anyway), inner loops are
-# axpys over a contiguous axis so that LLVM's loop vectoriser takes them
+# softmax attention [L3]: 8 sequences per group in SIMD lanes, like linear attention; the row
+# max / exp / normalisation is a scalar loop per lane over one row buffer
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _softmax_forward_range(n0, n1, q, k, v, scale, P, out, H):
-    """For sequences n0..n1-1: P[n] = softmax(mask(q k^T * scale)) (rows; zero above the diagonal),
-    out = P v written to the merged (B, T, H*dv) layout.  q, k (N,T,d), v (N,T,dv), P (N,T,T).  [L3]"""
-    T, d = q.shape[1], q.shape[2]
-    dv = v.shape[2]
-    kT = np.empty((d, T), q.dtype)
-    acc = np.empty(dv, q.dtype)
-    for n in range(n0, n1):
-        b = n // H
-        c0 = (n - b * H) * dv
-        for i in range(d):
-            for s in range(T):
-                kT[i, s] = k[n, s, i]
-        for t in range(T):
-            row = P[n, t]
-            for s in range(T):
-                row[s] = 0.0
-            for i in range(d):                                   # row[:t+1] = q_t . k_s
-                a = q[n, t, i]
-                for s in range(t + 1):
-                    row[s] += a * kT[i, s]
-            m = row[0] * scale
+def _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g):
+    """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s.  [L3]
+    q, k (N, T*d), v (N, T*dv) rows; P (N, T*T) rows (zero above the diagonal); out merged."""
+    N = q.shape[0]
+    n0 = g * L
+    nl = min(L, N - n0)
+    qg = np.empty(T * d * L, q.dtype)
+    kg = np.empty(T * d * L, q.dtype)
+    vg = np.empty(T * dv * L, q.dtype)
+    og = np.empty(T * dv * L, q.dtype)
+    Pg = np.zeros(T * T * L, q.dtype)                   # P[t, s] at (t*T + s)*L
+    _gather_seq(q, n0, nl, qg)
+    _gather_seq(k, n0, nl, kg)
+    _gather_seq(v, n0, nl, vg)
+    sc = vsplat(qg, scale)
+    dL = d * L
+    vL = dv * L
+    for t in range(T):
+        td = t * dL
+        row = t * T * L
+        s = 0
+        while s + 4 <= t + 1:                           # scores, 4 keys at a time
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
+            for i in range(d):
+                qi = vload(qg, td + i * L)
+                o = s * dL + i * L
+                a0 = vadd(a0, vmul(qi, vload(kg, o)))
+                a1 = vadd(a1, vmul(qi, vload(kg, o + dL)))
+                a2 = vadd(a2, vmul(qi, vload(kg, o + 2 * dL)))
+                a3 = vadd(a3, vmul(qi, vload(kg, o + 3 * dL)))
+            vstore(Pg, row + s * L, vmul(a0, sc))
+            vstore(Pg, row + (s + 1) * L, vmul(a1, sc))
+            vstore(Pg, row + (s + 2) * L, vmul(a2, sc))
+            vstore(Pg, row + (s + 3) * L, vmul(a3, sc))
+            s += 4
+        while s <= t:
+            a0 = vzeros(qg)
+            for i in range(d):
+                a0 = vadd(a0, vmul(vload(qg, td + i * L), vload(kg, s * dL + i * L)))
+            vstore(Pg, row + s * L, vmul(a0, sc))
+            s += 1
+        for l in range(L):                              # softmax of the row, per lane
+            m = Pg[row + l]
+            for s in range(1, t + 1):
+                m = max(m, Pg[row + s * L + l])
+            tot = Pg[row + l] * 0.0
             for s in range(t + 1):
-                row[s] = row[s] * scale                          # scores S[t, s]
-                m = max(m, row[s])
-            tot = row[0] * 0.0
-            for s in range(t + 1):
-                e = np.exp(row[s] - m)
-                row[s] = e
+                e = np.exp(Pg[row + s * L + l] - m)
+                Pg[row + s * L + l] = e
                 tot += e
             for s in range(t + 1):
-                row[s] = row[s] / tot                            # P[t, s]
-            for j in range(dv):
-                acc[j] = 0.0
+                Pg[row + s * L + l] = Pg[row + s * L + l] / tot
+        tv = t * vL
+        j = 0
+        while j + 4 <= dv:                              # out_t = sum_s P[t, s] v_s, 4 columns at a time
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
             for s in range(t + 1):
-                p = row[s]
-                for j in range(dv):
-                    acc[j] += p * v[n, s, j]
-            for j in range(dv):
-                out[b, t, c0 + j] = acc[j]
+                p = vload(Pg, row + s * L)
+                o = s * vL + j * L
+                a0 = vadd(a0, vmul(p, vload(vg, o)))
+                a1 = vadd(a1, vmul(p, vload(vg, o + L)))
+                a2 = vadd(a2, vmul(p, vload(vg, o + 2 * L)))
+                a3 = vadd(a3, vmul(p, vload(vg, o + 3 * L)))
+            vstore(og, tv + j * L, a0)
+            vstore(og, tv + (j + 1) * L, a1)
+            vstore(og, tv + (j + 2) * L, a2)
+            vstore(og, tv + (j + 3) * L, a3)
+            j += 4
+        while j < dv:
+            a0 = vzeros(qg)
+            for s in range(t + 1):
+                a0 = vadd(a0, vmul(vload(Pg, row + s * L), vload(vg, s * vL + j * L)))
+            vstore(og, tv + j * L, a0)
+            j += 1
+    _scatter_rows(Pg, P, n0, nl)
+    _scatter_merged(og, out, n0, nl, H, dv)
 
 
 @njit(cache=True, nogil=True)
-def _softmax_backward_range(n0, n1, q, k, v, P, scale, dout, dq, dk, dvv, H):
-    """dv = P^T dout, dP = dout v^T, dS = P (dP - rowsum(dP P)) * scale, dq = dS k, dk = dS^T q for
-    sequences n0..n1-1, written to the merged layouts dq, dk (B,T,H*d), dvv (B,T,H*dv).  [L3]"""
-    T, d = q.shape[1], q.shape[2]
-    dv = v.shape[2]
-    vT = np.empty((dv, T), q.dtype)
-    dP = np.empty(T, q.dtype)
-    gq = np.empty((T, d), q.dtype)
-    gk = np.empty((T, d), q.dtype)
-    gv = np.empty((T, dv), q.dtype)
-    for n in range(n0, n1):
-        b = n // H
-        h = n - b * H
-        for j in range(dv):
-            for s in range(T):
-                vT[j, s] = v[n, s, j]
-        gq[:, :] = 0.0
-        gk[:, :] = 0.0
-        gv[:, :] = 0.0
-        for t in range(T):
-            row = P[n, t]
-            for s in range(t + 1):
-                dP[s] = 0.0
-            for j in range(dv):                                  # dP[t, :t+1] = dout_t . v_s
-                a = dout[n, t, j]
-                for s in range(t + 1):
-                    dP[s] += a * vT[j, s]
-            rd = dP[0] * 0.0
-            for s in range(t + 1):
-                rd += dP[s] * row[s]
-            for s in range(t + 1):
-                p = row[s]
-                ds = p * (dP[s] - rd) * scale                    # dS[t, s]
-                for j in range(dv):
-                    gv[s, j] += p * dout[n, t, j]
-                for i in range(d):
-                    gq[t, i] += ds * k[n, s, i]
-                for i in range(d):
-                    gk[s, i] += ds * q[n, t, i]
-        for t in range(T):
-            for i in range(d):
-                dq[b, t, h * d + i] = gq[t, i]
-                dk[b, t, h * d + i] = gk[t, i]
+def _softmax_forward_range(g0, g1, q, k, v, scale, P, out, H, T, d, dv):
+    for g in range(g0, g1):
+        _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g):
+    """One group: dv_s = sum_t P[t,s] dout_t; dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale;
+    dq_t = sum_s dS[t,s] k_s; dk_s = sum_t dS[t,s] q_t.  [L3]"""
+    N = q.shape[0]
+    n0 = g * L
+    nl = min(L, N - n0)
+    qg = np.empty(T * d * L, q.dtype)
+    kg = np.empty(T * d * L, q.dtype)
+    vg = np.empty(T * dv * L, q.dtype)
+    dog = np.empty(T * dv * L, q.dtype)
+    Pg = np.empty(T * T * L, q.dtype)
+    _gather_seq(q, n0, nl, qg)
+    _gather_seq(k, n0, nl, kg)
+    _gather_seq(v, n0, nl, vg)
+    _gather_seq(dout, n0, nl, dog)
+    _gather_seq(P, n0, nl, Pg)
+    gq = np.zeros(T * d * L, q.dtype)
+    gk = np.zeros(T * d * L, q.dtype)
+    gv = np.zeros(T * dv * L, q.dtype)
+    dS = np.empty(T * L, q.dtype)
+    sc = vsplat(qg, scale)
+    dL = d * L
+    vL = dv * L
+    for t in range(T):
+        tv = t * vL
+        td = t * dL
+        row = t * T * L
+        s = 0
+        while s + 4 <= t + 1:                           # dP[t, s] = dout_t . v_s, 4 keys at a time
+            a0 = vzeros(qg)
+            a1 = vzeros(qg)
+            a2 = vzeros(qg)
+            a3 = vzeros(qg)
             for j in range(dv):
-                dvv[b, t, h * dv + j] = gv[t, j]
+                dj = vload(dog, tv + j * L)
+                o = s * vL + j * L
+                a0 = vadd(a0, vmul(dj, vload(vg, o)))
+                a1 = vadd(a1, vmul(dj, vload(vg, o + vL)))
+                a2 = vadd(a2, vmul(dj, vload(vg, o + 2 * vL)))
+                a3 = vadd(a3, vmul(dj, vload(vg, o + 3 * vL)))
+            vstore(dS, s * L, a0)
+            vstore(dS, (s + 1) * L, a1)
+            vstore(dS, (s + 2) * L, a2)
+            vstore(dS, (s + 3) * L, a3)
+            s += 4
+        while s <= t:
+            a0 = vzeros(qg)
+            for j in range(dv):
+                a0 = vadd(a0, vmul(vload(dog, tv + j * L), vload(vg, s * vL + j * L)))
+            vstore(dS, s * L, a0)
+            s += 1
+        rd = vzeros(qg)                                 # sum_s dP[t, s] P[t, s]
+        for s in range(t + 1):
+            rd = vadd(rd, vmul(vload(dS, s * L), vload(Pg, row + s * L)))
+        for s in range(t + 1):
+            p = vload(Pg, row + s * L)
+            ds = vmul(vmul(p, vsub(vload(dS, s * L), rd)), sc)      # dS[t, s]
+            sv = s * vL
+            for j in range(dv):                         # dv_s += P[t, s] dout_t
+                vstore(gv, sv + j * L, vadd(vload(gv, sv + j * L), vmul(p, vload(dog, tv + j * L))))
+            sd = s * dL
+            for i in range(d):                          # dq_t += dS k_s; dk_s += dS q_t
+                vstore(gq, td + i * L, vadd(vload(gq, td + i * L), vmul(ds, vload(kg, sd + i * L))))
+                vstore(gk, sd + i * L, vadd(vload(gk, sd + i * L), vmul(ds, vload(qg, td + i * L))))
+    _scatter_merged(gq, dq, n0, nl, H, d)
+    _scatter_merged(gk, dk, n0, nl, H, d)
+    _scatter_merged(gv, dvv, n0, nl, H, dv)
 
 
-def _seq3(x):
-    """(B, H, T, w) -> C-contiguous, writeable (B*H, T, w) view (copied only when needed)."""
-    B, H, T, w = x.shape
-    x = np.ascontiguousarray(x)
-    if not x.flags.writeable:
-        x = x.copy()
-    return x.reshape(B * H, T, w)
+@njit(cache=True, nogil=True)
+def _softmax_backward_range(g0, g1, q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv):
+    for g in range(g0, g1):
+        _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g)
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rows(buf, x, n0, nl):
+    """x[n0 + l, e] = buf[e*L + l] for the nl live lanes (x: (N, E) rows)."""
+    E = x.shape[1]
+    for e in range(E):
+        for l in range(nl):
+            x[n0 + l, e] = buf[e * L + l]
 
 
 def softmax_forward(q, k, v, scale):
@@ -469,8 +545,8 @@ def softmax_forward(q, k, v, scale):
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
     P = np.empty((B, H, T, T), q.dtype)
-    run_groups(_softmax_forward_range, B * H, _seq3(q), _seq3(k), _seq3(v), q.dtype.type(scale),
-               P.reshape(B * H, T, T), _merged_rows(out), H)
+    run_groups(_softmax_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), q.dtype.type(scale),
+               P.reshape(B * H, T * T), _merged_rows(out), H, T, d, dv)
     return out, P
 
 
@@ -481,11 +557,9 @@ def softmax_backward(q, k, v, P, scale, dout):
     dq = merged_empty(B, H, T, d, q.dtype)
     dk = merged_empty(B, H, T, d, q.dtype)
     dvv = merged_empty(B, H, T, dv, q.dtype)
-    Pn = np.ascontiguousarray(P).reshape(B * H, T, T)
-    if not Pn.flags.writeable:
-        Pn = Pn.copy()
-    run_groups(_softmax_backward_range, B * H, _seq3(q), _seq3(k), _seq3(v), Pn, q.dtype.type(scale),
-               _seq3(dout), _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv), H)
+    run_groups(_softmax_backward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _rows(P),
+               q.dtype.type(scale), _rows(dout), _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv),
+               H, T, d, dv)
     return dq, dk, dvv
 
 
