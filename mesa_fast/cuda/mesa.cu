@@ -140,8 +140,8 @@ __device__ void mesa_fwd_impl(const F* __restrict__ q, const F* __restrict__ k, 
     const F lamv = lam[h];
     const F g = has_gamma ? gam[h] : F(1);
     const F ig = F(1) / g;
-    const size_t bk = (size_t)n * T * d;     // sequence n in q, k, qt, wst
-    const size_t bv = (size_t)n * T * dv;    // sequence n in v, out
+    const long long bk = (long long)n * T * d;     // sequence n in q, k, qt, wst
+    const long long bv = (long long)n * T * dv;    // sequence n in v, out
 
     for (int e = m.tid; e < d * d; e += m.nthr) R[e] = (e / d == e % d) ? F(1) / lamv : F(0);   // R_0 = I/lam
     for (int e = m.tid; e < dv * d; e += m.nthr) S[e] = F(0);
@@ -151,17 +151,17 @@ __device__ void mesa_fwd_impl(const F* __restrict__ q, const F* __restrict__ k, 
     for (int t = 0; t < T; ++t) {
         const bool last = (t + 1 == T);
         for (int i = m.tid; i < d; i += m.nthr) {
-            qb[i] = q[bk + (size_t)t * d + i];
-            kn[i] = last ? F(0) : k[bk + (size_t)(t + 1) * d + i];
+            qb[i] = q[bk + (long long)t * d + i];
+            kn[i] = last ? F(0) : k[bk + (long long)(t + 1) * d + i];
         }
-        for (int a = m.tid; a < dv; a += m.nthr) vb[a] = v[bv + (size_t)t * dv + a];
+        for (int a = m.tid; a < dv; a += m.nthr) vb[a] = v[bv + (long long)t * dv + a];
         rank1_factor(kb, c, w, g, scal, d, m);                  // w_t (synchronises)
         if (store_w)
-            for (int i = m.tid; i < d; i += m.nthr) wst[bk + (size_t)t * d + i] = w[i];
+            for (int i = m.tid; i < d; i += m.nthr) wst[bk + (long long)t * d + i] = w[i];
         r_pass(R, w, ig, has_gamma, qb, kn, qtb, c, d, !last, m);   // R_t, q~_t, c_{t+1}
         __syncthreads();
-        s_pass(S, g, has_gamma, vb, kb, qtb, out + bv + (size_t)t * dv, dv, d, m);   // S_t, o_t
-        for (int i = m.tid; i < d; i += m.nthr) qt[bk + (size_t)t * d + i] = qtb[i];
+        s_pass(S, g, has_gamma, vb, kb, qtb, out + bv + (long long)t * dv, dv, d, m);   // S_t, o_t
+        for (int i = m.tid; i < d; i += m.nthr) qt[bk + (long long)t * d + i] = qtb[i];
         __syncthreads();
         F* tmp = kb; kb = kn; kn = tmp;
     }
@@ -209,8 +209,8 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
     const F lamv = lam[h];
     const F g = has_gamma ? gam[h] : F(1);
     const F ig = F(1) / g;
-    const size_t bk = (size_t)n * T * d;
-    const size_t bv = (size_t)n * T * dv;
+    const long long bk = (long long)n * T * d;
+    const long long bv = (long long)n * T * dv;
 
     // 1. forward sweep: S_t^T, dq~_t = S_t^T g_t, R_t rebuilt, u_t = R_t dq~_t -> dq     [M3]
     for (int e = m.tid; e < d * d; e += m.nthr) R[e] = (e / d == e % d) ? F(1) / lamv : F(0);
@@ -221,12 +221,12 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
     for (int t = 0; t < T; ++t) {
         const bool last = (t + 1 == T);
         for (int a = m.tid; a < dv; a += m.nthr) {
-            vb[a] = v[bv + (size_t)t * dv + a];
-            gb[a] = dout[bv + (size_t)t * dv + a];
+            vb[a] = v[bv + (long long)t * dv + a];
+            gb[a] = dout[bv + (long long)t * dv + a];
         }
         for (int i = m.tid; i < d; i += m.nthr) {
-            kn[i] = last ? F(0) : k[bk + (size_t)(t + 1) * d + i];
-            if (store_w) w[i] = wst[bk + (size_t)t * d + i];
+            kn[i] = last ? F(0) : k[bk + (long long)(t + 1) * d + i];
+            if (store_w) w[i] = wst[bk + (long long)t * d + i];
         }
         __syncthreads();
         s_pass(ST, g, has_gamma, kb, vb, gb, ab, d, dv, m);    // [M3] dq~_t = S_t^T g_t
@@ -234,7 +234,7 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
         else __syncthreads();
         r_pass(R, w, ig, has_gamma, ab, kn, uv, c, d, (!store_w) && (!last), m);   // R_t, u_t, c_{t+1}
         __syncthreads();
-        for (int i = m.tid; i < d; i += m.nthr) dq[bk + (size_t)t * d + i] = uv[i];   // dq_t = u_t
+        for (int i = m.tid; i < d; i += m.nthr) dq[bk + (long long)t * d + i] = uv[i];   // dq_t = u_t
         F* tmp = kb; kb = kn; kn = tmp;
         __syncthreads();
     }
@@ -245,13 +245,13 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
     __syncthreads();
     for (int t = T - 1; t >= 0; --t) {
         for (int i = m.tid; i < d; i += m.nthr) {
-            kb[i] = k[bk + (size_t)t * d + i];
-            qtv[i] = qt[bk + (size_t)t * d + i];
-            uv[i] = dq[bk + (size_t)t * d + i];                // written by this block in the sweep
+            kb[i] = k[bk + (long long)t * d + i];
+            qtv[i] = qt[bk + (long long)t * d + i];
+            uv[i] = dq[bk + (long long)t * d + i];                // written by this block in the sweep
         }
         for (int a = m.tid; a < dv; a += m.nthr) {
-            vb[a] = v[bv + (size_t)t * dv + a];
-            gb[a] = dout[bv + (size_t)t * dv + a];
+            vb[a] = v[bv + (long long)t * dv + a];
+            gb[a] = dout[bv + (long long)t * dv + a];
         }
         __syncthreads();
         // D pass (rows by warps): D_t = gamma D_{t+1} + q~_t g_t^T; (D_t v_t)_i; D'_t, (D'_t v_t)_i
@@ -286,7 +286,7 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
         for (int a = m.tid; a < dv; a += m.nthr) {
             F s = F(0);
             for (int i = 0; i < d; ++i) s += kb[i] * D[i * dv + a];
-            dvo[bv + (size_t)t * dv + a] = s;                   // [M3] dv_t = D_t^T k_t
+            dvo[bv + (long long)t * dv + a] = s;                   // [M3] dv_t = D_t^T k_t
         }
         for (int i = m.warp; i < d; i += m.nwarp) {
             const F qi = qtv[i], ui = uv[i];
@@ -311,7 +311,7 @@ __device__ void mesa_bwd_impl(const F* __restrict__ k, const F* __restrict__ v, 
             e = warp_sum(e);
             p = warp_sum(p);
             if (m.lane == 0) {
-                dk[bk + (size_t)t * d + i] = dkv[i] - e;          // [M3] dk_t = D_t v_t - C_t k_t
+                dk[bk + (long long)t * d + i] = dkv[i] - e;          // [M3] dk_t = D_t v_t - C_t k_t
                 prow2[i] = p;
             }
         }
