@@ -19,10 +19,14 @@ final_spread, tuned, ...}; the top-level ``per_step_loss``/``final_loss``/``per_
 
 Configurations (recorded in the JSON, deviations listed):
 
-* full: n = 10, T = 50, every task with L = 1 and 2 of each kind, 4 heads, key size 20, clip 1.5,
+* both: activation clipping off (official 1.5): the clip also clips the read-out prediction, and about
+  1% of the [T1] state entries exceed 1.5, so with the clip even the exact ridge construction in a
+  mesa layer scores 1.36x least squares over t >= 10 (1.00x without; measured on the quick sizes).
+* full: n = 10, T = 50, every task with L = 1 and 2 of each kind, 4 heads, key size 20,
   init std 0.0002, AdamW lr 3e-4 (4e-4 for mesa), 1000 warm-up steps, cosine to 1e-5 at 20000,
   batch 256, 20000 steps; [T3] m = 5, k = 4; evaluation seeds 1, 11, 111, 1111, 11111 x 256.
-* quick: n = 6, T = 30, one head of key size 6 (the mesa-layer needs d >= n), init std 0.02, batch 64;
+* quick: n = 6, T = 30, one head of key size 6 (the mesa-layer needs d >= n), init std 0.02 (mesa models
+  0.002: less of the random key components the mesa-layer must unlearn), batch 64;
   [T1] all six models, [T3] and [T4] the one-layer models only; attention models 300 steps at lr 3e-3
   (30 warm-up steps, cosine to 3e-5); mesa models 600 steps with lam initialised to 1e-3 (paper 1)
   and no weight decay (decay pulls the softplus parameter of lam towards 0, i.e. lam towards 0.69,
@@ -43,6 +47,10 @@ from .dynamics import (EVAL_SEEDS, LinearTask, NonlinearTask, PartialTask, eval_
 
 NAME = "fig7_mesa_vs_attention"
 KINDS = ("mesa", "linear", "softmax")
+CLIP_NOTE = ("activation clipping off (paper 1.5): the clip also clips the prediction, and about 1% of the "
+             "[T1] state entries exceed 1.5, which puts a floor above least squares' noise level at late t "
+             "(the exact ridge construction in a mesa layer scores 1.36x least squares over t >= 10 with the "
+             "clip, 1.00x without)")
 
 
 def setup(ctx):
@@ -61,24 +69,26 @@ def setup(ctx):
             return TrainConfig(steps=s, batch=B, lr=lr, warmup_steps=max(1, s // 10), decay_steps=s,
                                final_lr=lr / 100, weight_decay=0.0 if mesa else 0.05, eval_every=max(1, s // 3),
                                test_batches=1 if smoke else 2, checkpoint_every=10 ** 6, seed=seed)
-        mk = dict(heads=1, key_size=n, init_std=0.02, mesa_lam_init=1e-3)
+        mk = dict(heads=1, key_size=n, init_std=0.02, mesa_lam_init=1e-3, clip=None)
+        init_mesa = 0.002
         depths = {"T1": (1, 2), "T3": (1,), "T4": (1,)}
         seeds, Be, Bt = (EVAL_SEEDS[:2], 16, 32) if smoke else (EVAL_SEEDS[:3], 128, 256)
         dev = ["smoke test sizes"] if smoke else [
-            "n = 6, T = 30 (paper 10, 50)", "1 head, key size 6 (paper 4, 20)", "init std 0.02 (paper 0.0002)",
+            "n = 6, T = 30 (paper 10, 50)", "1 head, key size 6 (paper 4, 20)", "init std 0.02, mesa models 0.002 (paper 0.0002)",
             "[T3]/[T4]: one-layer models only (paper 1 and 2 layers)",
             "batch 64; 300 steps at lr 3e-3 for attention, 600 at lr 1e-2 for mesa (paper 256, 20000, 3e-4/4e-4)",
             "warm-up 10% of the steps, cosine to lr/100 (paper 1000 steps, 1e-5 at 20000)",
             "mesa: lam initialised to 1e-3 (paper 1), no weight decay (paper 0.05)",
-            "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"]
+            "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"] + [CLIP_NOTE]
     else:
         n, T, m, k = 10, 50, 5, 4
 
         def tc(mesa):
             return TrainConfig(steps=20000, lr=4e-4 if mesa else 3e-4, seed=seed)
-        mk = dict(heads=4, key_size=20)
+        mk = dict(heads=4, key_size=20, clip=None)
+        init_mesa = ModelConfig.init_std
         depths = {"T1": (1, 2), "T3": (1, 2), "T4": (1, 2)}
-        seeds, Be, Bt, dev = EVAL_SEEDS, 256, 512, []
+        seeds, Be, Bt, dev = EVAL_SEEDS, 256, 512, [CLIP_NOTE]
     con = dict(input="constructed", width=4 * n, input_dim=n, output_dim=n)
     tasks = [("T1", LinearTask(n=n, T=T), ModelConfig(**con, **mk)),
              ("T3", PartialTask(n=n, m=m, k=k, T=T),
@@ -89,8 +99,8 @@ def setup(ctx):
         models = []
         for L in depths[tname]:
             for kind in KINDS:
-                cfg = base.replace(layers=(kind,) * L,
-                                   pos_enc=(kind == "softmax" and base.input == "embed"))
+                cfg = base.replace(layers=(kind,) * L, pos_enc=(kind == "softmax" and base.input == "embed"),
+                                   init_std=init_mesa if kind == "mesa" else base.init_std)
                 models.append((f"{kind}_L{L}", cfg, tc(kind == "mesa")))
         specs.append((tname, task, base, models))
     return specs, seeds, Be, Bt, dev
