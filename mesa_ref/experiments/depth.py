@@ -127,7 +127,7 @@ def plot(data):
     ax2.set_ylabel("test loss (MSE / 2, mean over t)")
     ax2.set_title("mean loss vs depth (bars: std over seeds)", fontsize=10)
     ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=8, loc="center right")
     fig.suptitle("Fig. 3 - deeper linear self-attention models approach least squares", fontsize=11)
     fig.tight_layout()
     return fig
