@@ -157,7 +157,7 @@ def _styles(names):
             st[k] = dict(color=col[kind], lw=2.2 if L == "1" else 1.4, ls="-" if L == "1" else "--",
                          label=f"{kind}, {L} layer{'s' if L != '1' else ''}")
     st["lsq"] = dict(color="k", lw=1.4, label="[A3] least squares (tuned lam)")
-    st["lsq_linear"] = dict(color="0.5", lw=1.2, ls="-.", label="[A3] least squares on raw states")
+    st["lsq_linear"] = dict(color="0.5", lw=1.2, ls="-.", label="[A3] least squares on the current state / observation only")
     st["gd"] = dict(color="C1", ls=":", lw=1.4, label="[A1] one GD step")
     return st
 
@@ -174,7 +174,7 @@ def plot(data):
         plot_per_step(ax, t["per_step_loss"], t.get("per_step_spread"), styles=_styles(t["per_step_loss"]))
         ax.set_title(TITLES.get(tname, tname), fontsize=10)
     r = data.get("mesa_vs_lsq_ratio_t10")
-    fig.suptitle("Fig. 7 - one mesa-layer matches least squares; linear and softmax attention do not"
+    fig.suptitle("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
                  + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
                  + "  (bands: +-1 std over evaluation seeds)", fontsize=10)
     fig.tight_layout()
