@@ -45,6 +45,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     flags = ["--out", args.out]
+    if not sys.stderr.isatty():      # progress bars only clutter a log (every harness script takes --no-progress)
+        flags.append("--no-progress")
     if args.quick:
         flags.append("--quick")
     if args.backend:
