@@ -246,6 +246,7 @@ def main(argv=None):
             cases.append((s, SHAPES[s]))
 
     info = machine_info()
+    started = _dt.datetime.now().isoformat(timespec="seconds")
     print(f"# mesa-layer forward+backward, {args.dtype}, backward={args.backward}; median ms (min); "
           f"machine: {info.get('cpu', '?')}, {info.get('cpu_count')} cores, "
           f"load {info.get('loadavg_at_start')}", flush=True)
@@ -305,7 +306,8 @@ def main(argv=None):
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bench_mesa_{tag}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:]))
-    payload = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": command,
+    payload = {"date": started, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+               "command": command,
                "machine": info, "dtype": args.dtype, "backward": args.backward,
                "what": "mesa-layer forward + backward, one call each, median wall ms",
                "skipped_impls": skipped, "results": results}

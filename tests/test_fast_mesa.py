@@ -172,6 +172,22 @@ def test_result_does_not_depend_on_batch_neighbours():
         np.testing.assert_array_equal(x[2:3], y, err_msg=name)
 
 
+def test_thread_count_does_not_change_results():
+    """Groups of 8 sequences are split across threads; the split must not change a single bit."""
+    import numba
+    q, k, v, g, lam, gam = (_cast(x, np.float32) for x in _inputs(5, 7, 9, 12, 6, seed=8, gamma=True))
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one, _ = _run(fast_ops, q, k, v, g, lam, gam)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many, _ = _run(fast_ops, q, k, v, g, lam, gam)
+    finally:
+        numba.set_num_threads(before)
+    for name, x, y in zip(NAMES, one, many):
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
 def test_cache_qt_is_the_references():
     q, k, v, g, lam, gam = _inputs(3, 3, 10, 9, 4, seed=5, gamma=True)
     _, cache = fast_ops.mesa_forward(q, k, v, lam, gamma=gam)
