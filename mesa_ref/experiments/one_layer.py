@@ -12,14 +12,14 @@ fig2_one_layer_gd [P3] per-time-step loss of the trained model against [A1] one 
 
 Both scripts train the same model (same config and seed); the trained parameters are cached in
 ``OUT/.cache/`` keyed by the full configuration (``dynamics.train_cached``), so running fig1 then fig2
-trains once.
+trains once (the cache directory carries its own ``.gitignore``).
 
 Configurations (every deviation from the paper's is recorded in the JSON's ``config.deviations``):
 
 * full: n = 10, T = 50, one layer, 4 heads, key size 20, init std 0.0002, AdamW lr 3e-4 with 1000
   warm-up steps and cosine decay to 1e-5 at 20000 steps, batch 256, 20000 steps; evaluation seeds
   1, 11, 111, 1111, 11111 with 256 sequences each; eta and lam tuned on one batch of 512.
-* quick (CPU, about a minute of training): n = 6, T = 30, 2 heads, key size 12, init std 0.02 (the
+* quick (CPU; about 10 s per script on an idle 2-core machine with the reference backend): n = 6, T = 30, 2 heads, key size 12, init std 0.02 (the
   official 0.0002 starts a one-layer model at a saddle it takes long to leave), batch 64, 300 steps,
   lr 3e-3 with 30 warm-up steps and cosine decay to 3e-4; 3 evaluation seeds (1, 11, 111) of 128
   sequences; eta and lam tuned on one batch of 256.
