@@ -214,6 +214,47 @@ def machine_info():
     return info
 
 
+def render(payload):
+    """(table, markdown text) for a results payload (as written to the JSON)."""
+    results, info = payload["results"], payload["machine"]
+    timed = [i for i in payload.get("impls", IMPLS)
+             if any("median_ms" in r["timings"].get(i, {}) for r in results)]
+    others = [i for i in timed if i != "ref"]
+    header = ("| shape (B, H, T, d) | " + " | ".join(f"{i} ms" for i in timed) + " | "
+              + " | ".join(f"ref / {i}" for i in others) + " | "
+              + " | ".join(f"{i} CPU ms" for i in timed) + " |")
+    lines = [header, "|" + "---|" * (1 + 2 * len(timed) + len(others))]
+    for r in results:
+        cells = []
+        for i in timed:
+            t = r["timings"].get(i, {})
+            cells.append(f"{t['median_ms']:.2f}" if "median_ms" in t else "skipped")
+        for i in others:
+            sp = r["timings"].get(i, {}).get("speedup_vs_ref")
+            cells.append(f"{sp:.1f}x" if sp else "-")
+        for i in timed:
+            t = r["timings"].get(i, {})
+            cells.append(f"{t['cpu_median_ms']:.2f}" if "cpu_median_ms" in t else "-")
+        lines.append(f"| {r['shape']} ({r['B']}, {r['H']}, {r['T']}, {r['d']}) | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    md = [f"# Mesa-layer forward+backward ({payload['dtype']}, backward={payload['backward']})", "",
+          f"`{payload['command']}`, started {payload['date']}; {info.get('cpu', '?')}, "
+          f"{info.get('cpu_count')} cores" + (f", GPU {info['gpu']}" if "gpu" in info else "")
+          + f"; load average at start {info.get('loadavg_at_start')}.", "",
+          "Median wall-clock ms of one forward plus one backward call (inputs in place, after warm-up); "
+          "ratios are reference time / implementation time; CPU ms is the process CPU time of the "
+          "same calls (all threads). Minima are in the JSON.", ""]
+    load = info.get("loadavg_at_start")
+    if load and info.get("cpu_count") and load[0] > 0.5 * info["cpu_count"]:
+        md += [f"**Shared machine**: the 1-minute load average was {load[0]:.1f} on {info['cpu_count']} cores "
+               "when this ran, so the wall-clock times include waiting for the CPU and are not the "
+               "machine's speed; the CPU-time columns are the better measure of the work done.", ""]
+    md += [table, ""]
+    for i, why in payload.get("skipped_impls", {}).items():
+        md.append(f"- {i}: not timed ({why})")
+    return table, "\n".join(md) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="paper,mid,lm,sweep",
@@ -225,7 +266,16 @@ def main(argv=None):
     p.add_argument("--ref-budget", type=float, default=60.0,
                    help="skip the reference where one fwd+bwd is estimated to take longer (s)")
     p.add_argument("--out", default=None, help="output stem (default benchmarks/results/bench_mesa_{cpu,gpu})")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only re-write the Markdown table of an earlier run's JSON, and exit")
     args = p.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        payload = json.loads(src.read_text())
+        payload.setdefault("impls", [i for i in IMPLS])
+        src.with_suffix(".md").write_text(render(payload)[1])
+        print(f"wrote {src.with_suffix('.md')}")
+        return 0
 
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     impls = [s.strip() for s in args.impls.split(",") if s.strip()]
@@ -283,48 +333,23 @@ def main(argv=None):
     for impl, why in skipped.items():
         print(f"# {impl}: skipped ({why})")
 
-    timed = [i for i in impls if any("median_ms" in r["timings"].get(i, {}) for r in results)]
-    header = "| shape (B, H, T, d) | " + " | ".join(f"{i} ms" for i in timed) + " | " + \
-             " | ".join(f"ref / {i}" for i in timed if i != "ref") + " |"
-    lines = [header, "|" + "---|" * (1 + len(timed) + len([i for i in timed if i != "ref"]))]
-    for r in results:
-        cells = []
-        for i in timed:
-            t = r["timings"].get(i, {})
-            cells.append(f"{t['median_ms']:.2f}" if "median_ms" in t else "skipped")
-        for i in timed:
-            if i == "ref":
-                continue
-            s = r["timings"].get(i, {}).get("speedup_vs_ref")
-            cells.append(f"{s:.1f}x" if s else "-")
-        lines.append(f"| {r['shape']} ({r['B']}, {r['H']}, {r['T']}, {r['d']}) | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print()
-    print(table)
-
-    tag = "gpu" if "cupy" in timed else "cpu"
+    tag = "gpu" if any("median_ms" in r["timings"].get("cupy", {}) for r in results) else "cpu"
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bench_mesa_{tag}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:]))
     payload = {"date": started, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
                "command": command,
-               "machine": info, "dtype": args.dtype, "backward": args.backward,
+               "machine": info, "dtype": args.dtype, "backward": args.backward, "impls": impls,
                "what": "mesa-layer forward + backward, one call each, median wall ms",
                "skipped_impls": skipped, "results": results}
+    table, md = render(payload)
+    print()
+    print(table)
     tmp = stem.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(stem.with_suffix(".json"))
-    md = [f"# Mesa-layer forward+backward ({args.dtype}, backward={args.backward})", "",
-          f"`{command}` on {payload['date']}; {info.get('cpu', '?')}, {info.get('cpu_count')} cores"
-          + (f", GPU {info['gpu']}" if "gpu" in info else "")
-          + f"; load average at start {info.get('loadavg_at_start')}.", "",
-          "Median wall-clock ms of one forward plus one backward call (inputs in place, after warm-up); "
-          "ratios are reference time / implementation time. CPU time and minima are in the JSON.", "",
-          table, ""]
-    if skipped:
-        md += [f"- {i}: not timed ({why})" for i, why in skipped.items()] + [""]
     tmp = stem.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md))
+    tmp.write_text(md)
     tmp.replace(stem.with_suffix(".md"))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
     return 0
