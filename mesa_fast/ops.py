@@ -24,12 +24,13 @@ MesaCache = MesaFastCache          # the cache type this namespace's mesa_forwar
 
 FAST = ("mesa_forward", "mesa_backward")   # names backed by fast kernels; the rest are the reference's
 
-# --- attention / clip kernels (Numba), see numba_kernels/attention.py and numba_kernels/layers.py ---
+# --- attention / dense / norm kernels (Numba), see numba_kernels/layers.py (names in FAST_OPS) ---
+# linear + softmax attention, dense (single-threaded BLAS), layernorm, gelu, clip.
 # NumPy input -> Numba kernels; CuPy input -> the reference op (it runs on CuPy as it is).
 from .numba_kernels.layers import FAST_OPS as _LAYER_FAST_OPS  # noqa: E402
 from .numba_kernels.layers import *  # noqa: E402,F401,F403  (overrides the reference re-exports above)
 
 FAST = FAST + _LAYER_FAST_OPS
-# --- end attention / clip kernels ---
+# --- end attention / dense / norm kernels ---
 
 __all__ = sorted(set(_ref_ops.__all__) | {"MesaFastCache"})
