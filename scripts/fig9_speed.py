@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Figure 9: mesa-layer forward+backward time vs T per backend; see mesa_ref/experiments/speed.py.
+
+    python scripts/fig9_speed.py --quick        # a small sweep on this machine + any recorded benchmark JSON
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesa_ref.experiments.speed import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
