@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import resolve_backend
 from .config import ModelConfig
 from .model import Transformer
 from .ops._common import array_module
@@ -277,20 +278,8 @@ def build_parser(prog="python -m mesa_ref.train"):
     return p
 
 
-def resolve_backend(name: str):
-    """Return (ops namespace, array module) for "ref" or "fast"."""
-    if name == "ref":
-        from . import ops
-        return ops, np
-    try:
-        import mesa_fast
-    except ImportError as e:
-        raise CLIError(f"--backend fast needs the fast extra (numba): {e}") from None
-    return mesa_fast.ops, mesa_fast.array_module_for_backend()
-
-
 def main(argv=None, *, default_backend=None) -> int:
-    parser = build_parser()
+    parser = build_parser("python -m mesa_fast.train" if default_backend == "fast" else "python -m mesa_ref.train")
     if default_backend:
         parser.set_defaults(backend=default_backend)
     args = parser.parse_args(argv)

@@ -360,9 +360,6 @@ def test_whole_model_float32_as_accurate_as_reference(case):
 
 # ------------------------------------------------------------------------------- command line
 def test_fast_train_cli_runs(tmp_path):
-    if not hasattr(mesa_fast, "array_module_for_backend"):
-        pytest.skip("mesa_ref.train.resolve_backend calls mesa_fast.array_module_for_backend(), "
-                    "which mesa_fast does not define yet")
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "mesa_fast.train", "--steps", "3", "--batch", "8", "--eval-every", "1",
                         "--no-progress", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)

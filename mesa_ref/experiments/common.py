@@ -26,16 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
 from ..runio import CLIError, ensure_writable_dir, read_json, save_figure, write_json
-
-
-def fast_available() -> bool:
-    try:
-        import mesa_fast  # noqa: F401
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -59,21 +51,6 @@ class Context:
     def rng(self, *stream) -> np.random.Generator:
         """An independent generator for a named integer stream under this run's seed."""
         return np.random.default_rng([self.seed, *stream])
-
-
-def resolve_backend(name: str):
-    """(ops namespace, array module) for "ref" or "fast"."""
-    if name == "ref":
-        from .. import ops
-        return ops, np
-    if not fast_available():
-        raise CLIError("--backend fast needs mesa_fast and numba (pip install -e '.[fast]')")
-    import mesa_fast
-    xp = np
-    if getattr(mesa_fast, "get_backend", lambda: "numba")() == "cupy":
-        import cupy
-        xp = cupy
-    return mesa_fast.ops, xp
 
 
 def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
