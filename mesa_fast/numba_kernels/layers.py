@@ -28,7 +28,7 @@ from mesa_ref.ops import attention_linear as _ref_lin
 from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
 from mesa_ref.ops import layernorm as _ref_ln
-from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv, check_same_dtype
+from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv
 
 from . import dense as _dense
 
@@ -132,16 +132,7 @@ def dense_forward(x, W, b=None):
     """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> (y (..., Dout), cache)."""
     if not _numpy(x, W, b):
         return _ref_dense.dense_forward(x, W, b)
-    # the reference's checks, in the reference's order (same ValueErrors)
-    check_float_array("x", x)
-    check_float_array("W", W, ndim=2)
-    if b is not None:
-        check_float_array("b", b, ndim=1)
-    check_same_dtype(x=x, W=W, b=b)
-    if x.ndim < 1 or x.shape[-1] != W.shape[0]:
-        raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")
-    if b is not None and b.shape[0] != W.shape[1]:
-        raise ValueError(f"b: expected shape ({W.shape[1]},), got {tuple(b.shape)}")
+    _ref_dense.check_dense_inputs(x, W, b)        # the reference's checks (same ValueErrors)
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))                  # (N, Din)
     y = _dense.forward(x2, W, b)                                             # (N, Dout)
     return y.reshape(x.shape[:-1] + (W.shape[1],)), DenseFastCache(x2, W, b is not None, tuple(x.shape))
@@ -168,15 +159,8 @@ def layernorm_forward(x, w, b, *, eps=1e-5):
     """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis."""
     if not _numpy(x, w, b):
         return _ref_ln.layernorm_forward(x, w, b, eps=eps)
-    check_float_array("x", x)                     # the reference's checks, in its order
-    check_float_array("w", w, ndim=1)
-    check_float_array("b", b, ndim=1)
-    check_same_dtype(x=x, w=w, b=b)
+    _ref_ln.check_layernorm_inputs(x, w, b, eps)  # the reference's checks (same ValueErrors)
     D = x.shape[-1]
-    if w.shape != (D,) or b.shape != (D,):
-        raise ValueError(f"w, b: expected shape ({D},), got {tuple(w.shape)} and {tuple(b.shape)}")
-    if not eps > 0:
-        raise ValueError(f"eps: expected > 0, got {eps!r}")
     x2 = _k().flat(x).reshape(-1, D)                                        # (M, D)
     y = np.empty(x2.shape, x.dtype)
     xhat = np.empty(x2.shape, x.dtype)

@@ -15,8 +15,8 @@ class DenseCache(NamedTuple):
     has_bias: bool
 
 
-def dense_forward(x, W, b=None):
-    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> y (..., Dout)."""
+def check_dense_inputs(x, W, b=None):
+    """The checks of dense_forward (shared with mesa_fast's dense op): ValueError naming the argument."""
     check_float_array("x", x)
     check_float_array("W", W, ndim=2)
     if b is not None:
@@ -26,6 +26,11 @@ def dense_forward(x, W, b=None):
         raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")
     if b is not None and b.shape[0] != W.shape[1]:
         raise ValueError(f"b: expected shape ({W.shape[1]},), got {tuple(b.shape)}")
+
+
+def dense_forward(x, W, b=None):
+    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> y (..., Dout)."""
+    check_dense_inputs(x, W, b)
     xp = array_module(x)
     # flatten to one 2-D product: BLAS on a contiguous (N, Din) matrix, whatever x's strides are
     y = (xp.ascontiguousarray(x.reshape(-1, x.shape[-1])) @ W).reshape(x.shape[:-1] + (W.shape[1],))

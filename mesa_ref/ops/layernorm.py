@@ -16,8 +16,8 @@ class LayerNormCache(NamedTuple):
     w: object      # (D,)
 
 
-def layernorm_forward(x, w, b, *, eps=1e-5):
-    """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis."""
+def check_layernorm_inputs(x, w, b, eps):
+    """The checks of layernorm_forward (shared with mesa_fast's LayerNorm): ValueError naming the argument."""
     check_float_array("x", x)
     check_float_array("w", w, ndim=1)
     check_float_array("b", b, ndim=1)
@@ -27,6 +27,11 @@ def layernorm_forward(x, w, b, *, eps=1e-5):
         raise ValueError(f"w, b: expected shape ({D},), got {tuple(w.shape)} and {tuple(b.shape)}")
     if not eps > 0:
         raise ValueError(f"eps: expected > 0, got {eps!r}")
+
+
+def layernorm_forward(x, w, b, *, eps=1e-5):
+    """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis."""
+    check_layernorm_inputs(x, w, b, eps)
     xp = array_module(x)
     mean = x.mean(axis=-1, keepdims=True)                          # (..., 1)
     xc = x - mean                                                  # (..., D)
