@@ -48,6 +48,24 @@ def _split_heads(x, H):
     return array_module(x).ascontiguousarray(x.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3))
 
 
+def _split_qkv(qkv, H):
+    """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d] (contiguous)"""
+    B, T, HD3 = qkv.shape
+    x = qkv.reshape(B, T, 3, H, HD3 // (3 * H)).transpose(2, 0, 3, 1, 4)   # [3,B,H,T,d]
+    x = array_module(qkv).ascontiguousarray(x)
+    return x[0], x[1], x[2]
+
+
+def _merge_qkv(dq, dk, dv):
+    """3 x [B, H, T, d] -> [B, T, 3*H*d], the layout of _split_qkv's input"""
+    xp = array_module(dq)
+    B, H, T, d = dq.shape
+    out = xp.empty((B, T, 3, H, d), dtype=dq.dtype)
+    for j, g in enumerate((dq, dk, dv)):
+        out[:, :, j] = g.transpose(0, 2, 1, 3)
+    return out.reshape(B, T, 3 * H * d)
+
+
 def _merge_heads(x):
     """[B, H, T, d] -> [B, T, H*d]"""
     B, H, T, d = x.shape
@@ -156,10 +174,10 @@ class Transformer:
             a = h
             if c.layernorm:
                 a, lc["ln1"] = ops.layernorm_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"])
-            qf, lc["q"] = ops.dense_forward(a, params[f"l{i}.wq"])        # [B,T,H*d]
-            kf, lc["k"] = ops.dense_forward(a, params[f"l{i}.wk"])
-            vf, lc["v"] = ops.dense_forward(a, params[f"l{i}.wv"])
-            q, k, v = _split_heads(qf, H), _split_heads(kf, H), _split_heads(vf, H)   # [B,H,T,d]
+            # one product for the three projections: [B,T,D] x [D, 3*H*d] -> [B,T,3*H*d]  [L2]
+            w_qkv = xp.concatenate([params[f"l{i}.wq"], params[f"l{i}.wk"], params[f"l{i}.wv"]], axis=1)
+            qkv, lc["qkv"] = ops.dense_forward(a, w_qkv)
+            q, k, v = _split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
             if kind == "linear":
                 o, lc["attn"] = ops.linear_attention_forward(q, k, v)
             elif kind == "softmax":
@@ -244,10 +262,10 @@ class Transformer:
                     graw = params[f"l{i}.gamma_raw"]
                     s = sigmoid(graw, xp)
                     grads[f"l{i}.gamma_raw"] = g[4] * s * (1 - s)
-            da, grads[f"l{i}.wq"], _ = ops.dense_backward(_merge_heads(dq), lc["q"])
-            da_k, grads[f"l{i}.wk"], _ = ops.dense_backward(_merge_heads(dk), lc["k"])
-            da_v, grads[f"l{i}.wv"], _ = ops.dense_backward(_merge_heads(dv), lc["v"])
-            da = da + da_k + da_v
+            da, dw_qkv, _ = ops.dense_backward(_merge_qkv(dq, dk, dv), lc["qkv"])
+            HD = dw_qkv.shape[1] // 3
+            for j, name in enumerate(("wq", "wk", "wv")):
+                grads[f"l{i}.{name}"] = xp.ascontiguousarray(dw_qkv[:, j * HD:(j + 1) * HD])
             if c.layernorm:
                 da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"] = ops.layernorm_backward(da, lc["ln1"])
             dh = dh + da                                                     # residual branch
