@@ -107,7 +107,6 @@ def mesa_forward(q, k, v, lam, *, gamma=None, backward="store", checkpoint_every
     if engine == "numba":
         nk = _numba()
         B, H, T, d = q.shape
-        dv = v.shape[3]
         q, k, v = (nk._seq(x, B * H, T, x.shape[3]).reshape(x.shape) for x in (q, k, v))
         out, qt_raw, w_raw = nk.forward(q, k, v, lam, gamma, store_w)
         return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "numba", qt_raw, w_raw, False)

@@ -8,7 +8,6 @@ See mesa_ref/experiments/icl.py for the method and the quick-mode deviations.
 
     python scripts/fig6_icl.py --quick [--backend ref|fast] [--out DIR] [--seed N] [--replot]
 """
-import argparse
 import os
 import sys
 
@@ -32,7 +31,6 @@ def compute(ctx):
 
 def main(argv=None):
     parser = figure_parser(NAME, DESCRIPTION)
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # seconds-long test mode
     return run_figure(NAME, compute, icl.plot, DESCRIPTION, argv=argv, parser=parser)
 
 

@@ -7,7 +7,6 @@ UTF-8 file.  See mesa_ref/experiments/language.py for the setup and the quick-mo
 
     python scripts/fig8_language.py --quick [--text FILE] [--backend ref|fast] [--out DIR] [--seed N] [--replot]
 """
-import argparse
 import os
 import sys
 
@@ -33,7 +32,6 @@ def build_parser():
     parser = figure_parser(NAME, DESCRIPTION)
     parser.add_argument("--text", metavar="FILE", default=None,
                         help="UTF-8 text file to model (default: the text of pydoc_data.topics)")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # seconds-long test mode
     return parser
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mesa_fast
 from mesa_fast import ops as F
 from mesa_fast.model import Transformer as FastTransformer
 from mesa_ref import ops as R

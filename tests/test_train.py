@@ -1,12 +1,10 @@
 """Training loop: schedule, optimiser, clipping, checkpoints, bit-for-bit resume, command-line errors."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,6 +9,7 @@ figure) and ``plot(data, fig_path)`` (draws the PNG from those numbers alone), t
     --out DIR          default figures/
     --seed N           default 0
     --replot           redraw DIR/<name>.png from DIR/<name>.json without recomputing
+    --smoke            (hidden) seconds-long sizes, for the tests
 
 and writes DIR/<name>.json (the numbers, the config, seeds, backend, the command, the date) and
 DIR/<name>.png, each atomically.  Errors end with a one-line message and exit status 2.
@@ -62,6 +63,7 @@ def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replot", action="store_true", help="redraw the PNG from the saved JSON, no recomputation")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # tests only: tiny sizes, seconds
     return p
 
 

@@ -124,14 +124,6 @@ def plot(data):
     return fig
 
 
-def figure_parser():
-    import argparse
-    from .common import figure_parser as base
-    p = base(NAME, DESCRIPTION)
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # tests only: tiny sizes, seconds
-    return p
-
-
 def main(argv=None) -> int:
     from .common import run_figure
-    return run_figure(NAME, compute, plot, DESCRIPTION, argv=argv, parser=figure_parser())
+    return run_figure(NAME, compute, plot, DESCRIPTION, argv=argv)

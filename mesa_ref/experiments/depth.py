@@ -21,7 +21,6 @@ Configurations (recorded in the JSON, deviations listed):
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -136,5 +135,4 @@ def plot(data):
 def main(argv=None) -> int:
     desc = "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD baselines"
     p = figure_parser(NAME, desc)
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     return run_figure(NAME, compute, plot, desc, argv=argv, parser=p)

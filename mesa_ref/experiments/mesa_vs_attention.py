@@ -45,7 +45,6 @@ not the layer's; the full-length run (20000 steps) is the one to judge it by.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -184,5 +183,4 @@ def plot(data):
 def main(argv=None) -> int:
     desc = "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least squares"
     p = figure_parser(NAME, desc)
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     return run_figure(NAME, compute, plot, desc, argv=argv, parser=p)

@@ -30,7 +30,6 @@ Configurations (every deviation from the paper's is recorded in the JSON's ``con
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -81,7 +80,6 @@ def parser(name, description):
     p = figure_parser(name, description)
     p.add_argument("--clip", type=float, default=None,
                    help="activation clipping bound (default: off; the official models clip at 1.5)")
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     return p
 
 

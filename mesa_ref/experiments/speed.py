@@ -11,7 +11,6 @@ Timing is wall-clock on whatever machine runs it; the JSON records the machine a
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -108,5 +107,4 @@ def plot(data):
 def main(argv=None) -> int:
     from .common import figure_parser
     p = figure_parser("fig9_speed", "Mesa-layer forward+backward time vs T for each backend.")
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # seconds-long run for the tests
     return run_figure("fig9_speed", compute, plot, "Mesa-layer speed.", argv=argv, parser=p)
