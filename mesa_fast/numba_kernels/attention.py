@@ -14,7 +14,7 @@ Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); wha
   inputs are gathered into lane-laid-out buffers: element (t, i) of a (T, width) per-sequence
   matrix for lane l sits at ``(t*width + i)*LANES + l``; S and G are (dv*d*LANES,) buffers that stay
   in L1. Each lane runs the scalar recursion, so a lane's result does not depend on its neighbours.
-  Groups run on ``numba.get_num_threads()`` threads (``run_groups``).
+  Groups run on ``numba.get_num_threads()`` threads (``_pool.run_groups``).
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math
 or FMA contraction. Float32 results differ from the reference's float32 results by rounding only
@@ -28,13 +28,10 @@ C-contiguous (N, T*w) matrix, one row per sequence):
 """
 from __future__ import annotations
 
-import concurrent.futures
-import threading
-
 import numpy as np
-import numba
 from numba import njit
 
+from ._pool import contiguous_writeable, run_groups
 from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vzeros
 
 L = LANES
@@ -280,42 +277,11 @@ def _linear_backward_range(g0, g1, q, k, v, dout, dq, dk, dvv, H, T, d, dv):
         _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g)
 
 
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def run_groups(kernel, G, *args):
-    """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
-    ``numba.get_num_threads()`` threads (the kernels release the GIL).
-
-    A thread pool rather than ``prange`` (as in ``mesa.py``): a parallel=True wrapper costs many
-    seconds of extra compilation per dtype and kernel, for the same run time.
-    """
-    nthreads = min(numba.get_num_threads(), G)
-    if nthreads <= 1:
-        kernel(0, G, *args)
-        return
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < nthreads - 1:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1,
-                                                          thread_name_prefix="mesa_fast_attn")
-        pool = _POOL
-    bounds = [G * i // nthreads for i in range(nthreads + 1)]
-    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, nthreads)]
-    kernel(bounds[0], bounds[1], *args)          # this thread does the first chunk
-    for f in futures:
-        f.result()
-
-
 def _rows(x):
     """(B, H, T, w) -> C-contiguous, writeable (B*H, T*w) view (copied only when needed: a
     non-contiguous or read-only array; read-only arrays are a separate Numba type)."""
     B, H, T, w = x.shape
-    x = np.ascontiguousarray(x)
-    if not x.flags.writeable:
-        x = x.copy()
-    return x.reshape(B * H, T * w)
+    return contiguous_writeable(x).reshape(B * H, T * w)
 
 
 def _groups(N):

@@ -7,7 +7,7 @@ closed-form reverse scan [M3], same dgamma by lag-weighted accumulators [M4]). W
   (``_simd.LaneVec``: <8 x float> / <8 x double> registers). Every per-sequence vector or matrix
   is "lane laid out": element (i, j) of lane l sits at ``(i*ncol + j)*LANES + l``. Each lane runs
   the scalar recursion, so a lane's result does not depend on its neighbours. Groups of 8 are
-  spread over ``numba.get_num_threads()`` threads (``_run_groups``). Moving a token between the
+  spread over ``numba.get_num_threads()`` threads (``_pool.run_groups``). Moving a token between the
   (N, T, width) arrays and the lane layout is an 8 x 8 register transpose.
 * Fusion. One pass over R per token does the update [M2]/[M4] and both products with the new
   rows: q~_t = R_t q_t and c_{t+1} = R_t k_{t+1}. R is a full symmetric d x d matrix per lane.
@@ -42,13 +42,10 @@ Shapes (N = B*H sequences, n = b*H + h; G = ceil(N / LANES) groups; lane l of gr
 """
 from __future__ import annotations
 
-import concurrent.futures
-import threading
-
-import numba
 import numpy as np
 from numba import njit
 
+from ._pool import contiguous_writeable, run_groups
 from ._simd import (LANES, vadd, vdiv, vload, vmul, vsplat, vsqrt, vstore, vsub,
                     vtranspose_copy, vzeros)
 
@@ -628,42 +625,9 @@ def _lanes_to_bhtd(x_l, N, T, d, out):
 # Python-level wrappers (shapes in, arrays out); validation happens in mesa_fast.ops
 # --------------------------------------------------------------------------------------------
 
-_POOL = None
-_POOL_WORKERS = 0
-_POOL_LOCK = threading.Lock()
-
-
-def _run_groups(kernel, G, *args):
-    """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
-    ``numba.get_num_threads()`` threads (the kernels release the GIL).
-
-    Threads rather than ``prange``: a parallel=True wrapper cost ~17 s of extra compilation per
-    dtype and kernel (measured), most of this file's cold-start time, for the same run time.
-    """
-    nthreads = min(numba.get_num_threads(), G)
-    if nthreads <= 1:
-        kernel(0, G, *args)
-        return
-    global _POOL, _POOL_WORKERS
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_WORKERS < nthreads - 1:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1,
-                                                          thread_name_prefix="mesa_fast")
-            _POOL_WORKERS = nthreads - 1
-        pool = _POOL
-    bounds = [G * i // nthreads for i in range(nthreads + 1)]
-    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, nthreads)]
-    kernel(bounds[0], bounds[1], *args)          # this thread does the first chunk
-    for f in futures:
-        f.result()
-
-
 def _seq(x, N, T, w):
     """(B, H, T, w) array -> C-contiguous, writeable (N, T, w) (copied only when needed)."""
-    x = np.ascontiguousarray(x)
-    if not x.flags.writeable:          # a read-only array is a separate Numba type (a recompile)
-        x = x.copy()
-    return x.reshape(N, T, w)
+    return contiguous_writeable(x).reshape(N, T, w)
 
 
 def _per_seq(p, B, H, dtype):
@@ -687,7 +651,7 @@ def forward(q, k, v, lam, gamma, store_w):
     out = np.empty((N, T, dv), dtype=dt)
     qt_l = np.empty(G * T * d * L, dtype=dt)
     w_l = np.empty(G * T * d * L if store_w else 0, dtype=dt)
-    _run_groups(_forward_range, G, _seq(q, N, T, d), _seq(k, N, T, d), _seq(v, N, T, dv),
+    run_groups(_forward_range, G, _seq(q, N, T, d), _seq(k, N, T, d), _seq(v, N, T, dv),
                 _per_seq(lam, B, H, dt), _per_seq(gam, B, H, dt), has_gamma, bool(store_w),
                 out, qt_l, w_l)
     return out.reshape(B, H, T, dv), qt_l, w_l
@@ -707,7 +671,7 @@ def backward(dout, k, v, lam, gamma, store_w, qt_l, w_l):
     dv = np.empty((N, T, dv_), dtype=dt)
     dlam_n = np.empty(N, dtype=dt)
     dgam_n = np.empty(N, dtype=dt)
-    _run_groups(_backward_range, G, _seq(k, N, T, d), _seq(v, N, T, dv_), _seq(dout, N, T, dv_),
+    run_groups(_backward_range, G, _seq(k, N, T, d), _seq(v, N, T, dv_), _seq(dout, N, T, dv_),
                 _per_seq(lam, B, H, dt), _per_seq(gam, B, H, dt), has_gamma, bool(store_w),
                 qt_l, w_l, dq, dk, dv, dlam_n, dgam_n)
     dlam = dlam_n.reshape(B, H).sum(axis=0)
