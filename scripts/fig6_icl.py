@@ -18,20 +18,19 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mesa_ref.experiments import icl  # noqa: E402
-from mesa_ref.experiments.common import figure_parser, run_figure  # noqa: E402
+from mesa_ref.experiments.common import run_figure  # noqa: E402
 
 NAME = "fig6_icl"
 DESCRIPTION = "In-context few-shot regression with a tuned EOS token and prompt (Fig. 6)."
 
 
 def compute(ctx):
-    cfg = icl.SMOKE if getattr(ctx.args, "smoke", False) else None
+    cfg = icl.SMOKE if ctx.args.smoke else None
     return icl.compute(ctx, cfg)
 
 
 def main(argv=None):
-    parser = figure_parser(NAME, DESCRIPTION)
-    return run_figure(NAME, compute, icl.plot, DESCRIPTION, argv=argv, parser=parser)
+    return run_figure(NAME, compute, icl.plot, DESCRIPTION, argv=argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ DESCRIPTION = "Language modelling with softmax, linear, mesa and hybrid Transfor
 
 
 def compute(ctx):
-    cfg = language.SMOKE if getattr(ctx.args, "smoke", False) else None
+    cfg = language.SMOKE if ctx.args.smoke else None
     return language.compute(ctx, cfg, text_path=ctx.args.text)
 
 

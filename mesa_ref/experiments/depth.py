@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..train import TrainConfig
-from .common import figure_parser, plot_per_step, run_figure
+from .common import plot_per_step, run_figure
 from .dynamics import (EVAL_SEEDS, LinearTask, eval_batches, evaluate_models, ratio_after, train_cached,
                        tune_baselines, tune_k_step)
 
@@ -134,5 +134,4 @@ def plot(data):
 
 def main(argv=None) -> int:
     desc = "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD baselines"
-    p = figure_parser(NAME, desc)
-    return run_figure(NAME, compute, plot, desc, argv=argv, parser=p)
+    return run_figure(NAME, compute, plot, desc, argv=argv)

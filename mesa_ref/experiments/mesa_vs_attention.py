@@ -50,7 +50,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..train import TrainConfig
-from .common import figure_parser, plot_per_step, run_figure
+from .common import plot_per_step, run_figure
 from .dynamics import (EVAL_SEEDS, LinearTask, NonlinearTask, PartialTask, eval_batches, evaluate_models,
                        ratio_after, train_cached, tune_baselines)
 
@@ -182,5 +182,4 @@ def plot(data):
 
 def main(argv=None) -> int:
     desc = "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least squares"
-    p = figure_parser(NAME, desc)
-    return run_figure(NAME, compute, plot, desc, argv=argv, parser=p)
+    return run_figure(NAME, compute, plot, desc, argv=argv)

@@ -105,6 +105,5 @@ def plot(data):
 
 
 def main(argv=None) -> int:
-    from .common import figure_parser
-    p = figure_parser("fig9_speed", "Mesa-layer forward+backward time vs T for each backend.")
-    return run_figure("fig9_speed", compute, plot, "Mesa-layer speed.", argv=argv, parser=p)
+    return run_figure("fig9_speed", compute, plot, "Mesa-layer forward+backward time vs T for each backend.",
+                      argv=argv)
