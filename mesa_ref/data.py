@@ -129,17 +129,8 @@ def _roll_dynamics(step, s1: np.ndarray, noise: np.ndarray, clip) -> np.ndarray:
 # [T1] fully observed linear dynamics and [T2] constructed tokens
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class LinearDynamics:
-    """[T1] a batch of linear-dynamics sequences.
-
-    states: (B, T+1, n)  s_1..s_{T+1}
-    W:      (B, n, n)    W* (Haar-orthogonal), s_{t+1} = clip(W* s_t + eps_t)
-    noise:  (B, T, n)    eps_1..eps_T (before clipping)
-    """
-    states: np.ndarray
-    W: np.ndarray
-    noise: np.ndarray
+class _StateSequence:
+    """Inputs and targets of a batch with ``states`` (B, T+1, n): the model sees s_1..s_T and predicts s_{t+1}."""
 
     @property
     def inputs(self) -> np.ndarray:
@@ -150,6 +141,19 @@ class LinearDynamics:
     def targets(self) -> np.ndarray:
         """(B, T, n) s_2..s_{T+1}: the target at position t is s_{t+1}."""
         return self.states[:, 1:]
+
+
+@dataclass
+class LinearDynamics(_StateSequence):
+    """[T1] a batch of linear-dynamics sequences.
+
+    states: (B, T+1, n)  s_1..s_{T+1}
+    W:      (B, n, n)    W* (Haar-orthogonal), s_{t+1} = clip(W* s_t + eps_t)
+    noise:  (B, T, n)    eps_1..eps_T (before clipping)
+    """
+    states: np.ndarray
+    W: np.ndarray
+    noise: np.ndarray
 
 
 def linear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float = 0.01,
@@ -310,7 +314,7 @@ def partially_observed_batch(rng, batch: int, T: int = 50, n: int = 10, m: int |
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class NonlinearDynamics:
+class NonlinearDynamics(_StateSequence):
     """[T4] a batch of nonlinear-dynamics sequences.
 
     states: (B, T+1, n)  s_1..s_{T+1}, s_{t+1} = W* f(s_t)/||f(s_t)|| + eps_t
@@ -324,16 +328,6 @@ class NonlinearDynamics:
     A: np.ndarray
     Bm: np.ndarray
     noise: np.ndarray
-
-    @property
-    def inputs(self) -> np.ndarray:
-        """(B, T, n) s_1..s_T."""
-        return self.states[:, :-1]
-
-    @property
-    def targets(self) -> np.ndarray:
-        """(B, T, n) s_2..s_{T+1}."""
-        return self.states[:, 1:]
 
 
 def mlp_params(seed=0, n: int = 10, hidden: int | None = None, scale: float = 1.1,
