@@ -1,5 +1,7 @@
 """Mesa-layer forward+backward timings: the NumPy reference, mesa_fast (Numba / CuPy), and the
-optional peers JAX (the authors' lax.scan recursion) and PyTorch (cumsum + solve) when installed.
+optional peers JAX (the authors' lax.scan recursion) and PyTorch (cumsum + solve) when installed,
+and the exact chunkwise form [M5] (``mesa_ref.ops.mesa_chunkwise``) on NumPy ("chunk") and on CuPy
+("cupy_chunk"), with --chunk tokens per chunk.
 
     .venv/bin/python benchmarks/bench_mesa.py                       # paper, mid, lm, T sweep; float32
     .venv/bin/python benchmarks/bench_mesa.py --shapes paper,mid    # a subset
@@ -37,7 +39,8 @@ SHAPES = {
     "lm": (8, 16, 1024, 64),
 }
 SWEEP_T = (25, 50, 100, 200, 400)
-IMPLS = ("ref", "numba", "cupy", "jax", "torch")
+IMPLS = ("ref", "numba", "cupy", "chunk", "cupy_chunk", "jax", "torch")
+CHUNK = 64   # --chunk default
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +145,30 @@ def make_torch(a, backward):
     return run, None
 
 
-MAKERS = {"ref": make_ref, "numba": make_numba, "cupy": make_cupy, "jax": make_jax, "torch": make_torch}
+def make_chunk(a, backward, xp=np):
+    """[M5] chunkwise form on ``xp`` arrays (``backward`` does not apply: it keeps the chunk states)."""
+    from mesa_ref.ops import mesa_chunkwise_backward, mesa_chunkwise_forward
+    d = {k: xp.asarray(v) for k, v in a.items()}
+
+    def run():
+        out, cache = mesa_chunkwise_forward(d["q"], d["k"], d["v"], d["lam"], chunk=CHUNK)
+        grads = mesa_chunkwise_backward(d["g"], cache)
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()
+        return grads
+    return run, None
+
+
+def make_cupy_chunk(a, backward):
+    from mesa_fast.backend import cupy_available
+    if not cupy_available():
+        return None, "CuPy or a usable GPU missing"
+    import cupy as cp
+    return make_chunk(a, backward, xp=cp)
+
+
+MAKERS = {"ref": make_ref, "numba": make_numba, "cupy": make_cupy, "chunk": make_chunk,
+          "cupy_chunk": make_cupy_chunk, "jax": make_jax, "torch": make_torch}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,10 +282,12 @@ def render(payload):
 
 
 def main(argv=None):
+    global CHUNK
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="paper,mid,lm,sweep",
                    help="comma list of paper, mid, lm, sweep (default: all)")
-    p.add_argument("--impls", default="ref,numba,cupy,jax,torch", help=f"comma list of {IMPLS}")
+    p.add_argument("--impls", default="ref,numba,cupy,cupy_chunk,jax,torch", help=f"comma list of {IMPLS}")
+    p.add_argument("--chunk", type=int, default=CHUNK, help=f"tokens per chunk for chunk / cupy_chunk (default {CHUNK})")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--backward", default="store", choices=("store", "checkpoint"))
     p.add_argument("--repeats", type=int, default=20, help="timed calls per cell (fewer past 60 s)")
@@ -285,6 +313,9 @@ def main(argv=None):
     for i in impls:
         if i not in IMPLS:
             p.error(f"--impls: unknown implementation {i!r}")
+    if args.chunk < 1:
+        p.error("--chunk: expected a positive int")
+    CHUNK = args.chunk
     dtype = np.dtype(args.dtype)
 
     cases = []
@@ -333,13 +364,14 @@ def main(argv=None):
     for impl, why in skipped.items():
         print(f"# {impl}: skipped ({why})")
 
-    tag = "gpu" if any("median_ms" in r["timings"].get("cupy", {}) for r in results) else "cpu"
+    tag = "gpu" if any("median_ms" in r["timings"].get(i, {}) for r in results for i in ("cupy", "cupy_chunk")) else "cpu"
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"bench_mesa_{tag}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:]))
     payload = {"date": started, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
                "command": command,
                "machine": info, "dtype": args.dtype, "backward": args.backward, "impls": impls,
+               "chunk": CHUNK,
                "what": "mesa-layer forward + backward, one call each, median wall ms",
                "skipped_impls": skipped, "results": results}
     table, md = render(payload)

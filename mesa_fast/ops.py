@@ -5,6 +5,9 @@ one model in ``mesa_ref/model.py`` runs on either namespace. Ops with a fast imp
 imported from their ``mesa_fast`` module below and replace the reference's; every other op is the
 reference's own (written against an array module ``xp``, so it runs on NumPy and on CuPy).
 
+The chunkwise mesa-layer [M5] (``mesa_chunkwise_forward`` / ``_backward``) is the reference's own op: it is
+written against the array module of its inputs, so CuPy input runs it on the GPU through cuBLAS / cuSOLVER.
+
 NumPy in -> NumPy out, CuPy in -> CuPy out; ``mesa_fast.set_backend`` / MESA_BACKEND decide where
 NumPy input is computed (see ``mesa_fast.backend``).
 """

@@ -34,6 +34,7 @@ class ModelConfig:
     mesa_lam_min: float = 1e-4              # [M1] lam = softplus(rho) + lam_min keeps lam > 0
     mesa_gamma: bool = False                # [M4] learn a forgetting factor gamma = sigmoid(g) per mesa head
     mesa_backward: str = "store"            # [M3] how mesa_backward gets R_t: "store" | "checkpoint" | "downdate"
+    mesa_chunk: int | None = None           # [M5] set: mesa layers run the exact chunkwise form with this many tokens per chunk
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -62,6 +63,12 @@ class ModelConfig:
                              f"got {self.mesa_lam_init!r} and {self.mesa_lam_min!r}")
         if self.mesa_backward not in MESA_BACKWARDS:
             raise ValueError(f"mesa_backward: expected one of {MESA_BACKWARDS}, got {self.mesa_backward!r}")
+        if self.mesa_chunk is not None:
+            if isinstance(self.mesa_chunk, bool) or not isinstance(self.mesa_chunk, int) or self.mesa_chunk < 1:
+                raise ValueError(f"mesa_chunk: expected None or a positive int, got {self.mesa_chunk!r}")
+            if self.mesa_gamma:
+                raise ValueError("mesa_chunk: the chunkwise form [M5] has no forgetting factor; "
+                                 "use mesa_chunk=None with mesa_gamma=True")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

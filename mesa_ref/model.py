@@ -184,7 +184,10 @@ class Transformer:
                 o, lc["attn"] = ops.softmax_attention_forward(q, k, v)
             else:
                 lam, gamma = self.mesa_lam(params, i), self.mesa_gamma(params, i)
-                o, lc["attn"] = ops.mesa_forward(q, k, v, lam, gamma=gamma, backward=c.mesa_backward)
+                if c.mesa_chunk is not None:                                 # [M5] chunkwise form
+                    o, lc["attn"] = ops.mesa_chunkwise_forward(q, k, v, lam, chunk=c.mesa_chunk)
+                else:
+                    o, lc["attn"] = ops.mesa_forward(q, k, v, lam, gamma=gamma, backward=c.mesa_backward)
             delta, lc["o"] = ops.dense_forward(_merge_heads(o), params[f"l{i}.wo"])   # [B,T,D]
             h = h + delta
             if c.clip is not None:
@@ -254,7 +257,8 @@ class Transformer:
             elif kind == "softmax":
                 dq, dk, dv = ops.softmax_attention_backward(do, lc["attn"])
             else:
-                g = ops.mesa_backward(do, lc["attn"])
+                g = (ops.mesa_chunkwise_backward(do, lc["attn"]) if c.mesa_chunk is not None
+                     else ops.mesa_backward(do, lc["attn"]))
                 dq, dk, dv, dlam = g[:4]
                 raw = params[f"l{i}.lam_raw"]
                 grads[f"l{i}.lam_raw"] = dlam * sigmoid(raw, xp)             # d softplus = sigmoid

@@ -3,7 +3,7 @@
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
 Attention ops take q, k, v of shape (B, H, T, d).  MATH.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
-mesa-layer [M1]-[M4].
+mesa-layer [M1]-[M4], and its exact chunkwise form [M5].
 """
 from .activations import ClipCache, GeluCache, clip_backward, clip_forward, gelu_backward, gelu_forward
 from .attention_linear import LinearAttentionCache, linear_attention_backward, linear_attention_forward
@@ -13,6 +13,7 @@ from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
                    mse_backward, mse_forward)
 from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs
+from .mesa_chunkwise import MesaChunkCache, mesa_chunkwise_backward, mesa_chunkwise_forward
 from .posenc import sinusoidal_positional_encoding
 
 __all__ = [
@@ -23,9 +24,10 @@ __all__ = [
     "gelu_forward", "gelu_backward",
     "clip_forward", "clip_backward",
     "mesa_forward", "mesa_backward", "mesa_direct", "validate_mesa_inputs",
+    "mesa_chunkwise_forward", "mesa_chunkwise_backward",
     "sinusoidal_positional_encoding",
     "mse_forward", "mse_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "DenseCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
-    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache",
+    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",
 ]
