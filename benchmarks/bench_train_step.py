@@ -286,7 +286,7 @@ def main(argv=None):
     stem = "bench_train_step_cpu" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     busy = load_before and max(load_before[0], (load_after or [0])[0]) > 0.5 * (os.cpu_count() or 1)
-    md = [f"# Training step, mesa_ref vs mesa_fast (CPU)", "",
+    md = ["# Training step, mesa_ref vs mesa_fast (CPU)", "",
           f"- date: {meta['date']}; commit {meta['git_commit']}",
           f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; numpy {np.__version__}, "
           f"numba {numba.__version__} ({numba.get_num_threads()} threads), OPENBLAS_NUM_THREADS="
