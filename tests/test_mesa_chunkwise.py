@@ -10,18 +10,14 @@ import pytest  # noqa: E402
 from mesa_ref.gradcheck import numerical_gradient  # noqa: E402
 from mesa_ref.ops import mesa as seq  # noqa: E402
 from mesa_ref.ops import mesa_chunkwise as chk  # noqa: E402
+from test_fast_mesa import _inputs  # noqa: E402  (tests/ is on sys.path under pytest)
 
 NAMES = ("out", "dq", "dk", "dv", "dlam")
 
 
 def inputs(B, H, T, d, dv, seed=0, lam_scale=1.0):
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((B, H, T, d))
-    k = rng.standard_normal((B, H, T, d)) / np.sqrt(d)
-    v = rng.standard_normal((B, H, T, dv))
-    g = rng.standard_normal((B, H, T, dv))
-    lam = lam_scale * rng.uniform(0.5, 2.0, H)
-    return q, k, v, g, lam
+    """The fast-kernel tests' random inputs (q, k, v, dout, lam), without gamma."""
+    return _inputs(B, H, T, d, dv, seed=seed, lam_scale=lam_scale)[:5]
 
 
 def run_seq(q, k, v, g, lam):
