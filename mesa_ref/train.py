@@ -44,7 +44,6 @@ class TrainConfig:
     decay_steps: int = 20000      # cosine decay reaches final_lr here
     final_lr: float = 1e-5
     weight_decay: float = 0.05    # decoupled (AdamW)
-    no_decay: tuple = ()          # parameter-name suffixes left out of the decay (e.g. ("lam_raw",)); () = all
     lr_scale: tuple = ()          # ((suffix, factor), ...): those parameters step with lr * factor; () = none
     b1: float = 0.9
     b2: float = 0.999
@@ -68,9 +67,6 @@ class TrainConfig:
             raise ValueError("warmup_steps/decay_steps: expected warmup_steps >= 0 and decay_steps >= 1")
         if self.clip_mode not in ("global_norm", "elementwise"):
             raise ValueError(f"clip_mode: expected 'global_norm' or 'elementwise', got {self.clip_mode!r}")
-        if not (isinstance(self.no_decay, (tuple, list)) and all(isinstance(x, str) and x for x in self.no_decay)):
-            raise ValueError(f"no_decay: expected a tuple of parameter-name suffixes, got {self.no_decay!r}")
-        object.__setattr__(self, "no_decay", tuple(self.no_decay))
         bad = ValueError(f"lr_scale: expected ((parameter-name suffix, factor > 0), ...), got {self.lr_scale!r}")
         try:
             scale = tuple((k, float(f)) for k, f in self.lr_scale)
@@ -105,9 +101,8 @@ def clip_gradients(grads: dict, c: TrainConfig) -> tuple[dict, float]:
 
 
 class AdamW:
-    """AdamW with decoupled weight decay: p <- p - lr (m_hat / (sqrt(v_hat) + eps) + wd p); parameters whose
-    name ends with one of ``TrainConfig.no_decay`` get wd = 0, and those named in ``TrainConfig.lr_scale`` step
-    with lr * factor (the first matching suffix counts)."""
+    """AdamW with decoupled weight decay: p <- p - lr (m_hat / (sqrt(v_hat) + eps) + wd p); parameters named in
+    ``TrainConfig.lr_scale`` (by name suffix, the first match counts) step with lr * factor."""
 
     def __init__(self, params: dict, c: TrainConfig):
         self.c = c
@@ -123,13 +118,12 @@ class AdamW:
         bc2 = 1 - c.b2 ** self.t
         for k, p in params.items():
             g = grads[k]
-            wd = 0.0 if k.endswith(c.no_decay) else c.weight_decay
             step = lr * next((f for suffix, f in c.lr_scale if k.endswith(suffix)), 1.0)
             m, v = self.m[k], self.v[k]
             dt = p.dtype.type
             m *= dt(c.b1); m += dt(1 - c.b1) * g
             v *= dt(c.b2); v += dt(1 - c.b2) * (g * g)
-            upd = (m / dt(bc1)) / (array_module(p).sqrt(v / dt(bc2)) + dt(c.eps)) + dt(wd) * p
+            upd = (m / dt(bc1)) / (array_module(p).sqrt(v / dt(bc2)) + dt(c.eps)) + dt(c.weight_decay) * p
             p -= dt(step) * upd
 
 
