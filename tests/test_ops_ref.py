@@ -157,3 +157,23 @@ def test_bad_inputs_raise(rng):
         ops.linear_attention_backward(out[..., :2], cache)
     with pytest.raises(ValueError, match="targets"):
         ops.cross_entropy_forward(rng.standard_normal((2, 5)), np.array([0, 7]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finiteness_check_is_exact_even_when_the_sum_overflows(dtype):
+    """check_float_array: finite input near the dtype's limit (whose sum overflows) is accepted, and every NaN / inf
+    (including +inf and -inf together, whose sum is NaN) must be caught."""
+    from mesa_ref.ops._common import check_float_array
+    big = np.full((4, 5), np.finfo(dtype).max / 2, dtype=dtype)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())
+    check_float_array("x", big)                                   # finite: accepted
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones((3, 7), dtype=dtype)
+        x[2, 5] = bad
+        with pytest.raises(ValueError, match="x: contains non-finite"):
+            check_float_array("x", x)
+    x = np.ones(6, dtype=dtype)
+    x[1], x[4] = np.inf, -np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        check_float_array("x", x)
