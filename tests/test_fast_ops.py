@@ -365,3 +365,33 @@ def test_fast_train_cli_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "test loss" in r.stdout
     assert (out / "metrics.json").exists() and (out / "checkpoint.npz").exists()
+
+
+def test_numba_cache_guard_drops_kernels_compiled_from_other_sources(tmp_path, monkeypatch):
+    """Numba checks only the defining file's timestamp; the package's guard drops every cached kernel when any
+    kernel source (the inlined _simd.py included) changed, and keeps them while nothing did."""
+    import shutil
+
+    import mesa_fast.numba_kernels as nk_pkg
+    src = tmp_path / "numba_kernels"
+    src.mkdir()
+    for f in ("_simd.py", "mesa.py"):
+        shutil.copy(Path(nk_pkg.__file__).with_name(f), src / f)
+    cache = src / "__pycache__"
+    cache.mkdir()
+    monkeypatch.setattr(nk_pkg, "_HERE", src)
+
+    def cached():
+        return sorted(p.name for p in cache.iterdir() if p.suffix in (".nbi", ".nbc"))
+
+    for name in ("mesa.kernel-1.py311.nbi", "mesa.kernel-1.py311.1.nbc"):
+        (cache / name).write_text("old")
+    nk_pkg._drop_stale_cache()                       # no record yet: whatever is cached is of unknown origin
+    assert cached() == []
+    (cache / "mesa.kernel-1.py311.nbi").write_text("new")
+    nk_pkg._drop_stale_cache()                       # sources unchanged: the cache stays
+    assert cached() == ["mesa.kernel-1.py311.nbi"]
+    (src / "_simd.py").write_text((src / "_simd.py").read_text() + "\n# edited\n")
+    nk_pkg._drop_stale_cache()                       # an inlined file changed: the cache goes
+    assert cached() == []
+    assert (cache / nk_pkg._STAMP).read_text().strip() == nk_pkg._sources_digest()
