@@ -141,10 +141,18 @@ def test_linear_attention_lanes_are_independent():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny"])
-def test_dense_matches_reference(case, dtype):
+@pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small"])
+def test_dense_matches_reference(case, dtype, monkeypatch):
+    """Including products split by rows over the thread pool (numba_kernels/dense.py): 2103 rows with the default
+    MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces)."""
     rng = np.random.default_rng(11)
-    if case == "3d-bias":
+    if case == "row-split":
+        x, W, b = rng.standard_normal((3, 701, 9)), rng.standard_normal((9, 13)), rng.standard_normal(13)
+    elif case == "row-split-small":
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 1)
+        x, W, b = rng.standard_normal((7, 4)), rng.standard_normal((4, 5)), None
+    elif case == "3d-bias":
         x, W, b = rng.standard_normal((9, 49, 12)), rng.standard_normal((12, 7)), rng.standard_normal(7)
     elif case == "2d-nobias":
         x, W, b = rng.standard_normal((600, 5)), rng.standard_normal((5, 3)), None

@@ -16,24 +16,29 @@ _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
 
 
-def run_groups(kernel, G, *args):
-    """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
-    ``numba.get_num_threads()`` threads; the calling thread does the first chunk."""
-    nthreads = min(numba.get_num_threads(), G)
+def map_chunks(fn, n, *args, min_chunk=1):
+    """[fn(lo, hi, *args) for contiguous ranges [lo, hi) covering 0..n-1], one range per thread of
+    ``numba.get_num_threads()`` (fewer so that each range has at least ``min_chunk`` items); the calling
+    thread does the first range.  Results in range order."""
+    nthreads = max(1, min(numba.get_num_threads(), n // max(1, min_chunk)))
     if nthreads <= 1:
-        kernel(0, G, *args)
-        return
+        return [fn(0, n, *args)]
     global _POOL, _POOL_WORKERS
     with _POOL_LOCK:
         if _POOL is None or _POOL_WORKERS < nthreads - 1:
             _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1, thread_name_prefix="mesa_fast")
             _POOL_WORKERS = nthreads - 1
         pool = _POOL
-    bounds = [G * i // nthreads for i in range(nthreads + 1)]
-    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, nthreads)]
-    kernel(bounds[0], bounds[1], *args)
-    for f in futures:
-        f.result()
+    bounds = [n * i // nthreads for i in range(nthreads + 1)]
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1], *args) for i in range(1, nthreads)]
+    first = fn(bounds[0], bounds[1], *args)
+    return [first] + [f.result() for f in futures]
+
+
+def run_groups(kernel, G, *args):
+    """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
+    ``numba.get_num_threads()`` threads; the calling thread does the first chunk."""
+    map_chunks(kernel, G, *args)
 
 
 def contiguous_writeable(x):
