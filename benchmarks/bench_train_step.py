@@ -40,13 +40,13 @@ NOTES = [
     "- mesa_ref runs NumPy as it comes: OpenBLAS with one thread per core. When other processes load the "
     "cores, OpenBLAS's threads busy-wait at every internal synchronisation and a dense backward "
     "(x.T @ dy, 12800 x 40 x 80) takes ~0.3-1 s instead of ~2 ms; that is most of mesa_ref's step time in a "
-    "run with default threads on a busy machine. mesa_fast's dense op runs the same BLAS products with "
-    "OpenBLAS single-threaded for the calling thread (numba_kernels/dense.py). Compare the run with "
+    "run with default threads on a busy machine. mesa_fast's dense op runs the same BLAS products split by "
+    "rows over its own threads, OpenBLAS single-threaded in each (numba_kernels/dense.py). Compare the run with "
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
-    "- What is left in the fast linear2 step: the 24 dense products (BLAS, as in the reference), the "
-    "model's head-split copies, the isfinite validation of every op input, and memory traffic (the step's "
-    "working set is far larger than the cache). The attention kernels themselves are 2-3x faster than "
-    "the reference's.",
+    "- What is left in the fast linear2 step (cProfile, 2026-11-29, before the dense split): the dense "
+    "products (BLAS, ~28 ms), the linear-attention kernels (~23 ms wall; in CPU time no cheaper than the "
+    "reference's batched products), the model's head split/merge copies (~7 ms), the finiteness checks of "
+    "every op input (~8 ms), and memory traffic (the step's working set is far larger than the cache).",
     "- No JAX/PyTorch peer is installed here; the 108 ms of the authors' jitted JAX step is the figure "
     "quoted in DESIGN.md, not a measurement on this machine under the same load.",
     "",
