@@ -16,10 +16,11 @@ Numba product measured 5-10x slower); what differs is the threading:
   the 2-core Xeon machine (2026-11-29), one QKV product forward and backward at the default model's
   shape (12800 x 40 by 40 x 240): 4.1-5.1 ms median against 7.1-9.7 ms unsplit, at the same process
   CPU time (7.7-10.6 vs 7.1-9.8 ms): no OpenBLAS worker threads are involved, so none busy-wait.
-  (An earlier split, measured on the AMD machine under load, recorded OpenBLAS's own workers spinning:
-  ~770 ms of CPU per training step. Not re-measured under load here: if process CPU time per step
-  grows far beyond wall time x 2 on a busy machine, this split is the first suspect.) Fewer than
-  ``MIN_ROWS`` rows per thread: no split.
+  With a competing busy process (``yes``) on one of the two cores: 8.3 ms split against 7.8-11.8 ms
+  unsplit, CPU time 11-12 ms against 8-12 ms, so no spinning blow-up. (An earlier split, measured on
+  the AMD machine under load, recorded OpenBLAS's own workers spinning: ~770 ms of CPU per training
+  step; if process CPU time per step grows far beyond 2 x wall time on a busy machine, look here
+  first.) Fewer than ``MIN_ROWS`` rows per thread: no split.
 
 Where the thread-local switch is not found (another BLAS, or not Linux) the products run as the
 reference runs them.
