@@ -8,17 +8,17 @@ on the CPU and, through cuBLAS / cuSOLVER, on the GPU; it is the form for long s
 where a sequential kernel walks T steps one after another.
 
 Inside one chunk of C tokens after time t0, with K = [k_{t0+1} .. k_{t0+C}] (d x C), R0 = R_{t0} and
-M = I_C + K^T R0 K = L L^T (Cholesky, L lower triangular):
+M = I_C + K^T R0 K = L L^T (Cholesky, L lower triangular), let G = L^{-1} K^T R0 (C x d).  Then
 
-    R_{t0+i} x = R0 x - R0 K L^{-T} (m_i * (L^{-1} K^T R0 x))          m_i = (1, .., 1, 0, .., 0): i ones
-    R_{t0+C}   = R0 - A A^T,   A = R0 K L^{-T}                          (d x C)
+    R_{t0+i} x = R0 x - G^T (m_i * (G x))          m_i = (1, .., 1, 0, .., 0): i ones
+    R_{t0+C}   = R0 - G^T G
 
-(Woodbury on the first i keys: M_i, the leading i x i block of M, is L_i L_i^T with L_i the leading block
-of L, and because L^{-1} is lower triangular, L_i^{-1} z_{:i} = (L^{-1} z)_{:i} and L_i^{-T} y_{:i} is the
-first i entries of L^{-T} applied to y padded with zeros.)  Every R_t x the layer needs is then one batch
-of products per chunk, for the C query times at once:
+(Woodbury on the first i keys: R_{t0+i} = R0 - R0 K_i M_i^{-1} K_i^T R0, where M_i, the leading i x i block
+of M, is L_i L_i^T with L_i the leading block of L.  L being lower triangular, the first i rows of G are
+L_i^{-1} K_i^T R0, so R0 K_i M_i^{-1} K_i^T R0 = G_{:i}^T G_{:i}, which is G^T (m_i * G x) applied to x.)
+Every R_t x the layer needs is then one batch of products per chunk, for the C query times at once:
 
-    X (d x C) with column i = x_{t0+i}:   R_t X -> R0 X - R0 K L^{-T} (triu(L^{-1} K^T R0 X))
+    X (d x C) with column i = x_{t0+i}:   R_t X -> R0 X - G^T triu(G X)
 
 where triu keeps entry (j, i) for j <= i (key j is in the context of query i).  The rest of the layer is
 causal sums, done chunk by chunk with a running state:
@@ -29,16 +29,16 @@ causal sums, done chunk by chunk with a running state:
                dk_t = sum_{t''>=t} [q~_{t''} (g_{t''} . v_t) - u_{t''} (q~_{t''} . k_t) - q~_{t''} (u_{t''} . k_t)]
                dlam = - sum_{b,t} q~_t . u_t                                            [M3]
 
-What the forward keeps for the backward: q~ and, per chunk, R_{t0} and L (T/C d^2 + T C numbers per
+What the forward keeps for the backward: q~ and, per chunk, R_{t0} and G (T/C d^2 + T d numbers per
 sequence).  No forgetting factor ([M4]: use ``mesa_forward``).  Precision: the triangular solves run in the
-input dtype; M >= I, so L's diagonal is >= 1, but M's condition number grows with |K^T R0 K| ~ C |k|^2 / lam.
+input dtype (one triangular solve per chunk, for G); M >= I, so L's diagonal is >= 1, but M's condition number grows with |K^T R0 K| ~ C |k|^2 / lam.
 Measured in float32 against the float64 sequential op (max error / max value, (2, 4, 256, 20, 20), |k| ~ 1):
-lam = 1, C = 64: <= 1.1e-6 (the sequential op in float32: <= 5.4e-7); lam = 0.01, C = 64: <= 2.5e-4 on dk,
-<= 4.4e-5 elsewhere (sequential: 1.5e-4, 3.5e-5); lam = 0.01, C = 16: 2.1e-4 / 2.5e-5.  So errors of the
+lam = 1, C = 64: <= 1.2e-6 (the sequential op in float32: <= 5.4e-7); lam = 0.01, C = 64: <= 2.7e-4 on dk,
+<= 5.4e-5 elsewhere (sequential: 1.5e-4, 3.5e-5); lam = 0.01, C = 16: 2.4e-4 / 7.7e-5.  So errors of the
 sequential op's size, a little larger with long chunks when lam is small.
 
 On the CPU through NumPy this form is slower than the Numba kernel at every DESIGN.md shape (its batched
-small solves and products are not what NumPy is fast at: 612 ms vs 19 ms at the paper shape); it exists
+small products are not what NumPy is fast at: 261 ms vs 16-24 ms at the paper shape); it exists
 for the GPU, where each chunk is a handful of batched cuBLAS / cuSOLVER calls.
 
 Shapes: q, k (B, H, T, d); v (B, H, T, dv); lam (H,); chunk C (the last chunk may be shorter).
@@ -63,7 +63,7 @@ class MesaChunkCache(NamedTuple):
     lam: object      # (H,) in q's dtype
     qt: object       # (B, H, T, d)       q~_t = R_t q_t
     R0s: list        # per chunk: R at the chunk's start (B, H, d, d)
-    Ls: list         # per chunk: Cholesky factor of I + K^T R0 K (B, H, c, c)
+    Gs: list         # per chunk: G = L^{-1} K^T R0, L the Cholesky factor of I + K^T R0 K (B, H, c, d)
     chunk: int
 
 
@@ -76,27 +76,19 @@ def _triu_mask(xp, c, dtype):
     return xp.triu(xp.ones((c, c), dtype=dtype))
 
 
-def _solve_lower(L, Y, xp):
-    """L^{-1} Y for lower-triangular L (..., c, c) and Y (..., c, m)."""
-    return xp.linalg.solve(L, Y)
-
-
-def _apply_R(R0, K, L, X, xp):
-    """R_{t0+i} x_i for every column i of X (..., d, c): R0 X - R0 K L^{-T} triu(L^{-1} K^T R0 X)."""
-    R0X = R0 @ X                                                        # (..., d, c)
-    P = _solve_lower(L, _tr(K) @ R0X, xp)                               # L^{-1} K^T R0 X   (..., c, c)
-    P = P * _triu_mask(xp, P.shape[-1], P.dtype)
-    return R0X - R0 @ (K @ xp.linalg.solve(_tr(L), P))                  # (..., d, c)
+def _apply_R(R0, G, X, xp):
+    """R_{t0+i} x_i for every column i of X (..., d, c): R0 X - G^T triu(G X)."""
+    P = (G @ X) * _triu_mask(xp, X.shape[-1], X.dtype)                 # (..., c, c)
+    return R0 @ X - _tr(G) @ P                                          # (..., d, c)
 
 
 def _chunk_state(R0, K, xp):
-    """(L, R at the chunk's end) for R0 (..., d, d) and the chunk's keys K (..., d, c)."""
-    c = K.shape[-1]
-    M = xp.eye(c, dtype=K.dtype) + _tr(K) @ R0 @ K                      # I + K^T R0 K      (..., c, c)
-    L = xp.linalg.cholesky(M)
-    A_T = _solve_lower(L, _tr(K) @ R0, xp)                              # (R0 K L^{-T})^T   (..., c, d)
-    R1 = R0 - _tr(A_T) @ A_T
-    return L, (R1 + _tr(R1)) / 2                                         # exact symmetry kept
+    """(G, R at the chunk's end) for R0 (..., d, d) and the chunk's keys K (..., d, c)."""
+    KR = _tr(K) @ R0                                                    # K^T R0            (..., c, d)
+    M = xp.eye(K.shape[-1], dtype=K.dtype) + KR @ K                     # I + K^T R0 K      (..., c, c)
+    G = xp.linalg.solve(xp.linalg.cholesky(M), KR)                      # L^{-1} K^T R0     (..., c, d)
+    R1 = R0 - _tr(G) @ G
+    return G, (R1 + _tr(R1)) / 2                                         # exact symmetry kept
 
 
 def _bounds(T, C):
@@ -121,11 +113,11 @@ def _anticausal(a, b, c, C, xp):
     return _causal(a[rev], b[rev], c[rev], C, xp)[rev]
 
 
-def _apply_R_all(R0s, Ls, k, X, C, xp):
+def _apply_R_all(R0s, Gs, X, C, xp):
     """R_t x_t for every t (X: (B, H, T, d)), from the stored chunk states."""
     out = xp.empty_like(X)
-    for (s, e), R0, L in zip(_bounds(X.shape[2], C), R0s, Ls):
-        out[:, :, s:e] = _tr(_apply_R(R0, _tr(k[:, :, s:e]), L, _tr(X[:, :, s:e]), xp))
+    for (s, e), R0, G in zip(_bounds(X.shape[2], C), R0s, Gs):
+        out[:, :, s:e] = _tr(_apply_R(R0, G, _tr(X[:, :, s:e]), xp))
     return out
 
 
@@ -141,17 +133,16 @@ def mesa_chunkwise_forward(q, k, v, lam, *, chunk: int = DEFAULT_CHUNK):
     xp = array_module(q)
     B, H, T, d = q.shape
     R0 = xp.eye(d, dtype=q.dtype) / lam[None, :, None, None] * xp.ones((B, 1, 1, 1), dtype=q.dtype)  # (B,H,d,d)
-    R0s, Ls = [], []
+    R0s, Gs = [], []
     qt = xp.empty_like(q)
     for s, e in _bounds(T, chunk):
-        K = _tr(k[:, :, s:e])                                            # (B, H, d, c)
-        L, R1 = _chunk_state(R0, K, xp)
-        qt[:, :, s:e] = _tr(_apply_R(R0, K, L, _tr(q[:, :, s:e]), xp))  # [M5] q~_t = R_t q_t
+        G, R1 = _chunk_state(R0, _tr(k[:, :, s:e]), xp)
+        qt[:, :, s:e] = _tr(_apply_R(R0, G, _tr(q[:, :, s:e]), xp))     # [M5] q~_t = R_t q_t
         R0s.append(R0)
-        Ls.append(L)
+        Gs.append(G)
         R0 = R1
     out = _causal(v, k, qt, chunk, xp)                                   # o_t = sum v (k . q~_t)
-    return out, MesaChunkCache(q, k, v, lam, qt, R0s, Ls, chunk)
+    return out, MesaChunkCache(q, k, v, lam, qt, R0s, Gs, chunk)
 
 
 def mesa_chunkwise_backward(dout, cache):
@@ -169,7 +160,7 @@ def mesa_chunkwise_backward(dout, cache):
         raise ValueError(f"dout: expected a {xp.__name__} array like the forward's inputs")
     g = dout
     a = _causal(k, v, g, C, xp)                                          # dq~_t = S_t^T g_t
-    u = _apply_R_all(cache.R0s, cache.Ls, k, a, C, xp)                   # u_t = R_t dq~_t
+    u = _apply_R_all(cache.R0s, cache.Gs, a, C, xp)                      # u_t = R_t dq~_t
     dv = _anticausal(g, qt, k, C, xp)                                    # D_t^T k_t
     dk = _anticausal(qt, g, v, C, xp) - _anticausal(u, qt, k, C, xp) - _anticausal(qt, u, k, C, xp)
     dlam = -(qt * u).sum(axis=(0, 2, 3))                                 # (H,)
