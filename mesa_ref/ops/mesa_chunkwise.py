@@ -30,8 +30,9 @@ causal sums, done chunk by chunk with a running state:
                dlam = - sum_{b,t} q~_t . u_t                                            [M3]
 
 What the forward keeps for the backward: q~ and, per chunk, R_{t0} and G (T/C d^2 + T d numbers per
-sequence).  No forgetting factor ([M4]: use ``mesa_forward``).  Precision: the triangular solves run in the
-input dtype (one triangular solve per chunk, for G); M >= I, so L's diagonal is >= 1, but M's condition number grows with |K^T R0 K| ~ C |k|^2 / lam.
+sequence).  No forgetting factor ([M4]: use ``mesa_forward``).  Precision: the Cholesky factorisation and
+the one solve with L per chunk (for G) run in the input dtype; M >= I, so L's diagonal is >= 1, but M's
+condition number grows with |K^T R0 K| ~ C |k|^2 / lam.
 Measured in float32 against the float64 sequential op (max error / max value, (2, 4, 256, 20, 20), |k| ~ 1):
 lam = 1, C = 64: <= 1.2e-6 (the sequential op in float32: <= 5.4e-7); lam = 0.01, C = 64: <= 2.7e-4 on dk,
 <= 5.4e-5 elsewhere (sequential: 1.5e-4, 3.5e-5); lam = 0.01, C = 16: 2.4e-4 / 7.7e-5.  So errors of the
