@@ -135,13 +135,12 @@ def mesa_chunkwise_forward(q, k, v, lam, *, chunk: int = DEFAULT_CHUNK):
     B, H, T, d = q.shape
     R0 = xp.eye(d, dtype=q.dtype) / lam[None, :, None, None] * xp.ones((B, 1, 1, 1), dtype=q.dtype)  # (B,H,d,d)
     R0s, Gs = [], []
-    qt = xp.empty_like(q)
-    for s, e in _bounds(T, chunk):
+    for s, e in _bounds(T, chunk):                                       # the sequential part: T/C rank-C updates
         G, R1 = _chunk_state(R0, _tr(k[:, :, s:e]), xp)
-        qt[:, :, s:e] = _tr(_apply_R(R0, G, _tr(q[:, :, s:e]), xp))     # [M5] q~_t = R_t q_t
         R0s.append(R0)
         Gs.append(G)
         R0 = R1
+    qt = _apply_R_all(R0s, Gs, q, chunk, xp)                             # [M5] q~_t = R_t q_t
     out = _causal(v, k, qt, chunk, xp)                                   # o_t = sum v (k . q~_t)
     return out, MesaChunkCache(q, k, v, lam, qt, R0s, Gs, chunk)
 
