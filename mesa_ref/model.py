@@ -42,36 +42,6 @@ def inverse_softplus(y: float) -> float:
     return float(y + np.log(-np.expm1(-y)))
 
 
-def _split_heads(x, H):
-    """[B, T, H*d] -> [B, H, T, d] (contiguous: batched matmuls and kernels want it)"""
-    B, T, HD = x.shape
-    return array_module(x).ascontiguousarray(x.reshape(B, T, H, HD // H).transpose(0, 2, 1, 3))
-
-
-def _split_qkv(qkv, H):
-    """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d] (contiguous)"""
-    B, T, HD3 = qkv.shape
-    x = qkv.reshape(B, T, 3, H, HD3 // (3 * H)).transpose(2, 0, 3, 1, 4)   # [3,B,H,T,d]
-    x = array_module(qkv).ascontiguousarray(x)
-    return x[0], x[1], x[2]
-
-
-def _merge_qkv(dq, dk, dv):
-    """3 x [B, H, T, d] -> [B, T, 3*H*d], the layout of _split_qkv's input"""
-    xp = array_module(dq)
-    B, H, T, d = dq.shape
-    out = xp.empty((B, T, 3, H, d), dtype=dq.dtype)
-    for j, g in enumerate((dq, dk, dv)):
-        out[:, :, j] = g.transpose(0, 2, 1, 3)
-    return out.reshape(B, T, 3 * H * d)
-
-
-def _merge_heads(x):
-    """[B, H, T, d] -> [B, T, H*d]"""
-    B, H, T, d = x.shape
-    return array_module(x).ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, T, H * d)
-
-
 class Transformer:
     """A Transformer over a given ops namespace.  ``model = Transformer(cfg)``; ``params = model.init(seed)``;
     ``y, cache = model.forward(params, x)``; ``grads, dx = model.backward(dy, cache)``;
@@ -177,7 +147,7 @@ class Transformer:
             # one product for the three projections: [B,T,D] x [D, 3*H*d] -> [B,T,3*H*d]  [L2]
             w_qkv = xp.concatenate([params[f"l{i}.wq"], params[f"l{i}.wk"], params[f"l{i}.wv"]], axis=1)
             qkv, lc["qkv"] = ops.dense_forward(a, w_qkv)
-            q, k, v = _split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
+            q, k, v = ops.split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
             if kind == "linear":
                 o, lc["attn"] = ops.linear_attention_forward(q, k, v)
             elif kind == "softmax":
@@ -188,7 +158,7 @@ class Transformer:
                     o, lc["attn"] = ops.mesa_chunkwise_forward(q, k, v, lam, chunk=c.mesa_chunk)
                 else:
                     o, lc["attn"] = ops.mesa_forward(q, k, v, lam, gamma=gamma, backward=c.mesa_backward)
-            delta, lc["o"] = ops.dense_forward(_merge_heads(o), params[f"l{i}.wo"])   # [B,T,D]
+            delta, lc["o"] = ops.dense_forward(ops.merge_heads(o), params[f"l{i}.wo"])   # [B,T,D]
             h = h + delta
             if c.clip is not None:
                 h, lc["clip1"] = ops.clip_forward(h, c=c.clip)
@@ -251,7 +221,7 @@ class Transformer:
             if c.clip is not None:
                 dh = ops.clip_backward(dh, lc["clip1"])
             do_merged, grads[f"l{i}.wo"], _ = ops.dense_backward(dh, lc["o"])
-            do = _split_heads(do_merged, H)                                  # [B,H,T,d]
+            do = ops.split_heads(do_merged, H)                                # [B,H,T,d]
             if kind == "linear":
                 dq, dk, dv = ops.linear_attention_backward(do, lc["attn"])
             elif kind == "softmax":
@@ -266,7 +236,7 @@ class Transformer:
                     graw = params[f"l{i}.gamma_raw"]
                     s = sigmoid(graw, xp)
                     grads[f"l{i}.gamma_raw"] = g[4] * s * (1 - s)
-            da, dw_qkv, _ = ops.dense_backward(_merge_qkv(dq, dk, dv), lc["qkv"])
+            da, dw_qkv, _ = ops.dense_backward(ops.merge_qkv(dq, dk, dv), lc["qkv"])
             HD = dw_qkv.shape[1] // 3
             for j, name in enumerate(("wq", "wk", "wv")):
                 grads[f"l{i}.{name}"] = xp.ascontiguousarray(dw_qkv[:, j * HD:(j + 1) * HD])

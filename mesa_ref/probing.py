@@ -54,7 +54,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ModelConfig
-from .model import Transformer, _merge_heads, _split_heads
+from .model import Transformer
+from .ops.heads import merge_heads as _merge_heads
+from .ops.heads import split_heads as _split_heads
 
 TARGETS = ("current", "previous", "next", "inverse_curvature")
 PROBE_LAM = 1e-3       # official probe lam for the inverse-curvature target

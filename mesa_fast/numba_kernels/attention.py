@@ -56,18 +56,44 @@ def _gather_seq(x, n0, nl, buf):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_merged(buf, x, n0, nl, H, w):
-    """x[b, t, h*w + i] = buf[(t*w + i)*L + l] for the nl live lanes, (b, h) = divmod(n0 + l, H).
+def _lane_bases(xs, n0, nl, H):
+    """Offset of x[b, h, 0, 0] for each live lane, (b, h) = divmod(n0 + l, H); 0 for padding lanes."""
+    base = np.zeros(L, np.int64)
+    for l in range(nl):
+        n = n0 + l
+        b = n // H
+        base[l] = b * xs[0] + (n - b * H) * xs[1]
+    return base
 
-    x: (B, T, H*w) C-contiguous, i.e. the heads-merged layout the model multiplies by W_O next."""
-    T = x.shape[1]
+
+@njit(cache=True, nogil=True)
+def _gather4(x, xs, n0, nl, H, T, w, buf):
+    """buf[(t*w + i)*L + l] = x[b, h, t, i] with (b, h) = divmod(n0 + l, H), for a (B, H, T, w) array given as
+    its memory ``x`` (1-D, from its first element) and element strides ``xs``; padding lanes = 0."""
+    base = _lane_bases(xs, n0, nl, H)
     for t in range(T):
-        for l in range(nl):
-            n = n0 + l
-            b = n // H
-            c0 = (n - b * H) * w
-            for i in range(w):
-                x[b, t, c0 + i] = buf[(t * w + i) * L + l]
+        for i in range(w):
+            off = t * xs[2] + i * xs[3]
+            e = (t * w + i) * L
+            if nl == L:
+                for l in range(L):
+                    buf[e + l] = x[base[l] + off]
+            else:
+                for l in range(L):
+                    buf[e + l] = x[base[l] + off] if l < nl else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scatter4(buf, x, xs, n0, nl, H, T, w):
+    """x[b, h, t, i] = buf[(t*w + i)*L + l] for the nl live lanes, (b, h) = divmod(n0 + l, H); x given as in
+    ``_gather4``."""
+    base = _lane_bases(xs, n0, nl, H)
+    for t in range(T):
+        for i in range(w):
+            off = t * xs[2] + i * xs[3]
+            e = (t * w + i) * L
+            for l in range(nl):
+                x[base[l] + off] = buf[e + l]
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,11 +101,10 @@ def _scatter_merged(buf, x, n0, nl, H, w):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _linear_forward_group(q, k, v, out, H, T, d, dv, g):
+def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
     """One group of LANES sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
     Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
-    N = q.shape[0]
     n0 = g * L
     nl = min(L, N - n0)
     qg = np.empty(T * d * L, q.dtype)
@@ -87,9 +112,9 @@ def _linear_forward_group(q, k, v, out, H, T, d, dv, g):
     vg = np.empty(T * dv * L, q.dtype)
     og = np.empty(T * dv * L, q.dtype)
     S = np.zeros(dv * d * L, q.dtype)                  # S[j, i] at (j*d + i)*L
-    _gather_seq(q, n0, nl, qg)
-    _gather_seq(k, n0, nl, kg)
-    _gather_seq(v, n0, nl, vg)
+    _gather4(q, qs, n0, nl, H, T, d, qg)
+    _gather4(k, ks, n0, nl, H, T, d, kg)
+    _gather4(v, vs, n0, nl, H, T, dv, vg)
     dL = d * L
     for t in range(T):
         tq = t * dL
@@ -135,30 +160,29 @@ def _linear_forward_group(q, k, v, out, H, T, d, dv, g):
                 acc = vadd(acc, vmul(s, vload(qg, tq + i * L)))
             vstore(og, tv + j * L, acc)
             j += 1
-    _scatter_merged(og, out, n0, nl, H, dv)
+    _scatter4(og, out, os, n0, nl, H, T, dv)
 
 
 @njit(cache=True, nogil=True)
-def _linear_forward_range(g0, g1, q, k, v, out, H, T, d, dv):
+def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
     for g in range(g0, g1):
-        _linear_forward_group(q, k, v, out, H, T, d, dv, g)
+        _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g):
+def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
     """One group: forward sweep dq_t = S_t^T dout_t; reverse sweep with G_t = G_{t+1} + dout_t q_t^T,
     dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.)"""
-    N = q.shape[0]
     n0 = g * L
     nl = min(L, N - n0)
     qg = np.empty(T * d * L, q.dtype)
     kg = np.empty(T * d * L, q.dtype)
     vg = np.empty(T * dv * L, q.dtype)
     dog = np.empty(T * dv * L, q.dtype)
-    _gather_seq(q, n0, nl, qg)
-    _gather_seq(k, n0, nl, kg)
-    _gather_seq(v, n0, nl, vg)
-    _gather_seq(dout, n0, nl, dog)
+    _gather4(q, qs, n0, nl, H, T, d, qg)
+    _gather4(k, ks, n0, nl, H, T, d, kg)
+    _gather4(v, vs, n0, nl, H, T, dv, vg)
+    _gather4(dout, dos, n0, nl, H, T, dv, dog)
     dL = d * L
     vL = dv * L
     # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
@@ -208,7 +232,7 @@ def _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g):
                 acc = vadd(acc, vmul(s, vload(dog, tv + j * L)))
             vstore(buf, td + i * L, acc)
             i += 1
-    _scatter_merged(buf, dq, n0, nl, H, d)
+    _scatter4(buf, dq, dqs, n0, nl, H, T, d)
     # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
     dkg = np.zeros(T * dL, q.dtype)
     dvg = np.empty(T * vL, q.dtype)
@@ -267,21 +291,28 @@ def _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g):
                 vstore(dkg, td + i * L, vadd(vload(dkg, td + i * L), vmul(gg, vj)))
             vstore(dvg, tv + j * L, acc)
             j += 1
-    _scatter_merged(dkg, dk, n0, nl, H, d)
-    _scatter_merged(dvg, dvv, n0, nl, H, dv)
+    _scatter4(dkg, dk, dks, n0, nl, H, T, d)
+    _scatter4(dvg, dvv, dvs, n0, nl, H, T, dv)
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_range(g0, g1, q, k, v, dout, dq, dk, dvv, H, T, d, dv):
+def _linear_backward_range(g0, g1, q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
     for g in range(g0, g1):
-        _linear_backward_group(q, k, v, dout, dq, dk, dvv, H, T, d, dv, g)
+        _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
 
 
-def _rows(x):
-    """(B, H, T, w) -> C-contiguous, writeable (B*H, T*w) view (copied only when needed: a
-    non-contiguous or read-only array; read-only arrays are a separate Numba type)."""
-    B, H, T, w = x.shape
-    return contiguous_writeable(x).reshape(B * H, T * w)
+def _strided(x):
+    """(memory, strides) of a (B, H, T, w) array for the kernels: a writeable 1-D C-contiguous view of the memory
+    the array spans, starting at its first element, and its strides in elements. No copy for any layout with
+    non-negative strides (a split of the model's fused QKV buffer, a merged-layout output); a read-only array
+    (a separate Numba type) or one with negative strides is copied first. One compiled signature serves every
+    layout."""
+    item = x.itemsize
+    if not x.flags.writeable or any(st < 0 or st % item for st in x.strides):
+        x = np.array(x, order="C")
+    strides = tuple(st // item for st in x.strides)
+    span = 1 + sum((n - 1) * st for n, st in zip(x.shape, strides))
+    return np.lib.stride_tricks.as_strided(x, shape=(span,), strides=(item,)), strides
 
 
 def _groups(N):
@@ -290,37 +321,43 @@ def _groups(N):
 
 def merged_empty(B, H, T, w, dtype):
     """An uninitialised (B, H, T, w) array whose memory is laid out as (B, T, H, w): the model's
-    ``_merge_heads`` (transpose to (B, T, H, w) + ascontiguousarray) is then free."""
+    ``merge_heads`` (transpose to (B, T, H, w) + ascontiguousarray) is then free."""
     return np.empty((B, T, H, w), dtype).transpose(0, 2, 1, 3)
 
 
-def _merged_rows(x):
-    """The (B, T, H*w) C-contiguous buffer behind a ``merged_empty`` array."""
-    B, H, T, w = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * w)
+def qkv_empty(B, H, T, d, dtype):
+    """Three uninitialised (B, H, T, d) arrays laid out in one (B, T, 3, H, d) buffer: the layout of the model's
+    fused QKV product, so that ``merge_qkv`` of them is free (see ``layers.merge_qkv``)."""
+    buf = np.empty((B, T, 3, H, d), dtype).transpose(2, 0, 3, 1, 4)     # [3, B, H, T, d] view
+    return buf[0], buf[1], buf[2]
+
+
+def _grad_buffers(B, H, T, d, dv, dtype):
+    """dq, dk (B,H,T,d), dv (B,H,T,dv) outputs: one fused QKV-layout buffer when d == dv, else merged layouts."""
+    if d == dv:
+        return qkv_empty(B, H, T, d, dtype)
+    return merged_empty(B, H, T, d, dtype), merged_empty(B, H, T, d, dtype), merged_empty(B, H, T, dv, dtype)
 
 
 def linear_forward(q, k, v):
-    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype (validated by the caller).
+    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides (validated by the caller).
     ``out`` is laid out in memory as (B, T, H, dv) (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
-    run_groups(_linear_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _merged_rows(out),
-               H, T, d, dv)
+    run_groups(_linear_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v), *_strided(out),
+               B * H, H, T, d, dv)
     return out
 
 
 def linear_backward(q, k, v, dout):
-    """(dq, dk, dv) for numpy inputs of one dtype (validated by the caller), each laid out in memory
-    as (B, T, H, width) (see ``merged_empty``).  [L2]"""
+    """(dq, dk, dv) for numpy inputs of one dtype, any strides (validated by the caller), laid out in memory as one
+    (B, T, 3, H, d) buffer when d == dv (see ``qkv_empty``), else as (B, T, H, width) each.  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
-    dq = merged_empty(B, H, T, d, q.dtype)
-    dk = merged_empty(B, H, T, d, q.dtype)
-    dvv = merged_empty(B, H, T, dv, q.dtype)
-    run_groups(_linear_backward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _rows(dout),
-               _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv), H, T, d, dv)
+    dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
+    run_groups(_linear_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v), *_strided(dout),
+               *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
     return dq, dk, dvv
 
 
@@ -330,10 +367,9 @@ def linear_backward(q, k, v, dout):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g):
+def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g):
     """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s.  [L3]
-    q, k (N, T*d), v (N, T*dv) rows; P (N, T*T) rows (zero above the diagonal); out merged."""
-    N = q.shape[0]
+    q, k, v, out strided (see ``_gather4``); P (N, T*T) rows (zero above the diagonal)."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = np.empty(T * d * L, q.dtype)
@@ -341,9 +377,9 @@ def _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g):
     vg = np.empty(T * dv * L, q.dtype)
     og = np.empty(T * dv * L, q.dtype)
     Pg = np.zeros(T * T * L, q.dtype)                   # P[t, s] at (t*T + s)*L
-    _gather_seq(q, n0, nl, qg)
-    _gather_seq(k, n0, nl, kg)
-    _gather_seq(v, n0, nl, vg)
+    _gather4(q, qs, n0, nl, H, T, d, qg)
+    _gather4(k, ks, n0, nl, H, T, d, kg)
+    _gather4(v, vs, n0, nl, H, T, dv, vg)
     sc = vsplat(qg, scale)
     dL = d * L
     vL = dv * L
@@ -411,20 +447,19 @@ def _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g):
             vstore(og, tv + j * L, a0)
             j += 1
     _scatter_rows(Pg, P, n0, nl)
-    _scatter_merged(og, out, n0, nl, H, dv)
+    _scatter4(og, out, os, n0, nl, H, T, dv)
 
 
 @njit(cache=True, nogil=True)
-def _softmax_forward_range(g0, g1, q, k, v, scale, P, out, H, T, d, dv):
+def _softmax_forward_range(g0, g1, q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv):
     for g in range(g0, g1):
-        _softmax_forward_group(q, k, v, scale, P, out, H, T, d, dv, g)
+        _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g)
 
 
 @njit(cache=True, nogil=True)
-def _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g):
+def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
     """One group: dv_s = sum_t P[t,s] dout_t; dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale;
     dq_t = sum_s dS[t,s] k_s; dk_s = sum_t dS[t,s] q_t.  [L3]"""
-    N = q.shape[0]
     n0 = g * L
     nl = min(L, N - n0)
     qg = np.empty(T * d * L, q.dtype)
@@ -432,10 +467,10 @@ def _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g
     vg = np.empty(T * dv * L, q.dtype)
     dog = np.empty(T * dv * L, q.dtype)
     Pg = np.empty(T * T * L, q.dtype)
-    _gather_seq(q, n0, nl, qg)
-    _gather_seq(k, n0, nl, kg)
-    _gather_seq(v, n0, nl, vg)
-    _gather_seq(dout, n0, nl, dog)
+    _gather4(q, qs, n0, nl, H, T, d, qg)
+    _gather4(k, ks, n0, nl, H, T, d, kg)
+    _gather4(v, vs, n0, nl, H, T, dv, vg)
+    _gather4(dout, dos, n0, nl, H, T, dv, dog)
     _gather_seq(P, n0, nl, Pg)
     gq = np.zeros(T * d * L, q.dtype)
     gk = np.zeros(T * d * L, q.dtype)
@@ -485,15 +520,15 @@ def _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g
             for i in range(d):                          # dq_t += dS k_s; dk_s += dS q_t
                 vstore(gq, td + i * L, vadd(vload(gq, td + i * L), vmul(ds, vload(kg, sd + i * L))))
                 vstore(gk, sd + i * L, vadd(vload(gk, sd + i * L), vmul(ds, vload(qg, td + i * L))))
-    _scatter_merged(gq, dq, n0, nl, H, d)
-    _scatter_merged(gk, dk, n0, nl, H, d)
-    _scatter_merged(gv, dvv, n0, nl, H, dv)
+    _scatter4(gq, dq, dqs, n0, nl, H, T, d)
+    _scatter4(gk, dk, dks, n0, nl, H, T, d)
+    _scatter4(gv, dvv, dvs, n0, nl, H, T, dv)
 
 
 @njit(cache=True, nogil=True)
-def _softmax_backward_range(g0, g1, q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv):
+def _softmax_backward_range(g0, g1, q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
     for g in range(g0, g1):
-        _softmax_backward_group(q, k, v, P, scale, dout, dq, dk, dvv, H, T, d, dv, g)
+        _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
 
 
 @njit(cache=True, nogil=True)
@@ -506,26 +541,24 @@ def _scatter_rows(buf, x, n0, nl):
 
 
 def softmax_forward(q, k, v, scale):
-    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T)) for numpy inputs of one dtype.  [L3]"""
+    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T)) for numpy inputs of one dtype, any strides.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
     P = np.empty((B, H, T, T), q.dtype)
-    run_groups(_softmax_forward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), q.dtype.type(scale),
-               P.reshape(B * H, T * T), _merged_rows(out), H, T, d, dv)
+    run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+               q.dtype.type(scale), P.reshape(B * H, T * T), *_strided(out), B * H, H, T, d, dv)
     return out, P
 
 
 def softmax_backward(q, k, v, P, scale, dout):
-    """(dq, dk, dv), each in merged memory layout, for numpy inputs of one dtype.  [L3]"""
+    """(dq, dk, dv) for numpy inputs of one dtype, any strides, laid out as in ``linear_backward``.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
-    dq = merged_empty(B, H, T, d, q.dtype)
-    dk = merged_empty(B, H, T, d, q.dtype)
-    dvv = merged_empty(B, H, T, dv, q.dtype)
-    run_groups(_softmax_backward_range, _groups(B * H), _rows(q), _rows(k), _rows(v), _rows(P),
-               q.dtype.type(scale), _rows(dout), _merged_rows(dq), _merged_rows(dk), _merged_rows(dvv),
-               H, T, d, dv)
+    dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
+    run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+               contiguous_writeable(P).reshape(B * H, T * T), q.dtype.type(scale), *_strided(dout),
+               *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
     return dq, dk, dvv
 
 

@@ -27,8 +27,9 @@ from mesa_ref.ops import activations as _ref_act
 from mesa_ref.ops import attention_linear as _ref_lin
 from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
+from mesa_ref.ops import heads as _ref_heads
 from mesa_ref.ops import layernorm as _ref_ln
-from mesa_ref.ops._common import array_module, check_dout, check_float_array, check_qkv
+from mesa_ref.ops._common import all_finite, array_module, check_dout, check_float_array, check_qkv
 
 from . import dense as _dense
 
@@ -69,11 +70,21 @@ class LinearAttentionFastCache(NamedTuple):
 
 
 def linear_attention_forward(q, k, v):
-    """[L2] out_t = sum_{t'<=t} v_{t'} (k_{t'} . q_t).  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache)."""
+    """[L2] out_t = sum_{t'<=t} v_{t'} (k_{t'} . q_t).  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache).
+
+    Finiteness is checked on the output rather than on the three inputs (one reduction instead of three, over
+    contiguous memory where the inputs are strided views): a NaN or inf anywhere in q, k or v makes the output
+    non-finite (at the last step, out_T = S_T q_T carries every k_s and v_s, and out_t carries q_t; IEEE
+    arithmetic never turns a NaN or inf back into a finite number, and inf * 0 is NaN). Only then are the inputs
+    checked one by one, so the ValueError names the argument, as the reference's does. Finite inputs whose result
+    overflows come back as they are, also as in the reference."""
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
-    check_qkv(q, k, v)
-    return _k().linear_forward(q, k, v), LinearAttentionFastCache(q, k, v)
+    check_qkv(q, k, v, finite=False)
+    out = _k().linear_forward(q, k, v)
+    if not all_finite(out):
+        check_qkv(q, k, v)
+    return out, LinearAttentionFastCache(q, k, v)
 
 
 def linear_attention_backward(dout, cache):
@@ -129,12 +140,24 @@ class DenseFastCache(NamedTuple):
 
 
 def dense_forward(x, W, b=None):
-    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> (y (..., Dout), cache)."""
+    """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> (y (..., Dout), cache).
+
+    NaN/inf checks: on x, W and b before the product when x is the smaller array, else on y after it. A
+    non-finite x[n, j] makes every y[n, k] non-finite, a non-finite W[j, k] or b[k] the whole column y[:, k]
+    (IEEE: inf * 0 is NaN, and no sum with a NaN or inf in it is finite), so a finite y proves finite inputs.
+    When y is not finite the inputs are checked one by one, so the ValueError names the argument as the
+    reference's does; finite inputs whose product overflows come back as they are, also as in the reference."""
     if not _numpy(x, W, b):
         return _ref_dense.dense_forward(x, W, b)
-    _ref_dense.check_dense_inputs(x, W, b)        # the reference's checks (same ValueErrors)
+    _ref_dense.check_dense_inputs(x, W, b, finite=False)   # the reference's checks (same ValueErrors)
+    y_size = (x.size // x.shape[-1] if x.shape[-1] else 0) * W.shape[1]
+    check_after = 0 < y_size < x.size
+    if not check_after:
+        _ref_dense.check_dense_inputs(x, W, b)
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))                  # (N, Din)
     y = _dense.forward(x2, W, b)                                             # (N, Dout)
+    if check_after and not all_finite(y):
+        _ref_dense.check_dense_inputs(x, W, b)
     return y.reshape(x.shape[:-1] + (W.shape[1],)), DenseFastCache(x2, W, b is not None, tuple(x.shape))
 
 
@@ -143,11 +166,16 @@ def dense_backward(dy, cache):
     if not isinstance(cache, DenseFastCache):
         return _ref_dense.dense_backward(dy, cache)
     x2, W, has_bias, x_shape = cache
-    check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
+    check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype, finite=False)
     if not _numpy(dy):
         raise ValueError("dout: lives on a different device/array module than the forward's input")
     dy2 = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))                # (N, Dout)
     dx, dW, db = _dense.backward(dy2, x2, W, has_bias)
+    # NaN/inf in dy is found in dW = x^T dy (Din x Dout, small): a non-finite dy[n, k] makes the whole column
+    # dW[:, k] non-finite (x[n, j] * inf is inf or NaN, and no sum with a NaN or inf in it is finite). Only
+    # then is dy itself checked, for the reference's message; a finite dy whose dW overflows passes, as there.
+    if dW.size == 0 or not all_finite(dW):
+        check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
     return dx.reshape(x_shape), dW, db
 
 
@@ -254,8 +282,55 @@ def clip_backward(dy, cache):
     return dx.reshape(dy.shape)
 
 
+# --------------------------------------------------------------------------------------------
+# head layout (no arithmetic): views instead of copies
+# --------------------------------------------------------------------------------------------
+# The reference copies every split into C-contiguous (B, H, T, d) arrays for its batched matmuls. The
+# Numba kernels read any strides (``attention._strided``), so here a split is a view of the model's
+# buffer, and the attention backwards write dq, dk, dv into one buffer in the fused QKV layout, so the
+# merge before the QKV product's backward is a reshape. Other kernels (the mesa-layer's) copy
+# strided input themselves where they need contiguous rows.
+
+def split_qkv(qkv, heads):
+    """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d]: strided views of ``qkv`` (NumPy) or the reference's copies."""
+    if not _numpy(qkv):
+        return _ref_heads.split_qkv(qkv, heads)
+    _ref_heads._check_width("qkv", qkv, 3 * heads)
+    B, T, HD3 = qkv.shape
+    x = qkv.reshape(B, T, 3, heads, HD3 // (3 * heads)).transpose(2, 0, 3, 1, 4)   # [3,B,H,T,d] view
+    return x[0], x[1], x[2]
+
+
+def split_heads(x, heads):
+    """[B, T, H*d] -> [B, H, T, d]: a strided view of ``x`` (NumPy) or the reference's copy."""
+    if not _numpy(x):
+        return _ref_heads.split_heads(x, heads)
+    _ref_heads._check_width("x", x, heads)
+    B, T, HD = x.shape
+    return x.reshape(B, T, heads, HD // heads).transpose(0, 2, 1, 3)
+
+
+def _same_view(a, b):
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def merge_qkv(dq, dk, dv):
+    """3 x [B, H, T, d] -> [B, T, 3*H*d].  No copy when the three are the views ``attention.qkv_empty`` makes
+    (what the fast attention backwards return); otherwise the reference's copy."""
+    base = dq.base
+    if (isinstance(dq, np.ndarray) and isinstance(base, np.ndarray) and dk.base is base and dv.base is base
+            and dq.ndim == 4 and base.flags.c_contiguous):
+        B, H, T, d = dq.shape
+        if base.size == 3 * dq.size:
+            full = base.reshape(B, T, 3, H, d)
+            if all(_same_view(g, full[:, :, j].transpose(0, 2, 1, 3)) for j, g in enumerate((dq, dk, dv))):
+                return full.reshape(B, T, 3 * H * d)
+    return _ref_heads.merge_qkv(dq, dk, dv)
+
+
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
 FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
             "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
-            "gelu_forward", "gelu_backward", "clip_forward", "clip_backward")
+            "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv")
 __all__ = list(FAST_OPS)

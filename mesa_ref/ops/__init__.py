@@ -3,12 +3,14 @@
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
 Attention ops take q, k, v of shape (B, H, T, d).  MATH.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
-mesa-layer [M1]-[M4], and its exact chunkwise form [M5].
+mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. Layout helpers (no arithmetic): split_qkv,
+merge_qkv, split_heads, merge_heads move activations between (B, T, H*d) and (B, H, T, d).
 """
 from .activations import ClipCache, GeluCache, clip_backward, clip_forward, gelu_backward, gelu_forward
 from .attention_linear import LinearAttentionCache, linear_attention_backward, linear_attention_forward
 from .attention_softmax import SoftmaxAttentionCache, softmax_attention_backward, softmax_attention_forward
 from .dense import DenseCache, dense_backward, dense_forward
+from .heads import merge_heads, merge_qkv, split_heads, split_qkv
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
                    mse_backward, mse_forward)
@@ -26,6 +28,7 @@ __all__ = [
     "mesa_forward", "mesa_backward", "mesa_direct", "validate_mesa_inputs",
     "mesa_chunkwise_forward", "mesa_chunkwise_backward",
     "sinusoidal_positional_encoding",
+    "split_qkv", "merge_qkv", "split_heads", "merge_heads",
     "mse_forward", "mse_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "DenseCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",

@@ -15,12 +15,13 @@ class DenseCache(NamedTuple):
     has_bias: bool
 
 
-def check_dense_inputs(x, W, b=None):
-    """The checks of dense_forward (shared with mesa_fast's dense op): ValueError naming the argument."""
-    check_float_array("x", x)
-    check_float_array("W", W, ndim=2)
+def check_dense_inputs(x, W, b=None, *, finite=True):
+    """The checks of dense_forward (shared with mesa_fast's dense op): ValueError naming the argument.
+    ``finite=False`` leaves out the NaN/inf checks (for a caller that checks them another way)."""
+    check_float_array("x", x, finite=finite)
+    check_float_array("W", W, ndim=2, finite=finite)
     if b is not None:
-        check_float_array("b", b, ndim=1)
+        check_float_array("b", b, ndim=1, finite=finite)
     check_same_dtype(x=x, W=W, b=b)
     if x.ndim < 1 or x.shape[-1] != W.shape[0]:
         raise ValueError(f"W: expected first dimension {x.shape[-1]} (x's last), got shape {tuple(W.shape)}")

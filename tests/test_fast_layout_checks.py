@@ -1,0 +1,195 @@
+"""Head-layout ops (views in mesa_fast, copies in mesa_ref), the output-side NaN/inf checks of the fast ops,
+``all_finite`` on strided views, and the heap setting of mesa_fast's Numba kernels."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mesa_fast import ops as F
+from mesa_ref import ops as R
+from mesa_ref.ops._common import all_finite
+
+B, T, H, d = 3, 7, 3, 5
+
+# the fast ops compute before they find a NaN/inf (output-side checks), so NumPy warns before the ValueError
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")
+
+
+def _qkv(rng, dtype=np.float64):
+    return rng.standard_normal((B, T, 3 * H * d)).astype(dtype)
+
+
+# ------------------------------------------------------------------------------------- layout ops
+def test_split_and_merge_agree_with_reference_and_fast_split_is_a_view():
+    rng = np.random.default_rng(0)
+    qkv = _qkv(rng)
+    fast, ref = F.split_qkv(qkv, H), R.split_qkv(qkv, H)
+    for f, r in zip(fast, ref):
+        assert f.shape == (B, H, T, d)
+        np.testing.assert_array_equal(f, r)
+        assert np.shares_memory(f, qkv)                  # fast: no copy
+        assert r.flags.c_contiguous and not np.shares_memory(r, qkv)
+    # q[b, h, t, i] is column h*d + i of the first third, k of the second, v of the third
+    np.testing.assert_array_equal(ref[1][2, 1, 4], qkv[2, 4, H * d + d:H * d + 2 * d])
+    np.testing.assert_array_equal(R.merge_qkv(*ref), qkv)
+    np.testing.assert_array_equal(F.merge_qkv(*ref), qkv)   # unrelated arrays: the reference's copy
+    x = rng.standard_normal((B, T, H * d))
+    np.testing.assert_array_equal(F.split_heads(x, H), R.split_heads(x, H))
+    assert np.shares_memory(F.split_heads(x, H), x)
+    np.testing.assert_array_equal(R.merge_heads(R.split_heads(x, H)), x)
+    for ns in (F, R):
+        with pytest.raises(ValueError, match="qkv: width 45 is not a multiple of 6"):
+            ns.split_qkv(qkv, 2)
+        with pytest.raises(ValueError, match="rank-3"):
+            ns.split_heads(x[0], H)
+
+
+@pytest.mark.parametrize("kind", ["linear_attention", "softmax_attention"])
+def test_attention_backward_output_merges_without_copy(kind):
+    rng = np.random.default_rng(1)
+    qkv = _qkv(rng)
+    out, cache = getattr(F, kind + "_forward")(*F.split_qkv(qkv, H))
+    dq, dk, dv = getattr(F, kind + "_backward")(rng.standard_normal(out.shape), cache)
+    merged = F.merge_qkv(dq, dk, dv)
+    assert merged.shape == qkv.shape and np.shares_memory(merged, dq)        # a reshape of one buffer
+    np.testing.assert_array_equal(merged, R.merge_qkv(*(np.array(g) for g in (dq, dk, dv))))
+    # a slice of the buffer's views is not the whole buffer: copied, still right
+    sub = [g[:, :2] for g in (dq, dk, dv)]
+    np.testing.assert_array_equal(F.merge_qkv(*sub), R.merge_qkv(*(np.array(g) for g in sub)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("kind", ["linear_attention", "softmax_attention"])
+def test_attention_on_split_views_equals_contiguous(kind, dtype):
+    rng = np.random.default_rng(2)
+    qkv = _qkv(rng, dtype)
+    views = F.split_qkv(qkv, H)
+    dout = F.split_heads(rng.standard_normal((B, T, H * d)).astype(dtype), H)
+    fwd, bwd = getattr(F, kind + "_forward"), getattr(F, kind + "_backward")
+    out, cache = fwd(*views)
+    grads = bwd(dout, cache)
+    cont = [np.ascontiguousarray(a) for a in views]
+    out_c, cache_c = fwd(*cont)
+    np.testing.assert_array_equal(out, out_c)
+    for g, gc in zip(grads, bwd(np.ascontiguousarray(dout), cache_c)):
+        np.testing.assert_array_equal(g, gc)
+    t_out, t_cache = getattr(R, kind + "_forward")(*(a.astype(np.float64) for a in views))
+    assert np.abs(out - t_out).max() <= (1e-5 if dtype == np.float32 else 1e-12) * np.abs(t_out).max()
+
+
+# ------------------------------------------------------------------------------- NaN / inf checks
+BAD = [np.nan, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("arg", ["q", "k", "v"])
+def test_linear_attention_finds_every_non_finite_input(arg, bad):
+    """The fast forward checks its output; a NaN/inf at any position of q, k or v, even next to zeros (inf * 0),
+    still raises the reference's ValueError naming the argument."""
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        views = [np.array(a, np.float32) for a in R.split_qkv(_qkv(rng, np.float32), H)]
+        b, h, t, i = (int(rng.integers(n)) for n in (B, H, T, d))
+        if trial % 3 == 0:
+            t = T - 1                                   # the last step: only out_T sees it
+        if trial % 4 == 1:
+            for a in views:
+                a[b, h] = 0.0                           # zeros around it
+        a = views["qkv".index(arg)]
+        a[b, h, t, i] = bad
+        with pytest.raises(ValueError, match=f"^{arg}: contains non-finite values"):
+            F.linear_attention_forward(*views)
+        with pytest.raises(ValueError, match=f"^{arg}: contains non-finite values"):
+            R.linear_attention_forward(*views)
+
+
+def test_linear_attention_overflow_passes_as_in_reference():
+    """Finite inputs whose result overflows raise nothing, in either namespace."""
+    q = np.full((1, 1, 2, 2), 1e20, np.float32)
+    with np.errstate(all="ignore"):
+        out_f, _ = F.linear_attention_forward(q, q, q)
+        out_r, _ = R.linear_attention_forward(q, q, q)
+    assert not np.isfinite(out_f).any() and not np.isfinite(out_r).any()
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("shape", [(3, 11, 8, 5), (3, 11, 5, 8)], ids=["check-y", "check-x"])
+def test_dense_finds_every_non_finite_input(shape, bad):
+    """dense_forward checks y when y is the smaller array (8 -> 5) and x, W, b when x is (5 -> 8); dense_backward
+    finds NaN/inf in dy through dW. Positions drawn at random, with zero rows and columns around them."""
+    rng = np.random.default_rng(4)
+    b0, t0, din, dout = shape
+    for trial in range(10):
+        x = rng.standard_normal((b0, t0, din)).astype(np.float32)
+        W = rng.standard_normal((din, dout)).astype(np.float32)
+        bias = rng.standard_normal(dout).astype(np.float32)
+        n, j, k = int(rng.integers(b0)), int(rng.integers(din)), int(rng.integers(dout))
+        if trial % 2:
+            x[n] = 0.0
+            W[:, k] = 0.0
+        for name in ("x", "W", "b"):
+            args = [x.copy(), W.copy(), bias.copy()]
+            if name == "x":
+                args[0][n, int(rng.integers(t0)), j] = bad
+            elif name == "W":
+                args[1][j, k] = bad
+            else:
+                args[2][k] = bad
+            for ns in (F, R):
+                with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
+                    ns.dense_forward(*args)
+        _, fc = F.dense_forward(x, W, bias)
+        _, rc = R.dense_forward(x, W, bias)
+        dy = rng.standard_normal((b0, t0, dout)).astype(np.float32)
+        dy[n, int(rng.integers(t0)), k] = bad
+        for ns, c in ((F, fc), (R, rc)):
+            with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+                ns.dense_backward(dy, c)
+
+
+def test_dense_overflow_passes_as_in_reference():
+    x = np.full((2, 3, 6), 1e30, np.float32)
+    W = np.full((6, 2), 1e30, np.float32)
+    for ns in (F, R):
+        with np.errstate(all="ignore"):
+            y, c = ns.dense_forward(x, W)
+        assert np.isinf(y).all()
+        with np.errstate(all="ignore"):
+            dx, dW, _ = ns.dense_backward(np.full(y.shape, 1e30, np.float32), c)
+        assert np.isinf(dW).all()
+
+
+VIEWS = [lambda a: a.transpose(0, 2, 1, 3), lambda a: a.transpose(3, 1, 0, 2), lambda a: a[:, ::2],
+         lambda a: a.transpose(3, 1, 0, 2)[::-1], lambda a: a[..., 1], lambda a: a]
+
+
+def test_all_finite_on_views():
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((4, 6, 3, 5))
+    for view in VIEWS:
+        assert all_finite(view(base))
+        for bad in BAD:
+            copy = base.copy()
+            v = view(copy)
+            v[tuple(int(rng.integers(n)) for n in v.shape)] = bad
+            assert not all_finite(v)
+    # entries outside a strided view do not count
+    copy = base.copy()
+    copy[:, 1] = np.nan
+    assert all_finite(copy[:, ::2]) and not all_finite(copy[:, 1::2])
+    assert all_finite(np.empty((0, 3)))
+
+
+# ------------------------------------------------------------------------------------- heap setting
+def _run(code, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, check=True).stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
+def test_heap_setting_applies_once_and_can_be_switched_off():
+    code = "import mesa_fast.ops, mesa_fast.numba_kernels._heap as h; print(h.applied)"
+    assert _run(code).strip() == "True"
+    assert _run(code, MESA_FAST_KEEP_HEAP="0").strip() == "False"
