@@ -186,9 +186,10 @@ class Transformer:
         return y, cache
 
     # ------------------------------------------------------------------ backward
-    def backward(self, dy, cache: "ForwardCache"):
+    def backward(self, dy, cache: "ForwardCache", *, input_grad: bool = True):
         """grads, dx = backward(dy, cache).  dy (B, T, output_dim); grads has the keys of params; dx is the
-        gradient w.r.t. x (float inputs) or None (token ids)."""
+        gradient w.r.t. x (float inputs) or None (token ids, or ``input_grad=False``: then the first block's
+        input-side product is skipped where no parameter needs it)."""
         c, ops = self.config, self.ops
         params = cache.params
         h_last = cache.residuals[-1]
@@ -236,18 +237,22 @@ class Transformer:
                     graw = params[f"l{i}.gamma_raw"]
                     s = sigmoid(graw, xp)
                     grads[f"l{i}.gamma_raw"] = g[4] * s * (1 - s)
-            da, dw_qkv, _ = ops.dense_backward(ops.merge_qkv(dq, dk, dv), lc["qkv"])
+            # the product for da is needed by everything below block i, and by block 0's LayerNorm; below block 0
+            # of constructed input sits only x itself
+            need_da = input_grad or i > 0 or c.layernorm or c.input != "constructed"
+            da, dw_qkv, _ = ops.dense_backward(ops.merge_qkv(dq, dk, dv), lc["qkv"], input_grad=need_da)
             HD = dw_qkv.shape[1] // 3
             for j, name in enumerate(("wq", "wk", "wv")):
                 grads[f"l{i}.{name}"] = xp.ascontiguousarray(dw_qkv[:, j * HD:(j + 1) * HD])
             if c.layernorm:
                 da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"] = ops.layernorm_backward(da, lc["ln1"])
-            dh = dh + da                                                     # residual branch
+            if need_da:
+                dh = dh + da                                                 # residual branch
         dx = None
         if c.input == "constructed":
-            dx = dh
+            dx = dh if input_grad else None
         elif c.input == "embed":
-            dx, grads["embed.w"], grads["embed.b"] = ops.dense_backward(dh, top["embed"])
+            dx, grads["embed.w"], grads["embed.b"] = ops.dense_backward(dh, top["embed"], input_grad=input_grad)
         else:
             gw = xp.zeros_like(params["embed.w"])
             _scatter_add(gw, cache.x.reshape(-1), dh.reshape(-1, dh.shape[-1]))
@@ -272,7 +277,7 @@ class Transformer:
         else:
             L, lcache = self.ops.mse_forward(pred, y)
             dpred = self.ops.mse_backward(1.0, lcache)
-        grads, _ = self.backward(dpred, cache)
+        grads, _ = self.backward(dpred, cache, input_grad=False)
         return float(L), grads
 
     def num_params(self, params) -> int:

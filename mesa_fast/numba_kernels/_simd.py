@@ -158,6 +158,41 @@ def _mask(idx):
     return ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), [int(m) for m in idx])
 
 
+def _i64(context, builder, val, ty):
+    return context.cast(builder, val, ty, types.int64)
+
+
+def _transpose8(context, builder, arr_ty, arr, src_offsets, dst_ty, dst, dst_offsets):
+    """Load 8 vectors at src_offsets, transpose them with the butterfly stages, store them at dst_offsets."""
+    align = arr_ty.dtype.bitwidth // 8
+    rows = [builder.load(_vec_ptr(context, builder, arr_ty, arr, off), align=align) for off in src_offsets]
+    for pairs, lo, hi in _TRANSPOSE_STAGES:
+        new = list(rows)
+        for x, y in pairs:
+            new[x] = builder.shuffle_vector(rows[x], rows[y], _mask(lo))
+            new[y] = builder.shuffle_vector(rows[x], rows[y], _mask(hi))
+        rows = new
+    for b, off in enumerate(dst_offsets):
+        builder.store(rows[b], _vec_ptr(context, builder, dst_ty, dst, off), align=align)
+
+
+def _strided_offsets(builder, off, stride):
+    ity = ir.IntType(64)
+    return [builder.add(off, builder.mul(stride, ir.Constant(ity, a))) for a in range(8)]
+
+
+def _table_offsets(context, builder, tab_ty, tab, off):
+    """off + tab[a] for a in 0..7 (tab: a 1-D int64 array)."""
+    ary = context.make_array(tab_ty)(context, builder, tab)
+    return [builder.add(off, builder.load(builder.gep(ary.data, [ir.Constant(ir.IntType(64), a)])))
+            for a in range(8)]
+
+
+def _transpose_args_ok(src, dst):
+    return (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 1 and dst.ndim == 1
+            and src.dtype == dst.dtype and LANES == 8)   # the shuffle stages are written for 8 x 8
+
+
 @intrinsic
 def vtranspose_copy(typingctx, src, soff, sstride, dst, doff, dstride):
     """An 8 x 8 block transpose between two 1-D arrays:
@@ -167,33 +202,55 @@ def vtranspose_copy(typingctx, src, soff, sstride, dst, doff, dstride):
     (8 vector loads, 24 shuffles, 8 vector stores). Used to move one token of 8 sequences
     between the (N, T, width) layout and the lane layout (width, 8).
     """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 1
-            and dst.ndim == 1 and src.dtype == dst.dtype):
-        return None
-    if LANES != 8:  # the shuffle stages below are written for 8 x 8
+    if not _transpose_args_ok(src, dst):
         return None
 
     def codegen(context, builder, sig, args):
         s_arr, s_off, s_stride, d_arr, d_off, d_stride = args
-        ity = ir.IntType(64)
-        s_off, s_stride, d_off, d_stride = (
-            context.cast(builder, val, ty, types.int64)
-            for val, ty in zip((s_off, s_stride, d_off, d_stride),
-                               (sig.args[1], sig.args[2], sig.args[4], sig.args[5])))
-        align = src.dtype.bitwidth // 8
-        rows = []
-        for a in range(8):
-            off = builder.add(s_off, builder.mul(s_stride, ir.Constant(ity, a)))
-            rows.append(builder.load(_vec_ptr(context, builder, sig.args[0], s_arr, off), align=align))
-        for pairs, lo, hi in _TRANSPOSE_STAGES:
-            new = list(rows)
-            for x, y in pairs:
-                new[x] = builder.shuffle_vector(rows[x], rows[y], _mask(lo))
-                new[y] = builder.shuffle_vector(rows[x], rows[y], _mask(hi))
-            rows = new
-        for b in range(8):
-            off = builder.add(d_off, builder.mul(d_stride, ir.Constant(ity, b)))
-            builder.store(rows[b], _vec_ptr(context, builder, sig.args[3], d_arr, off), align=align)
+        a = sig.args
+        _transpose8(context, builder, a[0], s_arr,
+                    _strided_offsets(builder, _i64(context, builder, s_off, a[1]), _i64(context, builder, s_stride, a[2])),
+                    a[3], d_arr,
+                    _strided_offsets(builder, _i64(context, builder, d_off, a[4]), _i64(context, builder, d_stride, a[5])))
         return context.get_dummy_value()
 
     return types.void(src, soff, sstride, dst, doff, dstride), codegen
+
+
+@intrinsic
+def vtranspose_from_rows(typingctx, src, rows, soff, dst, doff, dstride):
+    """The 8 x 8 transpose with source rows at arbitrary offsets (one per lane, ``rows``: 1-D int64, length >= 8):
+
+        dst[doff + b*dstride + a] = src[rows[a] + soff + b]    for a, b in 0..7
+    """
+    if not (_transpose_args_ok(src, dst) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s_arr, r_arr, s_off, d_arr, d_off, d_stride = args
+        a = sig.args
+        _transpose8(context, builder, a[0], s_arr,
+                    _table_offsets(context, builder, a[1], r_arr, _i64(context, builder, s_off, a[2])),
+                    a[3], d_arr,
+                    _strided_offsets(builder, _i64(context, builder, d_off, a[4]), _i64(context, builder, d_stride, a[5])))
+        return context.get_dummy_value()
+
+    return types.void(src, rows, soff, dst, doff, dstride), codegen
+
+
+@intrinsic
+def vtranspose_to_rows(typingctx, src, soff, sstride, dst, rows, doff):
+    """The inverse of ``vtranspose_from_rows``: dst[rows[b] + doff + a] = src[soff + a*sstride + b]."""
+    if not (_transpose_args_ok(src, dst) and isinstance(rows, types.Array) and rows.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s_arr, s_off, s_stride, d_arr, r_arr, d_off = args
+        a = sig.args
+        _transpose8(context, builder, a[0], s_arr,
+                    _strided_offsets(builder, _i64(context, builder, s_off, a[1]), _i64(context, builder, s_stride, a[2])),
+                    a[3], d_arr,
+                    _table_offsets(context, builder, a[4], r_arr, _i64(context, builder, d_off, a[5])))
+        return context.get_dummy_value()
+
+    return types.void(src, soff, sstride, dst, rows, doff), codegen

@@ -32,7 +32,8 @@ import numpy as np
 from numba import njit
 
 from ._pool import contiguous_writeable, run_groups
-from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vzeros
+from ._simd import (LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose_from_rows, vtranspose_to_rows,
+                    vzeros)
 
 L = LANES
 
@@ -71,16 +72,20 @@ def _gather4(x, xs, n0, nl, H, T, w, buf):
     """buf[(t*w + i)*L + l] = x[b, h, t, i] with (b, h) = divmod(n0 + l, H), for a (B, H, T, w) array given as
     its memory ``x`` (1-D, from its first element) and element strides ``xs``; padding lanes = 0."""
     base = _lane_bases(xs, n0, nl, H)
+    if nl == L and xs[3] == 1 and w >= L:          # 8 x 8 register transposes (the last block may overlap)
+        for t in range(T):
+            i0 = 0
+            while i0 < w:
+                i0 = min(i0, w - L)
+                vtranspose_from_rows(x, base, t * xs[2] + i0, buf, (t * w + i0) * L, L)
+                i0 += L
+        return
     for t in range(T):
         for i in range(w):
             off = t * xs[2] + i * xs[3]
             e = (t * w + i) * L
-            if nl == L:
-                for l in range(L):
-                    buf[e + l] = x[base[l] + off]
-            else:
-                for l in range(L):
-                    buf[e + l] = x[base[l] + off] if l < nl else 0.0
+            for l in range(L):
+                buf[e + l] = x[base[l] + off] if l < nl else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -88,6 +93,14 @@ def _scatter4(buf, x, xs, n0, nl, H, T, w):
     """x[b, h, t, i] = buf[(t*w + i)*L + l] for the nl live lanes, (b, h) = divmod(n0 + l, H); x given as in
     ``_gather4``."""
     base = _lane_bases(xs, n0, nl, H)
+    if nl == L and xs[3] == 1 and w >= L:
+        for t in range(T):
+            i0 = 0
+            while i0 < w:
+                i0 = min(i0, w - L)
+                vtranspose_to_rows(buf, (t * w + i0) * L, L, x, base, t * xs[2] + i0)
+                i0 += L
+        return
     for t in range(T):
         for i in range(w):
             off = t * xs[2] + i * xs[3]

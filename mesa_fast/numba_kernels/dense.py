@@ -99,13 +99,15 @@ def forward(x2, W, b):
     return y
 
 
-def backward(dy2, x2, W, has_bias):
-    """(dx (N, Din), dW (Din, Dout), db (Dout,) or None) for C-contiguous dy2 (N, Dout), x2 (N, Din)."""
-    dx = np.empty((dy2.shape[0], W.shape[0]), dtype=np.result_type(dy2, W))
+def backward(dy2, x2, W, has_bias, input_grad=True):
+    """(dx (N, Din) or None when not ``input_grad``, dW (Din, Dout), db (Dout,) or None) for C-contiguous
+    dy2 (N, Dout), x2 (N, Din)."""
+    dx = np.empty((dy2.shape[0], W.shape[0]), dtype=np.result_type(dy2, W)) if input_grad else None
 
     def rows(lo, hi):
         def products():
-            np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                       # dx rows (hi-lo, Din)
+            if input_grad:
+                np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                   # dx rows (hi-lo, Din)
             return x2[lo:hi].T @ dy2[lo:hi]                                 # partial dW (Din, Dout)
         return _single(products)
 

@@ -161,22 +161,22 @@ def dense_forward(x, W, b=None):
     return y.reshape(x.shape[:-1] + (W.shape[1],)), DenseFastCache(x2, W, b is not None, tuple(x.shape))
 
 
-def dense_backward(dy, cache):
-    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None)."""
+def dense_backward(dy, cache, *, input_grad=True):
+    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None); dx is None with ``input_grad=False``."""
     if not isinstance(cache, DenseFastCache):
-        return _ref_dense.dense_backward(dy, cache)
+        return _ref_dense.dense_backward(dy, cache, input_grad=input_grad)
     x2, W, has_bias, x_shape = cache
     check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype, finite=False)
     if not _numpy(dy):
         raise ValueError("dout: lives on a different device/array module than the forward's input")
     dy2 = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))                # (N, Dout)
-    dx, dW, db = _dense.backward(dy2, x2, W, has_bias)
+    dx, dW, db = _dense.backward(dy2, x2, W, has_bias, input_grad)
     # NaN/inf in dy is found in dW = x^T dy (Din x Dout, small): a non-finite dy[n, k] makes the whole column
     # dW[:, k] non-finite (x[n, j] * inf is inf or NaN, and no sum with a NaN or inf in it is finite). Only
     # then is dy itself checked, for the reference's message; a finite dy whose dW overflows passes, as there.
     if dW.size == 0 or not all_finite(dW):
         check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
-    return dx.reshape(x_shape), dW, db
+    return (dx.reshape(x_shape) if input_grad else None), dW, db
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,14 +40,15 @@ def dense_forward(x, W, b=None):
     return y, DenseCache(x, W, b is not None)
 
 
-def dense_backward(dy, cache: DenseCache):
-    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None)."""
+def dense_backward(dy, cache: DenseCache, *, input_grad: bool = True):
+    """Returns (dx (..., Din), dW (Din, Dout), db (Dout,) or None); dx is None with ``input_grad=False`` (the
+    model's first block when nobody wants the gradient w.r.t. the input: one product fewer)."""
     x, W, has_bias = cache
     check_dout(dy, x.shape[:-1] + (W.shape[1],), x.dtype)
     xp = array_module(x)
     x2 = xp.ascontiguousarray(x.reshape(-1, x.shape[-1]))     # (N, Din)
     dy2 = xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))  # (N, Dout)
-    dx = (dy2 @ W.T).reshape(x.shape)                     # (..., Din)
+    dx = (dy2 @ W.T).reshape(x.shape) if input_grad else None   # (..., Din)
     dW = x2.T @ dy2                                       # (Din, Dout)
     db = xp.sum(dy2, axis=0) if has_bias else None        # (Dout,)
     return dx, dW, db
