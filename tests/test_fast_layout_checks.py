@@ -105,6 +105,37 @@ def test_linear_attention_finds_every_non_finite_input(arg, bad):
             R.linear_attention_forward(*views)
 
 
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+def test_linear_attention_backward_finds_every_non_finite_dout(bad):
+    """The fast backward finds NaN/inf in dout as its kernel reads it (a strided view, as the model passes it)."""
+    rng = np.random.default_rng(8)
+    views = F.split_qkv(_qkv(rng, np.float32), H)
+    _, cache = F.linear_attention_forward(*views)
+    for trial in range(8):
+        merged = rng.standard_normal((B, T, H * d)).astype(np.float32)
+        merged[int(rng.integers(B)), int(rng.integers(T)), int(rng.integers(H * d))] = bad
+        with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+            F.linear_attention_backward(F.split_heads(merged, H), cache)
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+def test_clip_finds_every_non_finite_input(bad):
+    """The fast clip kernels check x (forward) and dy (backward) in the pass that clips."""
+    rng = np.random.default_rng(9)
+    for trial in range(8):
+        x = (2 * rng.standard_normal((5, 9, 7))).astype(np.float32)
+        _, cache = F.clip_forward(x, c=1.5)
+        idx = tuple(int(rng.integers(n)) for n in x.shape)
+        x[idx] = bad
+        for ns in (F, R):
+            with pytest.raises(ValueError, match="^x: contains non-finite values"):
+                ns.clip_forward(x.transpose(1, 0, 2), c=1.5)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        dy[idx] = bad
+        with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+            F.clip_backward(dy, cache)
+
+
 def test_linear_attention_overflow_passes_as_in_reference():
     """Finite inputs whose result overflows raise nothing, in either namespace."""
     q = np.full((1, 1, 2, 2), 1e20, np.float32)

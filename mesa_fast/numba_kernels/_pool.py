@@ -41,8 +41,8 @@ def map_chunks(fn, n, *args, min_chunk=1):
 
 def run_groups(kernel, G, *args):
     """Run kernel(g0, g1, *args) over the groups 0..G-1, split into contiguous chunks across
-    ``numba.get_num_threads()`` threads; the calling thread does the first chunk."""
-    map_chunks(kernel, G, *args)
+    ``numba.get_num_threads()`` threads; the calling thread does the first chunk. Returns the chunks' results."""
+    return map_chunks(kernel, G, *args)
 
 
 def contiguous_writeable(x):

@@ -109,6 +109,22 @@ def _scatter4(buf, x, xs, n0, nl, H, T, w):
                 x[base[l] + off] = buf[e + l]
 
 
+@njit(cache=True, nogil=True)
+def _lanes_finite(buf, n):
+    """True when the first n lane vectors of buf hold no NaN or inf (x - x is 0 for finite x, NaN otherwise).
+    Padding lanes are zero. One vector add per vector, a small fraction of the kernels' arithmetic."""
+    acc = vzeros(buf)
+    for e in range(n):
+        x = vload(buf, e * L)
+        acc = vadd(acc, vsub(x, x))
+    tmp = np.empty(L, buf.dtype)
+    vstore(tmp, 0, acc)
+    for l in range(L):
+        if tmp[l] != 0:
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # linear attention [L2]
 # --------------------------------------------------------------------------------------------
@@ -174,12 +190,16 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
             vstore(og, tv + j * L, acc)
             j += 1
     _scatter4(og, out, os, n0, nl, H, T, dv)
+    return _lanes_finite(og, T * dv)
 
 
 @njit(cache=True, nogil=True)
 def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
+    """Runs groups g0..g1-1; returns whether all their outputs are finite."""
+    ok = True
     for g in range(g0, g1):
-        _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
+        ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
+    return ok
 
 
 @njit(cache=True, nogil=True)
@@ -196,6 +216,7 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
+    ok = _lanes_finite(dog, T * dv)
     dL = d * L
     vL = dv * L
     # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
@@ -306,12 +327,16 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
             j += 1
     _scatter4(dkg, dk, dks, n0, nl, H, T, d)
     _scatter4(dvg, dvv, dvs, n0, nl, H, T, dv)
+    return ok
 
 
 @njit(cache=True, nogil=True)
 def _linear_backward_range(g0, g1, q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
+    """Runs groups g0..g1-1; returns whether all their dout values are finite."""
+    ok = True
     for g in range(g0, g1):
-        _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
+        ok &= _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
+    return ok
 
 
 def _strided(x):
@@ -353,25 +378,27 @@ def _grad_buffers(B, H, T, d, dv, dtype):
 
 
 def linear_forward(q, k, v):
-    """out (B,H,T,dv) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides (validated by the caller).
-    ``out`` is laid out in memory as (B, T, H, dv) (see ``merged_empty``).  [L2]"""
+    """(out (B,H,T,dv), finite) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides (validated by
+    the caller, NaN/inf aside); ``finite``: no NaN/inf in out. ``out`` is laid out in memory as (B, T, H, dv)
+    (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
-    run_groups(_linear_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v), *_strided(out),
-               B * H, H, T, d, dv)
-    return out
+    ok = run_groups(_linear_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    *_strided(out), B * H, H, T, d, dv)
+    return out, all(ok)
 
 
 def linear_backward(q, k, v, dout):
-    """(dq, dk, dv) for numpy inputs of one dtype, any strides (validated by the caller), laid out in memory as one
-    (B, T, 3, H, d) buffer when d == dv (see ``qkv_empty``), else as (B, T, H, width) each.  [L2]"""
+    """((dq, dk, dv), finite) for numpy inputs of one dtype, any strides (validated by the caller, NaN/inf in dout
+    aside); ``finite``: no NaN/inf in dout. The gradients are laid out in memory as one (B, T, 3, H, d) buffer when
+    d == dv (see ``qkv_empty``), else as (B, T, H, width) each.  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
-    run_groups(_linear_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v), *_strided(dout),
-               *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
-    return dq, dk, dvv
+    ok = run_groups(_linear_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    *_strided(dout), *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
+    return (dq, dk, dvv), all(ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,15 +616,24 @@ def flat(x):
 
 @njit(cache=True, nogil=True)
 def clip_fwd(x, c, y, inside):
-    """y = clip(x, -c, c), inside = (-c < x < c).  x, y, inside: (n,).  Branch-free (vectorises)."""
+    """y = clip(x, -c, c), inside = (-c < x < c).  x, y, inside: (n,).  Branch-free (vectorises).
+    Returns False when some x is NaN or inf (x - x is then NaN), found in the same pass."""
+    bad = 0
     for i in range(x.shape[0]):
         xi = x[i]
         y[i] = min(max(xi, -c), c)
         inside[i] = (xi > -c) & (xi < c)
+        bad |= (xi - xi) != 0
+    return bad == 0
 
 
 @njit(cache=True, nogil=True)
 def clip_bwd(dy, inside, dx):
-    """dx = dy * inside (0 outside the band, as the reference's dy * mask)."""
+    """dx = dy * inside (0 outside the band, as the reference's dy * mask).  Returns False when some dy is NaN
+    or inf."""
+    bad = 0
     for i in range(dy.shape[0]):
-        dx[i] = dy[i] * inside[i]
+        d = dy[i]
+        dx[i] = d * inside[i]
+        bad |= (d - d) != 0
+    return bad == 0

@@ -72,30 +72,33 @@ class LinearAttentionFastCache(NamedTuple):
 def linear_attention_forward(q, k, v):
     """[L2] out_t = sum_{t'<=t} v_{t'} (k_{t'} . q_t).  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache).
 
-    Finiteness is checked on the output rather than on the three inputs (one reduction instead of three, over
-    contiguous memory where the inputs are strided views): a NaN or inf anywhere in q, k or v makes the output
-    non-finite (at the last step, out_T = S_T q_T carries every k_s and v_s, and out_t carries q_t; IEEE
-    arithmetic never turns a NaN or inf back into a finite number, and inf * 0 is NaN). Only then are the inputs
-    checked one by one, so the ValueError names the argument, as the reference's does. Finite inputs whose result
-    overflows come back as they are, also as in the reference."""
+    NaN/inf are looked for in the output, inside the kernel, rather than in the three inputs: a NaN or inf
+    anywhere in q, k or v makes the output non-finite (at the last step, out_T = S_T q_T carries every k_s and
+    v_s, and out_t carries q_t; IEEE arithmetic never turns a NaN or inf back into a finite number, and inf * 0
+    is NaN). Only then are the inputs checked one by one, so the ValueError names the argument, as the
+    reference's does. Finite inputs whose result overflows come back as they are, also as in the reference."""
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
     check_qkv(q, k, v, finite=False)
-    out = _k().linear_forward(q, k, v)
-    if not all_finite(out):
+    out, finite = _k().linear_forward(q, k, v)
+    if not finite:
         check_qkv(q, k, v)
     return out, LinearAttentionFastCache(q, k, v)
 
 
 def linear_attention_backward(dout, cache):
-    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv))."""
+    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv)).  NaN/inf in dout: found by the kernel as it reads
+    dout, then reported by the reference's check (same message)."""
     if not isinstance(cache, LinearAttentionFastCache):
         return _ref_lin.linear_attention_backward(dout, cache)
     q, k, v = cache
-    check_dout(dout, v.shape, v.dtype)
+    check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    return _k().linear_backward(q, k, v, dout)
+    grads, finite = _k().linear_backward(q, k, v, dout)
+    if not finite:
+        check_dout(dout, v.shape, v.dtype)
+    return grads
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,28 +260,32 @@ class ClipFastCache(NamedTuple):
 
 
 def clip_forward(x, *, c):
-    """[L6] y = clip(x, -c, c); the gradient is zero outside the open band (-c, c)."""
+    """[L6] y = clip(x, -c, c); the gradient is zero outside the open band (-c, c).  NaN/inf in x: found by the
+    kernel in its one pass, then reported by the reference's check (same message)."""
     if not _numpy(x):
         return _ref_act.clip_forward(x, c=c)
-    check_float_array("x", x)
+    check_float_array("x", x, finite=False)
     if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
         raise ValueError(f"c: expected a positive finite clipping bound, got {c!r}")
     xf = _k().flat(x)
     y = np.empty(xf.shape, x.dtype)
     inside = np.empty(xf.shape, np.uint8)
-    _k().clip_fwd(xf, x.dtype.type(c), y, inside)
+    if not _k().clip_fwd(xf, x.dtype.type(c), y, inside):
+        check_float_array("x", x)
     return y.reshape(x.shape), ClipFastCache(inside.reshape(x.shape))
 
 
 def clip_backward(dy, cache):
-    """Returns dx (...) = dy where -c < x < c, else 0."""
+    """Returns dx (...) = dy where -c < x < c, else 0.  NaN/inf in dy: found by the kernel, reported as the
+    reference's check reports it."""
     if not isinstance(cache, ClipFastCache):
         return _ref_act.clip_backward(dy, cache)
-    check_dout(dy, cache.inside.shape, dy.dtype)
+    check_dout(dy, cache.inside.shape, dy.dtype, finite=False)
     if not _numpy(dy):
         raise ValueError("dy: lives on a different device/array module than the forward's input")
     dx = np.empty(dy.size, dy.dtype)
-    _k().clip_bwd(_k().flat(dy), cache.inside.reshape(-1), dx)
+    if not _k().clip_bwd(_k().flat(dy), cache.inside.reshape(-1), dx):
+        check_dout(dy, cache.inside.shape, dy.dtype)
     return dx.reshape(dy.shape)
 
 
