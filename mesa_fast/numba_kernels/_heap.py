@@ -4,16 +4,18 @@ Every step of a training run allocates and frees the same few dozen arrays of 0.
 fused QKV buffer, gradients). With glibc's defaults, an allocation above the (dynamic) mmap threshold gets
 fresh pages from the kernel and gives them back when freed, and the top of the heap is trimmed when more than
 ``M_TRIM_THRESHOLD`` of it is free; either way the next step touches new pages and takes a page fault per
-4 KB. Measured on the 2-core Xeon VM (2026-11-29, ``/tmp`` script timing the default model's training step
-through mesa_fast, 30 steps): 76-92 ms per step with the defaults, 60-64 ms with freed memory kept. The
-reference backend did not change measurably (118-124 ms either way): its step is dominated by arithmetic.
+4 KB. Measured on the 2-core Xeon VM (2026-11-29, ``MESA_FAST_KEEP_HEAP=1|0 python
+benchmarks/profile_train_step.py --backend fast|ref --steps 20``, default model, batch 256, two alternating
+rounds): mesa_fast 56-69 ms per step with glibc's defaults against 41-43 ms with freed memory kept; mesa_ref
+(which gets the setting too when mesa_fast is imported) 106-118 against 93-96 ms. Peak resident memory stayed at
+276-338 MB either way.
 
 ``keep_freed_memory()`` sets ``M_MMAP_THRESHOLD`` to glibc's maximum (32 MB: smaller blocks come from the
 heap) and ``M_TRIM_THRESHOLD`` to 1 GiB (the heap is not shrunk until that much of it is free). Cost: the
-process keeps its peak heap (the step's working set, ~100 MB for the default model at batch 256) instead of
-returning it between steps. It is a process-wide setting, applied once when the first Numba kernel module
-loads; ``MESA_FAST_KEEP_HEAP=0`` in the environment leaves the allocator alone. Not glibc (macOS, musl):
-nothing happens.
+process keeps its peak heap instead of returning it between steps (the peak itself does not grow, see
+above). It is a process-wide setting, applied once when the first Numba kernel module loads;
+``MESA_FAST_KEEP_HEAP=0`` in the environment leaves the allocator alone. Not glibc (macOS, musl): nothing
+happens.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Op-level wrappers for the Numba attention / element-wise kernels: the ``mesa_ref.ops`` signatures.
 
 Each function takes the same arguments as its ``mesa_ref.ops`` namesake, validates them with the
-same ``mesa_ref.ops._common`` checks (so the same ``ValueError``s, raised before any work), and
-returns the same kinds of outputs: NumPy in -> NumPy out of the same dtype. The caches are this
+same ``mesa_ref.ops._common`` checks (so the same ``ValueError``s), and returns the same kinds of
+outputs: NumPy in -> NumPy out of the same dtype. The caches are this
 module's own NamedTuples (the model only hands them back to the matching backward); a cache from
 the reference (which is what a CuPy call returns) is passed on to the reference backward.
 
@@ -13,8 +13,16 @@ would buy nothing.
 
 Ops here: dense [L1] (BLAS, threads run by ``dense.py``), causal linear attention [L2] and
 softmax attention [L3] (``attention.py``), LayerNorm [L4] and GELU [L5] (``elementwise.py``),
-clipping [L6] (``attention.py``). Attention outputs and gradients come back as (B, H, T, w)
-arrays laid out in memory as (B, T, H, w), so the model's merge of the heads costs no copy.
+clipping [L6] (``attention.py``); the head layout ops split_qkv / split_heads (views) and merge_qkv.
+Attention outputs come back as (B, H, T, w) arrays laid out in memory as (B, T, H, w), and attention
+gradients as views of one buffer in the fused QKV layout, so the model's merges cost no copy.
+
+NaN/inf checks. Shape, dtype and argument checks run before any work, as in the reference. The check for
+NaN/inf is made where it costs least, and a failure always ends in the reference's own check of the
+offending input, so the message is the reference's: linear attention and clipping look for NaN/inf inside
+their kernels (in the pass they make anyway); dense checks its output y when y is smaller than x, and
+dW = x^T dy instead of dy in the backward. Each of these places is argued in its docstring: a NaN or inf in
+the input always leaves one in what is checked. The outputs computed before such a ValueError are dropped.
 """
 from __future__ import annotations
 
