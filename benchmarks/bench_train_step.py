@@ -43,10 +43,18 @@ NOTES = [
     "run with default threads on a busy machine. mesa_fast's dense op runs the same BLAS products split by "
     "rows over its own threads, OpenBLAS single-threaded in each (numba_kernels/dense.py). Compare the run with "
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
-    "- What is left in the fast linear2 step (cProfile, 2026-11-29, before the dense split): the dense "
-    "products (BLAS, ~28 ms), the linear-attention kernels (~23 ms wall; in CPU time no cheaper than the "
-    "reference's batched products), the model's head split/merge copies (~7 ms), the finiteness checks of "
-    "every op input (~8 ms), and memory traffic (the step's working set is far larger than the cache).",
+    "- Both backends run with mesa_fast's heap setting (every worker imports mesa_fast.ops; "
+    "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
+    "do not page-fault every step. It speeds up both (measured 2026-11-29: mesa_fast 56-69 -> 41-43 ms, mesa_ref "
+    "106-118 -> 93-96 ms); run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
+    "- loss_and_grads skips the gradient w.r.t. the model input (Model.backward(input_grad=False)): one product "
+    "fewer in block 0's QKV backward, for both backends.",
+    "- Where the fast linear2 step's time goes (`python benchmarks/profile_train_step.py --backend fast`, "
+    "2026-11-29, 42 ms step): linear-attention backward 12.1 ms and forward 5.5 ms (2 layers), dense backward "
+    "11.2 ms and forward 7.7 ms (BLAS, rows split over both cores), MSE 1.0, clip 1.6, gradient clipping + AdamW "
+    "0.6, Python between the ops 2.1 ms. The reference's step (122 ms in the same session): linear attention "
+    "57 ms, dense 34 ms, head split/merge copies 21.6 ms. The two cores of these VMs give 1.5-1.8x on the "
+    "kernels, not 2x.",
     "- No JAX/PyTorch peer is installed here; the 108 ms of the authors' jitted JAX step is the figure "
     "quoted in DESIGN.md, not a measurement on this machine under the same load.",
     "",
