@@ -60,13 +60,17 @@ def test_attention_backward_output_merges_without_copy(kind):
     np.testing.assert_array_equal(F.merge_qkv(*sub), R.merge_qkv(*(np.array(g) for g in sub)))
 
 
+@pytest.mark.parametrize("dims", [(B, T, H, d), (4, 9, 4, 12), (3, 6, 5, 8)], ids=["d5", "d12", "d8-N15"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", ["linear_attention", "softmax_attention"])
-def test_attention_on_split_views_equals_contiguous(kind, dtype):
+def test_attention_on_split_views_equals_contiguous(kind, dtype, dims):
+    """Views of a fused QKV buffer, as the model passes them: widths below 8 (element-wise gathers), 12 (two
+    8 x 8 register transposes that overlap) and 8 with 15 sequences (one full lane group, one partial)."""
+    b_, t_, h_, d_ = dims
     rng = np.random.default_rng(2)
-    qkv = _qkv(rng, dtype)
-    views = F.split_qkv(qkv, H)
-    dout = F.split_heads(rng.standard_normal((B, T, H * d)).astype(dtype), H)
+    qkv = rng.standard_normal((b_, t_, 3 * h_ * d_)).astype(dtype)
+    views = F.split_qkv(qkv, h_)
+    dout = F.split_heads(rng.standard_normal((b_, t_, h_ * d_)).astype(dtype), h_)
     fwd, bwd = getattr(F, kind + "_forward"), getattr(F, kind + "_backward")
     out, cache = fwd(*views)
     grads = bwd(dout, cache)
@@ -76,7 +80,10 @@ def test_attention_on_split_views_equals_contiguous(kind, dtype):
     for g, gc in zip(grads, bwd(np.ascontiguousarray(dout), cache_c)):
         np.testing.assert_array_equal(g, gc)
     t_out, t_cache = getattr(R, kind + "_forward")(*(a.astype(np.float64) for a in views))
-    assert np.abs(out - t_out).max() <= (1e-5 if dtype == np.float32 else 1e-12) * np.abs(t_out).max()
+    t_grads = getattr(R, kind + "_backward")(np.asarray(dout, np.float64), t_cache)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got, want in zip((out,) + tuple(grads), (t_out,) + tuple(t_grads)):
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
 
 
 # ------------------------------------------------------------------------------- NaN / inf checks
