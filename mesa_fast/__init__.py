@@ -6,8 +6,9 @@
     mesa_fast.get_backend()                            # the resolved choice
 
 NumPy in -> NumPy out, CuPy in -> CuPy out (see ``mesa_fast.backend`` for the dispatch rule).
-CuPy is optional and imported only when a GPU path is taken; Numba is imported on the first
-CPU kernel call.
+CuPy is optional and imported only when a GPU path is taken. Numba is imported with mesa_fast (the
+thread pool asks it for the thread count); the kernels compile, or load from Numba's cache, on first use.
+Importing mesa_fast also keeps freed memory in the process heap (glibc; see numba_kernels/_heap.py).
 """
 from mesa_ref import __version__  # noqa: F401
 

@@ -13,9 +13,9 @@ rounds): mesa_fast 56-69 ms per step with glibc's defaults against 41-43 ms with
 ``keep_freed_memory()`` sets ``M_MMAP_THRESHOLD`` to glibc's maximum (32 MB: smaller blocks come from the
 heap) and ``M_TRIM_THRESHOLD`` to 1 GiB (the heap is not shrunk until that much of it is free). Cost: the
 process keeps its peak heap instead of returning it between steps (the peak itself does not grow, see
-above). It is a process-wide setting, applied once when the first Numba kernel module loads;
-``MESA_FAST_KEEP_HEAP=0`` in the environment leaves the allocator alone. Not glibc (macOS, musl): nothing
-happens.
+above). It is a process-wide setting, applied once on ``import mesa_fast`` (by ``_pool.py``, which the
+dense op's module imports); ``MESA_FAST_KEEP_HEAP=0`` in the environment leaves the allocator alone. Not glibc
+(macOS, musl): nothing happens.
 """
 from __future__ import annotations
 

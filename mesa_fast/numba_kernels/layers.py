@@ -310,9 +310,7 @@ def split_qkv(qkv, heads):
     """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d]: strided views of ``qkv`` (NumPy) or the reference's copies."""
     if not _numpy(qkv):
         return _ref_heads.split_qkv(qkv, heads)
-    _ref_heads._check_width("qkv", qkv, 3 * heads)
-    B, T, HD3 = qkv.shape
-    x = qkv.reshape(B, T, 3, heads, HD3 // (3 * heads)).transpose(2, 0, 3, 1, 4)   # [3,B,H,T,d] view
+    x = _ref_heads.qkv_view(qkv, heads)                                     # [3,B,H,T,d] view
     return x[0], x[1], x[2]
 
 
@@ -320,9 +318,7 @@ def split_heads(x, heads):
     """[B, T, H*d] -> [B, H, T, d]: a strided view of ``x`` (NumPy) or the reference's copy."""
     if not _numpy(x):
         return _ref_heads.split_heads(x, heads)
-    _ref_heads._check_width("x", x, heads)
-    B, T, HD = x.shape
-    return x.reshape(B, T, heads, HD // heads).transpose(0, 2, 1, 3)
+    return _ref_heads.heads_view(x, heads)
 
 
 def _same_view(a, b):

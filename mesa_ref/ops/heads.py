@@ -23,12 +23,23 @@ def _check_width(name, x, parts):
         raise ValueError(f"{name}: width {x.shape[2]} is not a multiple of {parts}")
 
 
-def split_qkv(qkv, heads):
-    """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d] (C-contiguous copies)."""
+def qkv_view(qkv, heads):
+    """[B, T, 3*H*d] -> a [3, B, H, T, d] view of it (checked; no copy)."""
     _check_width("qkv", qkv, 3 * heads)
     B, T, HD3 = qkv.shape
-    x = qkv.reshape(B, T, 3, heads, HD3 // (3 * heads)).transpose(2, 0, 3, 1, 4)   # [3,B,H,T,d]
-    x = array_module(qkv).ascontiguousarray(x)
+    return qkv.reshape(B, T, 3, heads, HD3 // (3 * heads)).transpose(2, 0, 3, 1, 4)
+
+
+def heads_view(x, heads):
+    """[B, T, H*d] -> a [B, H, T, d] view of it (checked; no copy)."""
+    _check_width("x", x, heads)
+    B, T, HD = x.shape
+    return x.reshape(B, T, heads, HD // heads).transpose(0, 2, 1, 3)
+
+
+def split_qkv(qkv, heads):
+    """[B, T, 3*H*d] -> q, k, v, each [B, H, T, d] (C-contiguous copies)."""
+    x = array_module(qkv).ascontiguousarray(qkv_view(qkv, heads))
     return x[0], x[1], x[2]
 
 
@@ -47,9 +58,7 @@ def merge_qkv(dq, dk, dv):
 
 def split_heads(x, heads):
     """[B, T, H*d] -> [B, H, T, d] (C-contiguous)."""
-    _check_width("x", x, heads)
-    B, T, HD = x.shape
-    return array_module(x).ascontiguousarray(x.reshape(B, T, heads, HD // heads).transpose(0, 2, 1, 3))
+    return array_module(x).ascontiguousarray(heads_view(x, heads))
 
 
 def merge_heads(x):
