@@ -92,37 +92,38 @@ BAD = [np.nan, np.inf, -np.inf]
 
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("arg", ["q", "k", "v"])
-def test_linear_attention_finds_every_non_finite_input(arg, bad):
-    """The fast forward checks its output; a NaN/inf at any position of q, k or v, even next to zeros (inf * 0),
-    still raises the reference's ValueError naming the argument."""
+@pytest.mark.parametrize("kind", ["linear_attention", "softmax_attention"])
+def test_attention_finds_every_non_finite_input(kind, arg, bad):
+    """The fast forwards find NaN/inf as their kernels load q, k, v; at any position, even next to zeros
+    (inf * 0) or at the last step, the reference's ValueError naming the argument follows."""
     rng = np.random.default_rng(3)
     for trial in range(12):
         views = [np.array(a, np.float32) for a in R.split_qkv(_qkv(rng, np.float32), H)]
         b, h, t, i = (int(rng.integers(n)) for n in (B, H, T, d))
         if trial % 3 == 0:
-            t = T - 1                                   # the last step: only out_T sees it
+            t = T - 1
         if trial % 4 == 1:
             for a in views:
                 a[b, h] = 0.0                           # zeros around it
         a = views["qkv".index(arg)]
         a[b, h, t, i] = bad
-        with pytest.raises(ValueError, match=f"^{arg}: contains non-finite values"):
-            F.linear_attention_forward(*views)
-        with pytest.raises(ValueError, match=f"^{arg}: contains non-finite values"):
-            R.linear_attention_forward(*views)
+        for ns in (F, R):
+            with pytest.raises(ValueError, match=f"^{arg}: contains non-finite values"):
+                getattr(ns, kind + "_forward")(*views)
 
 
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
-def test_linear_attention_backward_finds_every_non_finite_dout(bad):
-    """The fast backward finds NaN/inf in dout as its kernel reads it (a strided view, as the model passes it)."""
+@pytest.mark.parametrize("kind", ["linear_attention", "softmax_attention"])
+def test_attention_backward_finds_every_non_finite_dout(kind, bad):
+    """The fast backwards find NaN/inf in dout as their kernels read it (a strided view, as the model passes it)."""
     rng = np.random.default_rng(8)
     views = F.split_qkv(_qkv(rng, np.float32), H)
-    _, cache = F.linear_attention_forward(*views)
+    _, cache = getattr(F, kind + "_forward")(*views)
     for trial in range(8):
         merged = rng.standard_normal((B, T, H * d)).astype(np.float32)
         merged[int(rng.integers(B)), int(rng.integers(T)), int(rng.integers(H * d))] = bad
         with pytest.raises(ValueError, match="^dout: contains non-finite values"):
-            F.linear_attention_backward(F.split_heads(merged, H), cache)
+            getattr(F, kind + "_backward")(F.split_heads(merged, H), cache)
 
 
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])

@@ -24,9 +24,9 @@ Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); wha
   Measured (2026-11-29, 2-core Xeon, /tmp script): one pass over a (256, 4, 50, 20) float32 view
   0.27-0.32 ms this way against 1.0 ms element by element; the forward kernel 1.4-2.1 ms against
   2.8 ms (2 threads).
-* NaN/inf. The forward returns whether its output is finite and the backward whether dout is (one
-  vector add per value, on the lane buffers); ``layers.py`` turns a False into the reference's
-  ValueError. See ``layers.linear_attention_forward`` for why a finite output proves finite inputs.
+* NaN/inf. Every kernel checks its inputs as it gathers them: the forwards q, k, v, the backwards
+  dout (one vector add per value, on the lane buffers; every sequence lands in exactly one lane),
+  and returns whether all were finite; ``layers.py`` turns a False into the reference's ValueError.
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math
 or FMA contraction. Float32 results differ from the reference's float32 results by rounding only
@@ -159,6 +159,7 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
+    ok = _lanes_finite(qg, T * d) & _lanes_finite(kg, T * d) & _lanes_finite(vg, T * dv)
     dL = d * L
     for t in range(T):
         tq = t * dL
@@ -205,12 +206,12 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
             vstore(og, tv + j * L, acc)
             j += 1
     _scatter4(og, out, os, n0, nl, H, T, dv)
-    return _lanes_finite(og, T * dv)
+    return ok
 
 
 @njit(cache=True, nogil=True)
 def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
-    """Runs groups g0..g1-1; returns whether all their outputs are finite."""
+    """Runs groups g0..g1-1; returns whether all their q, k, v values are finite."""
     ok = True
     for g in range(g0, g1):
         ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
@@ -394,7 +395,7 @@ def _grad_buffers(B, H, T, d, dv, dtype):
 
 def linear_forward(q, k, v):
     """(out (B,H,T,dv), finite) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides (validated by
-    the caller, NaN/inf aside); ``finite``: no NaN/inf in out. ``out`` is laid out in memory as (B, T, H, dv)
+    the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v. ``out`` is laid out in memory as (B, T, H, dv)
     (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
@@ -435,6 +436,7 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
+    ok = _lanes_finite(qg, T * d) & _lanes_finite(kg, T * d) & _lanes_finite(vg, T * dv)
     sc = vsplat(qg, scale)
     dL = d * L
     vL = dv * L
@@ -503,12 +505,16 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
             j += 1
     _scatter_rows(Pg, P, n0, nl)
     _scatter4(og, out, os, n0, nl, H, T, dv)
+    return ok
 
 
 @njit(cache=True, nogil=True)
 def _softmax_forward_range(g0, g1, q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv):
+    """Runs groups g0..g1-1; returns whether all their q, k, v values are finite."""
+    ok = True
     for g in range(g0, g1):
-        _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g)
+        ok &= _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g)
+    return ok
 
 
 @njit(cache=True, nogil=True)
@@ -526,6 +532,7 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
+    ok = _lanes_finite(dog, T * dv)
     _gather_seq(P, n0, nl, Pg)
     gq = np.zeros(T * d * L, q.dtype)
     gk = np.zeros(T * d * L, q.dtype)
@@ -578,12 +585,17 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     _scatter4(gq, dq, dqs, n0, nl, H, T, d)
     _scatter4(gk, dk, dks, n0, nl, H, T, d)
     _scatter4(gv, dvv, dvs, n0, nl, H, T, dv)
+    return ok
 
 
 @njit(cache=True, nogil=True)
 def _softmax_backward_range(g0, g1, q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
+    """Runs groups g0..g1-1; returns whether all their dout values are finite."""
+    ok = True
     for g in range(g0, g1):
-        _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
+        ok &= _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs,
+                                      N, H, T, d, dv, g)
+    return ok
 
 
 @njit(cache=True, nogil=True)
@@ -596,25 +608,27 @@ def _scatter_rows(buf, x, n0, nl):
 
 
 def softmax_forward(q, k, v, scale):
-    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T)) for numpy inputs of one dtype, any strides.  [L3]"""
+    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T), finite) for numpy inputs of one dtype, any strides
+    (validated by the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
     P = np.empty((B, H, T, T), q.dtype)
-    run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-               q.dtype.type(scale), P.reshape(B * H, T * T), *_strided(out), B * H, H, T, d, dv)
-    return out, P
+    ok = run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    q.dtype.type(scale), P.reshape(B * H, T * T), *_strided(out), B * H, H, T, d, dv)
+    return out, P, all(ok)
 
 
 def softmax_backward(q, k, v, P, scale, dout):
-    """(dq, dk, dv) for numpy inputs of one dtype, any strides, laid out as in ``linear_backward``.  [L3]"""
+    """((dq, dk, dv), finite) for numpy inputs of one dtype, any strides, laid out as in ``linear_backward``;
+    ``finite``: no NaN/inf in dout.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
-    run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-               contiguous_writeable(P).reshape(B * H, T * T), q.dtype.type(scale), *_strided(dout),
-               *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
-    return dq, dk, dvv
+    ok = run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    contiguous_writeable(P).reshape(B * H, T * T), q.dtype.type(scale), *_strided(dout),
+                    *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
+    return (dq, dk, dvv), all(ok)
 
 
 # --------------------------------------------------------------------------------------------

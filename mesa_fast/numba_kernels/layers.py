@@ -19,10 +19,10 @@ gradients as views of one buffer in the fused QKV layout, so the model's merges 
 
 NaN/inf checks. Shape, dtype and argument checks run before any work, as in the reference. The check for
 NaN/inf is made where it costs least, and a failure always ends in the reference's own check of the
-offending input, so the message is the reference's: linear attention and clipping look for NaN/inf inside
-their kernels (in the pass they make anyway); dense checks its output y when y is smaller than x, and
-dW = x^T dy instead of dy in the backward. Each of these places is argued in its docstring: a NaN or inf in
-the input always leaves one in what is checked. The outputs computed before such a ValueError are dropped.
+offending input, so the message is the reference's: the attention and clipping kernels look at their inputs
+as they load them; dense checks its output y when y is smaller than x, and dW = x^T dy instead of dy in the
+backward (argued in its docstring: a NaN or inf in the input always leaves one in what is checked). The
+outputs computed before such a ValueError are dropped.
 """
 from __future__ import annotations
 
@@ -80,11 +80,9 @@ class LinearAttentionFastCache(NamedTuple):
 def linear_attention_forward(q, k, v):
     """[L2] out_t = sum_{t'<=t} v_{t'} (k_{t'} . q_t).  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache).
 
-    NaN/inf are looked for in the output, inside the kernel, rather than in the three inputs: a NaN or inf
-    anywhere in q, k or v makes the output non-finite (at the last step, out_T = S_T q_T carries every k_s and
-    v_s, and out_t carries q_t; IEEE arithmetic never turns a NaN or inf back into a finite number, and inf * 0
-    is NaN). Only then are the inputs checked one by one, so the ValueError names the argument, as the
-    reference's does. Finite inputs whose result overflows come back as they are, also as in the reference."""
+    NaN/inf in q, k, v are found by the kernel as it loads them (no separate pass over three strided views);
+    then the reference's check runs on the inputs one by one, so the ValueError names the argument with the
+    reference's words, and nothing is returned."""
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
     check_qkv(q, k, v, finite=False)
@@ -119,12 +117,14 @@ def softmax_attention_forward(q, k, v, *, scale=None):
     """[L3] out = softmax(mask(q k^T * scale)) v.  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache)."""
     if not _numpy(q, k, v):
         return _ref_sm.softmax_attention_forward(q, k, v, scale=scale)
-    _, _, T, d, _ = check_qkv(q, k, v)
+    _, _, T, d, _ = check_qkv(q, k, v, finite=False)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
-    out, P = _k().softmax_forward(q, k, v, scale)
+    out, P, finite = _k().softmax_forward(q, k, v, scale)
+    if not finite:                      # found by the kernel as it loaded q, k, v; the reference's message
+        check_qkv(q, k, v)
     return out, _ref_sm.SoftmaxAttentionCache(q, k, v, P, float(scale))
 
 
@@ -133,10 +133,13 @@ def softmax_attention_backward(dout, cache):
     q, k, v, P, scale = cache
     if not _numpy(q):
         return _ref_sm.softmax_attention_backward(dout, cache)
-    check_dout(dout, v.shape, v.dtype)
+    check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    return _k().softmax_backward(q, k, v, P, scale, dout)
+    grads, finite = _k().softmax_backward(q, k, v, P, scale, dout)
+    if not finite:
+        check_dout(dout, v.shape, v.dtype)
+    return grads
 
 
 # --------------------------------------------------------------------------------------------
