@@ -78,7 +78,9 @@ SHAPES = [  # (B, H, T, d, dv)
     (2, 3, 1, 3, 3),      # T = 1
     (2, 2, 7, 3, 5),      # dv != d, d = 3 (no full block of 4 rows)
     (1, 2, 63, 4, 4),     # odd T, a partial lane group (N = 2 < 8)
-    (3, 3, 7, 6, 9),      # N = 9: one full group of 8 + a partial one; d, dv not multiples of 4
+    (3, 3, 7, 6, 9),      # N = 9: one full mesa group of 8 + a partial one; d, dv not multiples of 4
+    (5, 4, 11, 12, 20),   # N = 20: one full attention group of 16 (register-transpose gathers, overlapping
+                          # blocks for d = 12) + a partial one
     (2, 4, 50, 20, 20),   # the paper's head size
 ]
 
@@ -129,10 +131,10 @@ def test_attention_any_layout(kind, layout, dtype):
 def test_linear_attention_lanes_are_independent():
     """A sequence's result does not depend on which lane group it lands in or on its neighbours."""
     rng = np.random.default_rng(3)
-    q, k, v, dout = qkv(rng, 5, 3, 9, 4, 6, np.float32)
+    q, k, v, dout = qkv(rng, 7, 3, 9, 4, 6, np.float32)
     out, cache = F.linear_attention_forward(q, k, v)
     grads = F.linear_attention_backward(dout, cache)
-    b = 3
+    b = 5                                                # sequences 15-17: both sides of a 16-lane group boundary
     out1, cache1 = F.linear_attention_forward(q[b:b + 1], k[b:b + 1], v[b:b + 1])
     grads1 = F.linear_attention_backward(dout[b:b + 1], cache1)
     np.testing.assert_array_equal(out[b:b + 1], out1)

@@ -1,76 +1,137 @@
-"""Explicit 8-lane SIMD values for the Numba kernels.
+"""Explicit SIMD lane vectors for the Numba kernels.
 
-Why this exists: the mesa kernels vectorise across 8 independent (batch, head) sequences
-("lanes"), each lane running the scalar recursion of ``mesa_ref.ops.mesa``. Numba ships with
-LLVM's SLP vectoriser switched off (NUMBA_SLP_VECTORIZE=0), and LLVM fully unrolls a loop of 8
-iterations before its loop vectoriser sees it, so ``for l in range(8): y[l] += a[l] * x[l]``
-compiles to scalar code (measured: 1.5 GFLOP/s on a 20x20 lane matvec). Rather than depend on
-a global Numba setting, this module defines a Numba type ``LaneVec`` whose LLVM representation
-is ``<8 x float>`` / ``<8 x double>`` and a handful of intrinsics on it. Values of that type live
-in registers (an accumulator is a vector register, not a memory location), so the kernels get
-the same SIMD code whatever the Numba configuration.
+Why this exists: the kernels vectorise across independent (batch, head) sequences ("lanes"), each
+lane running the scalar recursion of ``mesa_ref.ops``. Numba ships with LLVM's SLP vectoriser switched
+off (NUMBA_SLP_VECTORIZE=0), and LLVM fully unrolls a loop of 8 iterations before its loop vectoriser
+sees it, so ``for l in range(8): y[l] += a[l] * x[l]`` compiles to scalar code (measured: 1.5 GFLOP/s
+on a 20x20 lane matvec). Rather than depend on a global Numba setting, this module defines a Numba
+type ``LaneVec`` whose LLVM representation is ``<n x float>`` / ``<n x double>`` and a handful of
+intrinsics on it. Values of that type live in registers (an accumulator is a vector register, not a
+memory location), so the kernels get the same SIMD code whatever the Numba configuration.
 
-Semantics: every operation is the IEEE operation applied lane by lane (``fadd``/``fsub``/``fmul``
-/``fdiv`` without fast-math flags, no FMA contraction), so each lane computes exactly what a
-scalar loop with the same operation order would compute.
+Two widths, fixed when a vector is made (``vload``/``vzeros``/``vsplat`` make LANES = 8 lanes,
+``wload``/``wzeros``/``wsplat`` make WIDE = 16); every other operation takes the width of its
+arguments:
+* LANES = 8: the mesa kernels (``mesa.py``). One AVX2 register of float32, two of float64.
+* WIDE = 16: the attention kernels (``attention.py``). One AVX-512 register of float32 (two of
+  float64); on a machine without AVX-512 LLVM splits each operation into two AVX2 ones. Measured
+  (2026-11-29, 2-core Xeon, /tmp script, the linear-attention recursion alone on 64-byte aligned
+  buffers, one thread): 0.86 ms at 16 lanes with ``vfma`` against 1.42 ms at 8 lanes without it.
+  Both halves matter: at 8 lanes the loop is bound by issuing instructions, at 16 lanes without
+  FMA by the two 512-bit arithmetic ports.
 
-Memory: ``vload(a, off)`` / ``vstore(a, off, x)`` read/write ``a[off:off+LANES]`` of a 1-D
-C-contiguous array ``a`` (no bounds check: callers index lane-strided buffers they allocated).
+Semantics: ``vadd``/``vsub``/``vmul``/``vdiv``/``vsqrt`` are the IEEE operations applied lane by lane
+(no fast-math flags, no FMA contraction), so each lane computes exactly what a scalar loop with the
+same operation order would compute. ``vfma(a, b, c)`` is the fused a*b + c (one rounding, llvm.fma),
+used only where its kernel's docstring says so.
+
+Memory: ``vload(a, off)`` / ``vstore(a, off, x)`` read/write ``a[off:off+n]`` of a 1-D C-contiguous
+array ``a`` (no bounds check: callers index lane-strided buffers they allocated). The accesses are
+unaligned instructions; a 16-lane float32 vector that straddles two cache lines costs about twice as
+much (measured 1.42 against 0.99 ms on the loop above), so the attention kernels allocate 64-byte
+aligned buffers (``aligned_empty``).
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-LANES = 8   # sequences per SIMD group; one AVX2 register of float32, two of float64
+LANES = 8   # lanes of the mesa kernels' vectors
+WIDE = 16   # lanes of the attention kernels' vectors
+ALIGN = 64  # bytes: one cache line, one AVX-512 register
 
 
 class LaneVec(types.Type):
-    """A vector of LANES values of ``dtype`` (float32 or float64), held in registers."""
+    """A vector of ``lanes`` values of ``dtype`` (float32 or float64), held in registers."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, lanes):
         self.dtype = dtype
-        super().__init__(name=f"LaneVec{LANES}({dtype})")
+        self.lanes = lanes
+        super().__init__(name=f"LaneVec{lanes}({dtype})")
 
 
 @register_model(LaneVec)
 class _LaneVecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         be_type = dmm.lookup(fe_type.dtype).get_value_type()
-        super().__init__(dmm, fe_type, ir.VectorType(be_type, LANES))
+        super().__init__(dmm, fe_type, ir.VectorType(be_type, fe_type.lanes))
 
 
-def _vec_ptr(context, builder, arrty, arr, off):
-    """Pointer to a[off] as a pointer to <LANES x dtype>."""
+def _vec_ptr(context, builder, arrty, arr, off, lanes):
+    """Pointer to a[off] as a pointer to <lanes x dtype>."""
     ary = context.make_array(arrty)(context, builder, arr)
     ptr = builder.gep(ary.data, [off])
     be_type = context.get_value_type(arrty.dtype)
-    return builder.bitcast(ptr, ir.PointerType(ir.VectorType(be_type, LANES)))
+    return builder.bitcast(ptr, ir.PointerType(ir.VectorType(be_type, lanes)))
 
 
-@intrinsic
-def vload(typingctx, arr, off):
-    """a[off:off+LANES] as a LaneVec."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(off, types.Integer)):
-        return None
+def _make_load(lanes):
+    @intrinsic
+    def load(typingctx, arr, off):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(off, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _vec_ptr(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(ptr, align=arr.dtype.bitwidth // 8)
+        def codegen(context, builder, sig, args):
+            ptr = _vec_ptr(context, builder, sig.args[0], args[0], args[1], lanes)
+            return builder.load(ptr, align=arr.dtype.bitwidth // 8)
 
-    return LaneVec(arr.dtype)(arr, off), codegen
+        return LaneVec(arr.dtype, lanes)(arr, off), codegen
+
+    load.__doc__ = f"a[off:off+{lanes}] as a {lanes}-lane LaneVec."
+    return load
+
+
+def _make_zeros(lanes):
+    @intrinsic
+    def zeros(typingctx, arr):
+        if not isinstance(arr, types.Array):
+            return None
+
+        def codegen(context, builder, sig, args):
+            be_type = context.get_value_type(sig.args[0].dtype)
+            return ir.Constant(ir.VectorType(be_type, lanes), [ir.Constant(be_type, 0.0)] * lanes)
+
+        return LaneVec(arr.dtype, lanes)(arr), codegen
+
+    zeros.__doc__ = f"A {lanes}-lane LaneVec of zeros with ``arr``'s dtype (``arr`` only fixes the dtype)."
+    return zeros
+
+
+def _make_splat(lanes):
+    @intrinsic
+    def splat(typingctx, arr, x):
+        if not (isinstance(arr, types.Array) and isinstance(x, (types.Float, types.Integer))):
+            return None
+
+        def codegen(context, builder, sig, args):
+            dtype = sig.args[0].dtype
+            val = context.cast(builder, args[1], sig.args[1], dtype)
+            vec = ir.Constant(ir.VectorType(context.get_value_type(dtype), lanes), ir.Undefined)
+            for lane in range(lanes):
+                vec = builder.insert_element(vec, val, ir.Constant(ir.IntType(32), lane))
+            return vec
+
+        return LaneVec(arr.dtype, lanes)(arr, x), codegen
+
+    splat.__doc__ = f"A {lanes}-lane LaneVec with every lane equal to the scalar ``x`` (cast to ``arr``'s dtype)."
+    return splat
+
+
+vload, vzeros, vsplat = _make_load(LANES), _make_zeros(LANES), _make_splat(LANES)
+wload, wzeros, wsplat = _make_load(WIDE), _make_zeros(WIDE), _make_splat(WIDE)
 
 
 @intrinsic
 def vstore(typingctx, arr, off, x):
-    """a[off:off+LANES] = x."""
+    """a[off:off+n] = x (n: x's lanes)."""
     if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(x, LaneVec)):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _vec_ptr(context, builder, sig.args[0], args[0], args[1])
+        ptr = _vec_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[2].lanes)
         builder.store(args[2], ptr, align=arr.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -98,35 +159,39 @@ vmul = _make_binop("fmul")
 vdiv = _make_binop("fdiv")
 
 
-@intrinsic
-def vzeros(typingctx, arr):
-    """A LaneVec of zeros with ``arr``'s dtype (``arr`` only fixes the dtype)."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        be_type = context.get_value_type(sig.args[0].dtype)
-        return ir.Constant(ir.VectorType(be_type, LANES), [ir.Constant(be_type, 0.0)] * LANES)
-
-    return LaneVec(arr.dtype)(arr), codegen
+def _llvm_vector_fn(builder, name, vec_type, nargs):
+    elem = "f32" if isinstance(vec_type.element, ir.FloatType) else "f64"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec_type, [vec_type] * nargs),
+                                          f"llvm.{name}.v{vec_type.count}{elem}")
 
 
 @intrinsic
-def vsplat(typingctx, arr, x):
-    """A LaneVec with every lane equal to the scalar ``x`` (cast to ``arr``'s dtype)."""
-    if not (isinstance(arr, types.Array) and isinstance(x, (types.Float, types.Integer))):
+def vfma(typingctx, a, b, c):
+    """Lane-wise fused a*b + c, rounded once (llvm.fma: an FMA instruction where the CPU has one)."""
+    if not (isinstance(a, LaneVec) and a == b and b == c):
         return None
 
     def codegen(context, builder, sig, args):
-        dtype = sig.args[0].dtype
-        val = context.cast(builder, args[1], sig.args[1], dtype)
-        vec_type = ir.VectorType(context.get_value_type(dtype), LANES)
-        vec = ir.Constant(vec_type, ir.Undefined)
-        for lane in range(LANES):
-            vec = builder.insert_element(vec, val, ir.Constant(ir.IntType(32), lane))
-        return vec
+        return builder.call(_llvm_vector_fn(builder, "fma", args[0].type, 3), list(args))
 
-    return LaneVec(arr.dtype)(arr, x), codegen
+    return a(a, b, c), codegen
+
+
+@njit(cache=True, nogil=True)
+def aligned_empty(n, like):
+    """An uninitialised 1-D array of n elements of ``like``'s dtype whose first element is ALIGN-byte aligned
+    (Numba's own allocations are 32-byte aligned)."""
+    raw = np.empty(n + ALIGN // like.itemsize, like.dtype)
+    o = ((-raw.ctypes.data) % ALIGN) // like.itemsize
+    return raw[o:o + n]
+
+
+@njit(cache=True, nogil=True)
+def aligned_zeros(n, like):
+    """``aligned_empty`` filled with zeros."""
+    a = aligned_empty(n, like)
+    a[:] = 0
+    return a
 
 
 @intrinsic
@@ -136,11 +201,7 @@ def vsqrt(typingctx, a):
         return None
 
     def codegen(context, builder, sig, args):
-        vec_type = args[0].type
-        elem = "f32" if isinstance(vec_type.element, ir.FloatType) else "f64"
-        name = f"llvm.sqrt.v{LANES}{elem}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec_type, [vec_type]), name)
-        return builder.call(fn, [args[0]])
+        return builder.call(_llvm_vector_fn(builder, "sqrt", args[0].type, 1), [args[0]])
 
     return a(a), codegen
 
@@ -165,7 +226,7 @@ def _i64(context, builder, val, ty):
 def _transpose8(context, builder, arr_ty, arr, src_offsets, dst_ty, dst, dst_offsets):
     """Load 8 vectors at src_offsets, transpose them with the butterfly stages, store them at dst_offsets."""
     align = arr_ty.dtype.bitwidth // 8
-    rows = [builder.load(_vec_ptr(context, builder, arr_ty, arr, off), align=align) for off in src_offsets]
+    rows = [builder.load(_vec_ptr(context, builder, arr_ty, arr, off, 8), align=align) for off in src_offsets]
     for pairs, lo, hi in _TRANSPOSE_STAGES:
         new = list(rows)
         for x, y in pairs:
@@ -173,7 +234,7 @@ def _transpose8(context, builder, arr_ty, arr, src_offsets, dst_ty, dst, dst_off
             new[y] = builder.shuffle_vector(rows[x], rows[y], _mask(hi))
         rows = new
     for b, off in enumerate(dst_offsets):
-        builder.store(rows[b], _vec_ptr(context, builder, dst_ty, dst, off), align=align)
+        builder.store(rows[b], _vec_ptr(context, builder, dst_ty, dst, off, 8), align=align)
 
 
 def _strided_offsets(builder, off, stride):
@@ -190,7 +251,7 @@ def _table_offsets(context, builder, tab_ty, tab, off):
 
 def _transpose_args_ok(src, dst):
     return (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 1 and dst.ndim == 1
-            and src.dtype == dst.dtype and LANES == 8)   # the shuffle stages are written for 8 x 8
+            and src.dtype == dst.dtype)
 
 
 @intrinsic

@@ -47,10 +47,11 @@ import numpy as np
 from numba import njit
 
 from ._pool import contiguous_writeable, run_groups
-from ._simd import (LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose_from_rows, vtranspose_to_rows,
-                    vzeros)
+from ._simd import (WIDE, aligned_empty, aligned_zeros, vadd, vfma, vmul, vstore, vsub, vtranspose_from_rows,
+                    vtranspose_to_rows, wload, wsplat, wzeros)
 
-L = LANES
+L = WIDE
+H8 = WIDE // 8        # 8 x 8 transposes per block of 8 features in a gather or scatter
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,13 +88,14 @@ def _gather4(x, xs, n0, nl, H, T, w, buf):
     """buf[(t*w + i)*L + l] = x[b, h, t, i] with (b, h) = divmod(n0 + l, H), for a (B, H, T, w) array given as
     its memory ``x`` (1-D, from its first element) and element strides ``xs``; padding lanes = 0."""
     base = _lane_bases(xs, n0, nl, H)
-    if nl == L and xs[3] == 1 and w >= L:          # 8 x 8 register transposes (the last block may overlap)
+    if nl == L and xs[3] == 1 and w >= 8:          # 8 x 8 register transposes (the last block may overlap)
         for t in range(T):
             i0 = 0
             while i0 < w:
-                i0 = min(i0, w - L)
-                vtranspose_from_rows(x, base, t * xs[2] + i0, buf, (t * w + i0) * L, L)
-                i0 += L
+                i0 = min(i0, w - 8)
+                for h in range(H8):                  # lanes 8h .. 8h+7
+                    vtranspose_from_rows(x, base[8 * h:], t * xs[2] + i0, buf, (t * w + i0) * L + 8 * h, L)
+                i0 += 8
         return
     for t in range(T):
         for i in range(w):
@@ -108,13 +110,14 @@ def _scatter4(buf, x, xs, n0, nl, H, T, w):
     """x[b, h, t, i] = buf[(t*w + i)*L + l] for the nl live lanes, (b, h) = divmod(n0 + l, H); x given as in
     ``_gather4``."""
     base = _lane_bases(xs, n0, nl, H)
-    if nl == L and xs[3] == 1 and w >= L:
+    if nl == L and xs[3] == 1 and w >= 8:
         for t in range(T):
             i0 = 0
             while i0 < w:
-                i0 = min(i0, w - L)
-                vtranspose_to_rows(buf, (t * w + i0) * L, L, x, base, t * xs[2] + i0)
-                i0 += L
+                i0 = min(i0, w - 8)
+                for h in range(H8):
+                    vtranspose_to_rows(buf, (t * w + i0) * L + 8 * h, L, x, base[8 * h:], t * xs[2] + i0)
+                i0 += 8
         return
     for t in range(T):
         for i in range(w):
@@ -127,13 +130,29 @@ def _scatter4(buf, x, xs, n0, nl, H, T, w):
 @njit(cache=True, nogil=True)
 def _lanes_finite(buf, n):
     """True when the first n lane vectors of buf hold no NaN or inf (x - x is 0 for finite x, NaN otherwise).
-    Padding lanes are zero. One vector add per vector, a small fraction of the kernels' arithmetic."""
-    acc = vzeros(buf)
-    for e in range(n):
-        x = vload(buf, e * L)
-        acc = vadd(acc, vsub(x, x))
+    Padding lanes are zero. One vector subtract and add per vector, into 4 accumulators so that the adds do not
+    wait on each other: a small fraction of the kernels' arithmetic."""
+    a0 = wzeros(buf)
+    a1 = wzeros(buf)
+    a2 = wzeros(buf)
+    a3 = wzeros(buf)
+    e = 0
+    while e + 4 <= n:
+        x0 = wload(buf, e * L)
+        x1 = wload(buf, (e + 1) * L)
+        x2 = wload(buf, (e + 2) * L)
+        x3 = wload(buf, (e + 3) * L)
+        a0 = vadd(a0, vsub(x0, x0))
+        a1 = vadd(a1, vsub(x1, x1))
+        a2 = vadd(a2, vsub(x2, x2))
+        a3 = vadd(a3, vsub(x3, x3))
+        e += 4
+    while e < n:
+        x0 = wload(buf, e * L)
+        a0 = vadd(a0, vsub(x0, x0))
+        e += 1
     tmp = np.empty(L, buf.dtype)
-    vstore(tmp, 0, acc)
+    vstore(tmp, 0, vadd(vadd(a0, a1), vadd(a2, a3)))
     for l in range(L):
         if tmp[l] != 0:
             return False
@@ -151,11 +170,11 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
     Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = np.empty(T * d * L, q.dtype)
-    kg = np.empty(T * d * L, q.dtype)
-    vg = np.empty(T * dv * L, q.dtype)
-    og = np.empty(T * dv * L, q.dtype)
-    S = np.zeros(dv * d * L, q.dtype)                  # S[j, i] at (j*d + i)*L
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
+    og = aligned_empty(T * dv * L, q)
+    S = aligned_zeros(dv * d * L, q)                  # S[j, i] at (j*d + i)*L
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
@@ -166,43 +185,43 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
         tv = t * dv * L
         j = 0
         while j + 4 <= dv:
-            v0 = vload(vg, tv + j * L)
-            v1 = vload(vg, tv + (j + 1) * L)
-            v2 = vload(vg, tv + (j + 2) * L)
-            v3 = vload(vg, tv + (j + 3) * L)
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            v0 = wload(vg, tv + j * L)
+            v1 = wload(vg, tv + (j + 1) * L)
+            v2 = wload(vg, tv + (j + 2) * L)
+            v3 = wload(vg, tv + (j + 3) * L)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for i in range(d):
-                ki = vload(kg, tq + i * L)
-                qi = vload(qg, tq + i * L)
+                ki = wload(kg, tq + i * L)
+                qi = wload(qg, tq + i * L)
                 o = j * dL + i * L
-                s0 = vadd(vload(S, o), vmul(v0, ki))                  # S_t[j,i]
+                s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
                 vstore(S, o, s0)
-                a0 = vadd(a0, vmul(s0, qi))                          # (S_t q_t)[j]
-                s1 = vadd(vload(S, o + dL), vmul(v1, ki))
+                a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
+                s1 = vfma(v1, ki, wload(S, o + dL))
                 vstore(S, o + dL, s1)
-                a1 = vadd(a1, vmul(s1, qi))
-                s2 = vadd(vload(S, o + 2 * dL), vmul(v2, ki))
+                a1 = vfma(s1, qi, a1)
+                s2 = vfma(v2, ki, wload(S, o + 2 * dL))
                 vstore(S, o + 2 * dL, s2)
-                a2 = vadd(a2, vmul(s2, qi))
-                s3 = vadd(vload(S, o + 3 * dL), vmul(v3, ki))
+                a2 = vfma(s2, qi, a2)
+                s3 = vfma(v3, ki, wload(S, o + 3 * dL))
                 vstore(S, o + 3 * dL, s3)
-                a3 = vadd(a3, vmul(s3, qi))
+                a3 = vfma(s3, qi, a3)
             vstore(og, tv + j * L, a0)
             vstore(og, tv + (j + 1) * L, a1)
             vstore(og, tv + (j + 2) * L, a2)
             vstore(og, tv + (j + 3) * L, a3)
             j += 4
         while j < dv:
-            vj = vload(vg, tv + j * L)
-            acc = vzeros(qg)
+            vj = wload(vg, tv + j * L)
+            acc = wzeros(qg)
             for i in range(d):
                 o = j * dL + i * L
-                s = vadd(vload(S, o), vmul(vj, vload(kg, tq + i * L)))
+                s = vfma(vj, wload(kg, tq + i * L), wload(S, o))
                 vstore(S, o, s)
-                acc = vadd(acc, vmul(s, vload(qg, tq + i * L)))
+                acc = vfma(s, wload(qg, tq + i * L), acc)
             vstore(og, tv + j * L, acc)
             j += 1
     _scatter4(og, out, os, n0, nl, H, T, dv)
@@ -224,10 +243,10 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.)"""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = np.empty(T * d * L, q.dtype)
-    kg = np.empty(T * d * L, q.dtype)
-    vg = np.empty(T * dv * L, q.dtype)
-    dog = np.empty(T * dv * L, q.dtype)
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
+    dog = aligned_empty(T * dv * L, q)
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
@@ -236,109 +255,109 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     dL = d * L
     vL = dv * L
     # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
-    buf = np.empty(T * dL, q.dtype)
-    S = np.zeros(d * vL, q.dtype)
+    buf = aligned_empty(T * dL, q)
+    S = aligned_zeros(d * vL, q)
     for t in range(T):
         tv = t * vL
         td = t * dL
         i = 0
         while i + 4 <= d:
-            k0 = vload(kg, td + i * L)
-            k1 = vload(kg, td + (i + 1) * L)
-            k2 = vload(kg, td + (i + 2) * L)
-            k3 = vload(kg, td + (i + 3) * L)
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            k0 = wload(kg, td + i * L)
+            k1 = wload(kg, td + (i + 1) * L)
+            k2 = wload(kg, td + (i + 2) * L)
+            k3 = wload(kg, td + (i + 3) * L)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for j in range(dv):
-                vj = vload(vg, tv + j * L)
-                dj = vload(dog, tv + j * L)
+                vj = wload(vg, tv + j * L)
+                dj = wload(dog, tv + j * L)
                 o = i * vL + j * L
-                s0 = vadd(vload(S, o), vmul(vj, k0))
+                s0 = vfma(vj, k0, wload(S, o))
                 vstore(S, o, s0)
-                a0 = vadd(a0, vmul(s0, dj))
-                s1 = vadd(vload(S, o + vL), vmul(vj, k1))
+                a0 = vfma(s0, dj, a0)
+                s1 = vfma(vj, k1, wload(S, o + vL))
                 vstore(S, o + vL, s1)
-                a1 = vadd(a1, vmul(s1, dj))
-                s2 = vadd(vload(S, o + 2 * vL), vmul(vj, k2))
+                a1 = vfma(s1, dj, a1)
+                s2 = vfma(vj, k2, wload(S, o + 2 * vL))
                 vstore(S, o + 2 * vL, s2)
-                a2 = vadd(a2, vmul(s2, dj))
-                s3 = vadd(vload(S, o + 3 * vL), vmul(vj, k3))
+                a2 = vfma(s2, dj, a2)
+                s3 = vfma(vj, k3, wload(S, o + 3 * vL))
                 vstore(S, o + 3 * vL, s3)
-                a3 = vadd(a3, vmul(s3, dj))
+                a3 = vfma(s3, dj, a3)
             vstore(buf, td + i * L, a0)
             vstore(buf, td + (i + 1) * L, a1)
             vstore(buf, td + (i + 2) * L, a2)
             vstore(buf, td + (i + 3) * L, a3)
             i += 4
         while i < d:
-            ki = vload(kg, td + i * L)
-            acc = vzeros(qg)
+            ki = wload(kg, td + i * L)
+            acc = wzeros(qg)
             for j in range(dv):
                 o = i * vL + j * L
-                s = vadd(vload(S, o), vmul(vload(vg, tv + j * L), ki))
+                s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
                 vstore(S, o, s)
-                acc = vadd(acc, vmul(s, vload(dog, tv + j * L)))
+                acc = vfma(s, wload(dog, tv + j * L), acc)
             vstore(buf, td + i * L, acc)
             i += 1
     _scatter4(buf, dq, dqs, n0, nl, H, T, d)
     # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
-    dkg = np.zeros(T * dL, q.dtype)
-    dvg = np.empty(T * vL, q.dtype)
-    Gm = np.zeros(dv * dL, q.dtype)
+    dkg = aligned_zeros(T * dL, q)
+    dvg = aligned_empty(T * vL, q)
+    Gm = aligned_zeros(dv * dL, q)
     for t in range(T - 1, -1, -1):
         td = t * dL
         tv = t * vL
         j = 0
         while j + 4 <= dv:
-            d0 = vload(dog, tv + j * L)
-            d1 = vload(dog, tv + (j + 1) * L)
-            d2 = vload(dog, tv + (j + 2) * L)
-            d3 = vload(dog, tv + (j + 3) * L)
-            v0 = vload(vg, tv + j * L)
-            v1 = vload(vg, tv + (j + 1) * L)
-            v2 = vload(vg, tv + (j + 2) * L)
-            v3 = vload(vg, tv + (j + 3) * L)
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            d0 = wload(dog, tv + j * L)
+            d1 = wload(dog, tv + (j + 1) * L)
+            d2 = wload(dog, tv + (j + 2) * L)
+            d3 = wload(dog, tv + (j + 3) * L)
+            v0 = wload(vg, tv + j * L)
+            v1 = wload(vg, tv + (j + 1) * L)
+            v2 = wload(vg, tv + (j + 2) * L)
+            v3 = wload(vg, tv + (j + 3) * L)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for i in range(d):
-                qi = vload(qg, td + i * L)
-                ki = vload(kg, td + i * L)
+                qi = wload(qg, td + i * L)
+                ki = wload(kg, td + i * L)
                 o = j * dL + i * L
-                g0 = vadd(vload(Gm, o), vmul(d0, qi))                 # G_t[j,i]
+                g0 = vfma(d0, qi, wload(Gm, o))                 # G_t[j,i]
                 vstore(Gm, o, g0)
-                a0 = vadd(a0, vmul(g0, ki))                          # (G_t k_t)[j]
-                g1 = vadd(vload(Gm, o + dL), vmul(d1, qi))
+                a0 = vfma(g0, ki, a0)                          # (G_t k_t)[j]
+                g1 = vfma(d1, qi, wload(Gm, o + dL))
                 vstore(Gm, o + dL, g1)
-                a1 = vadd(a1, vmul(g1, ki))
-                g2 = vadd(vload(Gm, o + 2 * dL), vmul(d2, qi))
+                a1 = vfma(g1, ki, a1)
+                g2 = vfma(d2, qi, wload(Gm, o + 2 * dL))
                 vstore(Gm, o + 2 * dL, g2)
-                a2 = vadd(a2, vmul(g2, ki))
-                g3 = vadd(vload(Gm, o + 3 * dL), vmul(d3, qi))
+                a2 = vfma(g2, ki, a2)
+                g3 = vfma(d3, qi, wload(Gm, o + 3 * dL))
                 vstore(Gm, o + 3 * dL, g3)
-                a3 = vadd(a3, vmul(g3, ki))
-                x = vadd(vload(dkg, td + i * L), vmul(g0, v0))       # (G_t^T v_t)[i]
-                x = vadd(x, vmul(g1, v1))
-                x = vadd(x, vmul(g2, v2))
-                vstore(dkg, td + i * L, vadd(x, vmul(g3, v3)))
+                a3 = vfma(g3, ki, a3)
+                x = vfma(g0, v0, wload(dkg, td + i * L))       # (G_t^T v_t)[i]
+                x = vfma(g1, v1, x)
+                x = vfma(g2, v2, x)
+                vstore(dkg, td + i * L, vfma(g3, v3, x))
             vstore(dvg, tv + j * L, a0)
             vstore(dvg, tv + (j + 1) * L, a1)
             vstore(dvg, tv + (j + 2) * L, a2)
             vstore(dvg, tv + (j + 3) * L, a3)
             j += 4
         while j < dv:
-            doj = vload(dog, tv + j * L)
-            vj = vload(vg, tv + j * L)
-            acc = vzeros(qg)
+            doj = wload(dog, tv + j * L)
+            vj = wload(vg, tv + j * L)
+            acc = wzeros(qg)
             for i in range(d):
                 o = j * dL + i * L
-                gg = vadd(vload(Gm, o), vmul(doj, vload(qg, td + i * L)))
+                gg = vfma(doj, wload(qg, td + i * L), wload(Gm, o))
                 vstore(Gm, o, gg)
-                acc = vadd(acc, vmul(gg, vload(kg, td + i * L)))
-                vstore(dkg, td + i * L, vadd(vload(dkg, td + i * L), vmul(gg, vj)))
+                acc = vfma(gg, wload(kg, td + i * L), acc)
+                vstore(dkg, td + i * L, vfma(gg, vj, wload(dkg, td + i * L)))
             vstore(dvg, tv + j * L, acc)
             j += 1
     _scatter4(dkg, dk, dks, n0, nl, H, T, d)
@@ -428,16 +447,16 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
     q, k, v, out strided (see ``_gather4``); P (N, T*T) rows (zero above the diagonal)."""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = np.empty(T * d * L, q.dtype)
-    kg = np.empty(T * d * L, q.dtype)
-    vg = np.empty(T * dv * L, q.dtype)
-    og = np.empty(T * dv * L, q.dtype)
-    Pg = np.zeros(T * T * L, q.dtype)                   # P[t, s] at (t*T + s)*L
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
+    og = aligned_empty(T * dv * L, q)
+    Pg = aligned_zeros(T * T * L, q)                   # P[t, s] at (t*T + s)*L
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
     ok = _lanes_finite(qg, T * d) & _lanes_finite(kg, T * d) & _lanes_finite(vg, T * dv)
-    sc = vsplat(qg, scale)
+    sc = wsplat(qg, scale)
     dL = d * L
     vL = dv * L
     for t in range(T):
@@ -445,26 +464,26 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
         row = t * T * L
         s = 0
         while s + 4 <= t + 1:                           # scores, 4 keys at a time
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for i in range(d):
-                qi = vload(qg, td + i * L)
+                qi = wload(qg, td + i * L)
                 o = s * dL + i * L
-                a0 = vadd(a0, vmul(qi, vload(kg, o)))
-                a1 = vadd(a1, vmul(qi, vload(kg, o + dL)))
-                a2 = vadd(a2, vmul(qi, vload(kg, o + 2 * dL)))
-                a3 = vadd(a3, vmul(qi, vload(kg, o + 3 * dL)))
+                a0 = vfma(qi, wload(kg, o), a0)
+                a1 = vfma(qi, wload(kg, o + dL), a1)
+                a2 = vfma(qi, wload(kg, o + 2 * dL), a2)
+                a3 = vfma(qi, wload(kg, o + 3 * dL), a3)
             vstore(Pg, row + s * L, vmul(a0, sc))
             vstore(Pg, row + (s + 1) * L, vmul(a1, sc))
             vstore(Pg, row + (s + 2) * L, vmul(a2, sc))
             vstore(Pg, row + (s + 3) * L, vmul(a3, sc))
             s += 4
         while s <= t:
-            a0 = vzeros(qg)
+            a0 = wzeros(qg)
             for i in range(d):
-                a0 = vadd(a0, vmul(vload(qg, td + i * L), vload(kg, s * dL + i * L)))
+                a0 = vfma(wload(qg, td + i * L), wload(kg, s * dL + i * L), a0)
             vstore(Pg, row + s * L, vmul(a0, sc))
             s += 1
         for l in range(L):                              # softmax of the row, per lane
@@ -481,26 +500,26 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
         tv = t * vL
         j = 0
         while j + 4 <= dv:                              # out_t = sum_s P[t, s] v_s, 4 columns at a time
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for s in range(t + 1):
-                p = vload(Pg, row + s * L)
+                p = wload(Pg, row + s * L)
                 o = s * vL + j * L
-                a0 = vadd(a0, vmul(p, vload(vg, o)))
-                a1 = vadd(a1, vmul(p, vload(vg, o + L)))
-                a2 = vadd(a2, vmul(p, vload(vg, o + 2 * L)))
-                a3 = vadd(a3, vmul(p, vload(vg, o + 3 * L)))
+                a0 = vfma(p, wload(vg, o), a0)
+                a1 = vfma(p, wload(vg, o + L), a1)
+                a2 = vfma(p, wload(vg, o + 2 * L), a2)
+                a3 = vfma(p, wload(vg, o + 3 * L), a3)
             vstore(og, tv + j * L, a0)
             vstore(og, tv + (j + 1) * L, a1)
             vstore(og, tv + (j + 2) * L, a2)
             vstore(og, tv + (j + 3) * L, a3)
             j += 4
         while j < dv:
-            a0 = vzeros(qg)
+            a0 = wzeros(qg)
             for s in range(t + 1):
-                a0 = vadd(a0, vmul(vload(Pg, row + s * L), vload(vg, s * vL + j * L)))
+                a0 = vfma(wload(Pg, row + s * L), wload(vg, s * vL + j * L), a0)
             vstore(og, tv + j * L, a0)
             j += 1
     _scatter_rows(Pg, P, n0, nl)
@@ -523,22 +542,22 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     dq_t = sum_s dS[t,s] k_s; dk_s = sum_t dS[t,s] q_t.  [L3]"""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = np.empty(T * d * L, q.dtype)
-    kg = np.empty(T * d * L, q.dtype)
-    vg = np.empty(T * dv * L, q.dtype)
-    dog = np.empty(T * dv * L, q.dtype)
-    Pg = np.empty(T * T * L, q.dtype)
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
+    dog = aligned_empty(T * dv * L, q)
+    Pg = aligned_empty(T * T * L, q)
     _gather4(q, qs, n0, nl, H, T, d, qg)
     _gather4(k, ks, n0, nl, H, T, d, kg)
     _gather4(v, vs, n0, nl, H, T, dv, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
     ok = _lanes_finite(dog, T * dv)
     _gather_seq(P, n0, nl, Pg)
-    gq = np.zeros(T * d * L, q.dtype)
-    gk = np.zeros(T * d * L, q.dtype)
-    gv = np.zeros(T * dv * L, q.dtype)
-    dS = np.empty(T * L, q.dtype)
-    sc = vsplat(qg, scale)
+    gq = aligned_zeros(T * d * L, q)
+    gk = aligned_zeros(T * d * L, q)
+    gv = aligned_zeros(T * dv * L, q)
+    dS = aligned_empty(T * L, q)
+    sc = wsplat(qg, scale)
     dL = d * L
     vL = dv * L
     for t in range(T):
@@ -547,41 +566,41 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
         row = t * T * L
         s = 0
         while s + 4 <= t + 1:                           # dP[t, s] = dout_t . v_s, 4 keys at a time
-            a0 = vzeros(qg)
-            a1 = vzeros(qg)
-            a2 = vzeros(qg)
-            a3 = vzeros(qg)
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
             for j in range(dv):
-                dj = vload(dog, tv + j * L)
+                dj = wload(dog, tv + j * L)
                 o = s * vL + j * L
-                a0 = vadd(a0, vmul(dj, vload(vg, o)))
-                a1 = vadd(a1, vmul(dj, vload(vg, o + vL)))
-                a2 = vadd(a2, vmul(dj, vload(vg, o + 2 * vL)))
-                a3 = vadd(a3, vmul(dj, vload(vg, o + 3 * vL)))
+                a0 = vfma(dj, wload(vg, o), a0)
+                a1 = vfma(dj, wload(vg, o + vL), a1)
+                a2 = vfma(dj, wload(vg, o + 2 * vL), a2)
+                a3 = vfma(dj, wload(vg, o + 3 * vL), a3)
             vstore(dS, s * L, a0)
             vstore(dS, (s + 1) * L, a1)
             vstore(dS, (s + 2) * L, a2)
             vstore(dS, (s + 3) * L, a3)
             s += 4
         while s <= t:
-            a0 = vzeros(qg)
+            a0 = wzeros(qg)
             for j in range(dv):
-                a0 = vadd(a0, vmul(vload(dog, tv + j * L), vload(vg, s * vL + j * L)))
+                a0 = vfma(wload(dog, tv + j * L), wload(vg, s * vL + j * L), a0)
             vstore(dS, s * L, a0)
             s += 1
-        rd = vzeros(qg)                                 # sum_s dP[t, s] P[t, s]
+        rd = wzeros(qg)                                 # sum_s dP[t, s] P[t, s]
         for s in range(t + 1):
-            rd = vadd(rd, vmul(vload(dS, s * L), vload(Pg, row + s * L)))
+            rd = vfma(wload(dS, s * L), wload(Pg, row + s * L), rd)
         for s in range(t + 1):
-            p = vload(Pg, row + s * L)
-            ds = vmul(vmul(p, vsub(vload(dS, s * L), rd)), sc)      # dS[t, s]
+            p = wload(Pg, row + s * L)
+            ds = vmul(vmul(p, vsub(wload(dS, s * L), rd)), sc)      # dS[t, s]
             sv = s * vL
             for j in range(dv):                         # dv_s += P[t, s] dout_t
-                vstore(gv, sv + j * L, vadd(vload(gv, sv + j * L), vmul(p, vload(dog, tv + j * L))))
+                vstore(gv, sv + j * L, vfma(p, wload(dog, tv + j * L), wload(gv, sv + j * L)))
             sd = s * dL
             for i in range(d):                          # dq_t += dS k_s; dk_s += dS q_t
-                vstore(gq, td + i * L, vadd(vload(gq, td + i * L), vmul(ds, vload(kg, sd + i * L))))
-                vstore(gk, sd + i * L, vadd(vload(gk, sd + i * L), vmul(ds, vload(qg, td + i * L))))
+                vstore(gq, td + i * L, vfma(ds, wload(kg, sd + i * L), wload(gq, td + i * L)))
+                vstore(gk, sd + i * L, vfma(ds, wload(qg, td + i * L), wload(gk, sd + i * L)))
     _scatter4(gq, dq, dqs, n0, nl, H, T, d)
     _scatter4(gk, dk, dks, n0, nl, H, T, d)
     _scatter4(gv, dvv, dvs, n0, nl, H, T, dv)
