@@ -273,3 +273,46 @@ def test_loss_and_grads_skips_only_the_input_gradient(ns, case):
         np.testing.assert_allclose(grads[k], full[k], rtol=1e-12, atol=0)
     none = model.backward(ns.mse_backward(1.0, ns.mse_forward(pred, y)[1]), cache, input_grad=False)[1]
     assert none is None
+
+
+def test_map_chunks_covers_every_item_once_in_order(monkeypatch):
+    """The shared-out ranges (``_pool.map_chunks``): contiguous, in order, each item once, at least ``min_chunk``
+    long, whatever the thread count; a pool thread's exception reaches the caller."""
+    import numba
+
+    from mesa_fast.numba_kernels import _pool
+    for threads in sorted({1, numba.get_num_threads()}):
+        numba.set_num_threads(threads)
+        try:
+            for n, min_chunk in [(1, 1), (7, 1), (64, 1), (12800, 1024), (2047, 1024), (5, 10)]:
+                ranges = _pool.map_chunks(lambda lo, hi: (lo, hi), n, min_chunk=min_chunk)
+                assert ranges[0][0] == 0 and ranges[-1][1] == n
+                assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+                assert all(hi > lo for lo, hi in ranges)
+                if len(ranges) > 1:
+                    assert min(hi - lo for lo, hi in ranges) >= min_chunk
+                    assert len(ranges) <= threads * _pool.PIECES
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+    def fail_late(lo, hi):
+        if hi == 64:
+            raise RuntimeError("last range")
+        return lo
+    with pytest.raises(RuntimeError, match="last range"):
+        _pool.map_chunks(fail_late, 64)
+
+
+def test_split_products_are_repeatable():
+    """dW sums the ranges' partial products in range order, so the result is bitwise the same on every call,
+    whichever thread took which range."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12800, 40)).astype(np.float32)
+    dy = rng.standard_normal((12800, 240)).astype(np.float32)
+    W = rng.standard_normal((40, 240)).astype(np.float32)
+    _, cache = F.dense_forward(x, W)
+    first = F.dense_backward(dy, cache)
+    for _ in range(5):
+        again = F.dense_backward(dy, cache)
+        for a, b in zip(first[:2], again[:2]):
+            np.testing.assert_array_equal(a, b)
