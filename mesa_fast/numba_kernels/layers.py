@@ -37,7 +37,9 @@ from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
 from mesa_ref.ops import heads as _ref_heads
 from mesa_ref.ops import layernorm as _ref_ln
-from mesa_ref.ops._common import all_finite, array_module, check_dout, check_float_array, check_qkv
+from mesa_ref.ops import loss as _ref_loss
+from mesa_ref.ops._common import (all_finite, array_module, check_dout, check_float_array, check_qkv,
+                                  check_same_dtype)
 
 from . import dense as _dense
 
@@ -343,8 +345,36 @@ def merge_qkv(dq, dk, dv):
     return _ref_heads.merge_qkv(dq, dk, dv)
 
 
+# --------------------------------------------------------------------------------------------
+# MSE loss (the reference's cache type, so the reference's mse_backward serves both)
+# --------------------------------------------------------------------------------------------
+
+def mse_forward(pred, target):
+    """L = sum ||pred - target||^2 / (2 N), N = prod(leading dims): the reference's op in one kernel pass
+    (``elementwise.mse_fwd``), the sum of squares accumulated in float64. NaN/inf in pred or target: found in
+    diff by the kernel, then reported by the reference's checks (same messages); a finite pred and target
+    whose difference overflows pass, as in the reference."""
+    if not _numpy(pred, target) or not getattr(pred, "size", 0):
+        return _ref_loss.mse_forward(pred, target)                  # CuPy, or nothing to sum
+    check_float_array("pred", pred, finite=False)
+    check_float_array("target", target, finite=False)
+    check_same_dtype(pred=pred, target=target)
+    if pred.shape != target.shape:
+        raise ValueError(f"target: expected shape {tuple(pred.shape)} (pred's), got {tuple(target.shape)}")
+    n = pred.shape[-1] if pred.ndim else 1
+    p2, t2 = pred.reshape(-1, n), target.reshape(-1, n)          # views where the leading dims merge
+    diff = np.empty(p2.shape, pred.dtype)
+    total, finite = _e().mse_fwd(p2, t2, diff)
+    if not finite:
+        check_float_array("pred", pred)
+        check_float_array("target", target)
+    N = int(np.prod(pred.shape[:-1])) if pred.ndim > 1 else 1
+    return pred.dtype.type(total / (2 * N)), _ref_loss.MSECache(diff.reshape(pred.shape), N)
+
+
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
 FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
             "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
-            "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv")
+            "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv",
+            "mse_forward")
 __all__ = list(FAST_OPS)
