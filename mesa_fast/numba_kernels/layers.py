@@ -74,9 +74,10 @@ def _numpy(*arrays) -> bool:
 # --------------------------------------------------------------------------------------------
 
 class LinearAttentionFastCache(NamedTuple):
-    q: np.ndarray   # (B, H, T, d)
-    k: np.ndarray   # (B, H, T, d)
-    v: np.ndarray   # (B, H, T, dv)   (no T x T score matrix: the backward re-runs the recurrence)
+    lanes: tuple    # q, k, v as the kernel gathered them (``attention.lanes_empty`` layout): the backward re-runs
+                    # the recurrence from them (no T x T score matrix, no second gather from strided views)
+    shape: tuple    # (B, H, T, d, dv)
+    dtype: np.dtype
 
 
 def linear_attention_forward(q, k, v):
@@ -88,10 +89,10 @@ def linear_attention_forward(q, k, v):
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
     check_qkv(q, k, v, finite=False)
-    out, finite = _k().linear_forward(q, k, v)
+    out, lanes, finite = _k().linear_forward(q, k, v)
     if not finite:
         check_qkv(q, k, v)
-    return out, LinearAttentionFastCache(q, k, v)
+    return out, LinearAttentionFastCache(lanes, tuple(q.shape) + (v.shape[3],), q.dtype)
 
 
 def linear_attention_backward(dout, cache):
@@ -99,13 +100,13 @@ def linear_attention_backward(dout, cache):
     dout, then reported by the reference's check (same message)."""
     if not isinstance(cache, LinearAttentionFastCache):
         return _ref_lin.linear_attention_backward(dout, cache)
-    q, k, v = cache
-    check_dout(dout, v.shape, v.dtype, finite=False)
+    B, H, T, d, dv = cache.shape
+    check_dout(dout, (B, H, T, dv), cache.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    grads, finite = _k().linear_backward(q, k, v, dout)
+    grads, finite = _k().linear_backward(cache.lanes, cache.shape, dout)
     if not finite:
-        check_dout(dout, v.shape, v.dtype)
+        check_dout(dout, (B, H, T, dv), cache.dtype)
     return grads
 
 
