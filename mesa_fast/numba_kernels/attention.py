@@ -164,16 +164,15 @@ def _lanes_finite(buf, n):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _linear_forward_group(q, qs, k, ks, v, vs, out, os, QL, KL, VL, N, H, T, d, dv, g):
-    """One group of L sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
+def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
+    """One group of LANES sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
-    Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency. The group's
-    q, k, v are gathered into its slices of QL, KL, VL, which the backward reads as they are."""
+    Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = QL[g * T * d * L:(g + 1) * T * d * L]
-    kg = KL[g * T * d * L:(g + 1) * T * d * L]
-    vg = VL[g * T * dv * L:(g + 1) * T * dv * L]
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
     og = aligned_empty(T * dv * L, q)
     S = aligned_zeros(dv * d * L, q)                  # S[j, i] at (j*d + i)*L
     _gather4(q, qs, n0, nl, H, T, d, qg)
@@ -230,32 +229,34 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, QL, KL, VL, N, H, T, d, 
 
 
 @njit(cache=True, nogil=True)
-def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, QL, KL, VL, N, H, T, d, dv):
+def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
     """Runs groups g0..g1-1; returns whether all their q, k, v values are finite."""
     ok = True
     for g in range(g0, g1):
-        ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, QL, KL, VL, N, H, T, d, dv, g)
+        ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
     return ok
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_group(QL, KL, VL, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
+def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
     """One group: forward sweep dq_t = S_t^T dout_t; reverse sweep with G_t = G_{t+1} + dout_t q_t^T,
-    dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.) q, k, v: the lanes
-    the forward gathered (QL, KL, VL); only dout is gathered here."""
+    dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.)"""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = QL[g * T * d * L:(g + 1) * T * d * L]
-    kg = KL[g * T * d * L:(g + 1) * T * d * L]
-    vg = VL[g * T * dv * L:(g + 1) * T * dv * L]
-    dog = aligned_empty(T * dv * L, QL)
+    qg = aligned_empty(T * d * L, q)
+    kg = aligned_empty(T * d * L, q)
+    vg = aligned_empty(T * dv * L, q)
+    dog = aligned_empty(T * dv * L, q)
+    _gather4(q, qs, n0, nl, H, T, d, qg)
+    _gather4(k, ks, n0, nl, H, T, d, kg)
+    _gather4(v, vs, n0, nl, H, T, dv, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
     ok = _lanes_finite(dog, T * dv)
     dL = d * L
     vL = dv * L
     # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
-    buf = aligned_empty(T * dL, QL)
-    S = aligned_zeros(d * vL, QL)
+    buf = aligned_empty(T * dL, q)
+    S = aligned_zeros(d * vL, q)
     for t in range(T):
         tv = t * vL
         td = t * dL
@@ -302,9 +303,9 @@ def _linear_backward_group(QL, KL, VL, dout, dos, dq, dqs, dk, dks, dvv, dvs, N,
             i += 1
     _scatter4(buf, dq, dqs, n0, nl, H, T, d)
     # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
-    dkg = aligned_zeros(T * dL, QL)
-    dvg = aligned_empty(T * vL, QL)
-    Gm = aligned_zeros(dv * dL, QL)
+    dkg = aligned_zeros(T * dL, q)
+    dvg = aligned_empty(T * vL, q)
+    Gm = aligned_zeros(dv * dL, q)
     for t in range(T - 1, -1, -1):
         td = t * dL
         tv = t * vL
@@ -365,11 +366,11 @@ def _linear_backward_group(QL, KL, VL, dout, dos, dq, dqs, dk, dks, dvv, dvs, N,
 
 
 @njit(cache=True, nogil=True)
-def _linear_backward_range(g0, g1, QL, KL, VL, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
+def _linear_backward_range(g0, g1, q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv):
     """Runs groups g0..g1-1; returns whether all their dout values are finite."""
     ok = True
     for g in range(g0, g1):
-        ok &= _linear_backward_group(QL, KL, VL, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
+        ok &= _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g)
     return ok
 
 
@@ -411,41 +412,27 @@ def _grad_buffers(B, H, T, d, dv, dtype):
     return merged_empty(B, H, T, d, dtype), merged_empty(B, H, T, d, dtype), merged_empty(B, H, T, dv, dtype)
 
 
-def lanes_empty(N, T, w, dtype):
-    """An uninitialised buffer for N sequences' (T, w) matrices in lane layout, group after group: group g's
-    element (t, i) of lane l at ``((g*T + t)*w + i)*L + l``. 64-byte aligned, as is every group's slice
-    (T*w*L elements: a multiple of 64 bytes)."""
-    n = _groups(N) * T * w * L
-    return aligned_empty(n, np.empty(0, dtype))
-
-
 def linear_forward(q, k, v):
-    """(out (B,H,T,dv), lanes, finite) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides
-    (validated by the caller, NaN/inf aside). ``out`` is laid out in memory as (B, T, H, dv) (see
-    ``merged_empty``); ``lanes``: q, k, v in lane layout (``lanes_empty``), what ``linear_backward`` needs;
-    ``finite``: no NaN/inf in q, k, v.  [L2]
-
-    The backward reads q, k, v from ``lanes`` instead of gathering them from the model's strided views a
-    second time: the gathers (8 x 8 register transposes) are about half of the forward's time."""
+    """(out (B,H,T,dv), finite) for numpy q, k (B,H,T,d), v (B,H,T,dv) of one dtype, any strides (validated by
+    the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v. ``out`` is laid out in memory as (B, T, H, dv)
+    (see ``merged_empty``).  [L2]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
-    N = B * H
     out = merged_empty(B, H, T, dv, v.dtype)
-    lanes = (lanes_empty(N, T, d, q.dtype), lanes_empty(N, T, d, q.dtype), lanes_empty(N, T, dv, q.dtype))
-    ok = run_groups(_linear_forward_range, _groups(N), *_strided(q), *_strided(k), *_strided(v),
-                    *_strided(out), *lanes, N, H, T, d, dv)
-    return out, lanes, all(ok)
+    ok = run_groups(_linear_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    *_strided(out), B * H, H, T, d, dv)
+    return out, all(ok)
 
 
-def linear_backward(lanes, shape, dout):
-    """((dq, dk, dv), finite) from the forward's ``lanes`` for q, k, v of ``shape`` (B, H, T, d, dv) and numpy
-    dout (B,H,T,dv) of their dtype, any strides (validated by the caller, NaN/inf aside); ``finite``: no NaN/inf
-    in dout. The gradients are laid out in memory as one (B, T, 3, H, d) buffer when d == dv (see
-    ``qkv_empty``), else as (B, T, H, width) each.  [L2]"""
-    B, H, T, d, dv = shape
-    dq, dk, dvv = _grad_buffers(B, H, T, d, dv, dout.dtype)
-    ok = run_groups(_linear_backward_range, _groups(B * H), *lanes, *_strided(dout),
-                    *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
+def linear_backward(q, k, v, dout):
+    """((dq, dk, dv), finite) for numpy inputs of one dtype, any strides (validated by the caller, NaN/inf in dout
+    aside); ``finite``: no NaN/inf in dout. The gradients are laid out in memory as one (B, T, 3, H, d) buffer when
+    d == dv (see ``qkv_empty``), else as (B, T, H, width) each.  [L2]"""
+    B, H, T, d = q.shape
+    dv = v.shape[3]
+    dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
+    ok = run_groups(_linear_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
+                    *_strided(dout), *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
     return (dq, dk, dvv), all(ok)
 
 

@@ -74,10 +74,9 @@ def _numpy(*arrays) -> bool:
 # --------------------------------------------------------------------------------------------
 
 class LinearAttentionFastCache(NamedTuple):
-    lanes: tuple    # q, k, v as the kernel gathered them (``attention.lanes_empty`` layout): the backward re-runs
-                    # the recurrence from them (no T x T score matrix, no second gather from strided views)
-    shape: tuple    # (B, H, T, d, dv)
-    dtype: np.dtype
+    q: np.ndarray   # (B, H, T, d)
+    k: np.ndarray   # (B, H, T, d)
+    v: np.ndarray   # (B, H, T, dv)   (no T x T score matrix: the backward re-runs the recurrence)
 
 
 def linear_attention_forward(q, k, v):
@@ -89,10 +88,10 @@ def linear_attention_forward(q, k, v):
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
     check_qkv(q, k, v, finite=False)
-    out, lanes, finite = _k().linear_forward(q, k, v)
+    out, finite = _k().linear_forward(q, k, v)
     if not finite:
         check_qkv(q, k, v)
-    return out, LinearAttentionFastCache(lanes, tuple(q.shape) + (v.shape[3],), q.dtype)
+    return out, LinearAttentionFastCache(q, k, v)
 
 
 def linear_attention_backward(dout, cache):
@@ -100,13 +99,13 @@ def linear_attention_backward(dout, cache):
     dout, then reported by the reference's check (same message)."""
     if not isinstance(cache, LinearAttentionFastCache):
         return _ref_lin.linear_attention_backward(dout, cache)
-    B, H, T, d, dv = cache.shape
-    check_dout(dout, (B, H, T, dv), cache.dtype, finite=False)
+    q, k, v = cache
+    check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    grads, finite = _k().linear_backward(cache.lanes, cache.shape, dout)
+    grads, finite = _k().linear_backward(q, k, v, dout)
     if not finite:
-        check_dout(dout, (B, H, T, dv), cache.dtype)
+        check_dout(dout, v.shape, v.dtype)
     return grads
 
 
