@@ -127,9 +127,14 @@ def test_attention_backward_finds_every_non_finite_dout(kind, bad):
             getattr(F, kind + "_backward")(F.split_heads(merged, H), cache)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
-def test_clip_finds_every_non_finite_input(bad):
-    """The fast clip kernels check x (forward) and dy (backward) in the pass that clips."""
+def test_clip_finds_every_non_finite_input(bad, split, monkeypatch):
+    """The fast clip kernels check x (forward) and dy (backward) in the pass that clips, in every range when
+    the pass is split over the thread pool (CLIP_MIN_CHUNK = 5)."""
+    if split:
+        from mesa_fast.numba_kernels import layers as fast_layers
+        monkeypatch.setattr(fast_layers, "CLIP_MIN_CHUNK", 5)
     rng = np.random.default_rng(9)
     for trial in range(8):
         x = (2 * rng.standard_normal((5, 9, 7))).astype(np.float32)

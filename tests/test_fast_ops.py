@@ -202,8 +202,13 @@ def test_layernorm_and_gelu_match_reference(shape, dtype, contiguous):
     assert_close("gelu.dx", F.gelu_backward(dy, cache), R.gelu_backward(f64(dy), R.gelu_forward(f64(x))[1]), dtype)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_clip_matches_reference_exactly(dtype):
+def test_clip_matches_reference_exactly(dtype, split, monkeypatch):
+    """Also split over the thread pool in uneven ranges (CLIP_MIN_CHUNK = 7)."""
+    if split:
+        from mesa_fast.numba_kernels import layers as fast_layers
+        monkeypatch.setattr(fast_layers, "CLIP_MIN_CHUNK", 7)
     rng = np.random.default_rng(5)
     x = (2 * rng.standard_normal((4, 7, 9))).astype(dtype)
     x[0, 0, :3] = [1.5, -1.5, 0.0]                      # on the band's edges: no gradient there

@@ -42,6 +42,7 @@ from mesa_ref.ops._common import (all_finite, array_module, check_dout, check_fl
                                   check_same_dtype)
 
 from . import dense as _dense
+from ._pool import map_chunks
 
 _K = None
 _E = None
@@ -272,6 +273,15 @@ class ClipFastCache(NamedTuple):
     inside: np.ndarray   # (...) uint8, 1 where -c < x < c (the gradient passes)
 
 
+CLIP_MIN_CHUNK = 1 << 16     # elements per thread below which clipping runs on the calling thread alone
+
+
+def _elementwise_split(kernel, n, *arrays):
+    """all(kernel(*(a[lo:hi] for a in arrays)) over ranges of 0..n-1 shared out to the thread pool) for 1-D
+    arrays of length n (``_pool.map_chunks``; the kernels release the GIL)."""
+    return all(map_chunks(lambda lo, hi: kernel(*(a[lo:hi] for a in arrays)), n, min_chunk=CLIP_MIN_CHUNK))
+
+
 def clip_forward(x, *, c):
     """[L6] y = clip(x, -c, c); the gradient is zero outside the open band (-c, c).  NaN/inf in x: found by the
     kernel in its one pass, then reported by the reference's check (same message)."""
@@ -283,7 +293,8 @@ def clip_forward(x, *, c):
     xf = _k().flat(x)
     y = np.empty(xf.shape, x.dtype)
     inside = np.empty(xf.shape, np.uint8)
-    if not _k().clip_fwd(xf, x.dtype.type(c), y, inside):
+    cc = x.dtype.type(c)
+    if not _elementwise_split(lambda a, b, m: _k().clip_fwd(a, cc, b, m), xf.size, xf, y, inside):
         check_float_array("x", x)
     return y.reshape(x.shape), ClipFastCache(inside.reshape(x.shape))
 
@@ -297,7 +308,7 @@ def clip_backward(dy, cache):
     if not _numpy(dy):
         raise ValueError("dy: lives on a different device/array module than the forward's input")
     dx = np.empty(dy.size, dy.dtype)
-    if not _k().clip_bwd(_k().flat(dy), cache.inside.reshape(-1), dx):
+    if not _elementwise_split(_k().clip_bwd, dx.size, _k().flat(dy), cache.inside.reshape(-1), dx):
         check_dout(dy, cache.inside.shape, dy.dtype)
     return dx.reshape(dy.shape)
 
