@@ -387,3 +387,39 @@ def test_mse_overflow_passes_as_in_reference():
         L_f, _ = F.mse_forward(pred, target)
         L_r, _ = R.mse_forward(pred, target)
     assert np.isinf(L_f) and np.isinf(L_r)
+
+
+def test_dense_products_run_blas_single_threaded_then_restore():
+    """In a process where OpenBLAS has 2 threads, the fast dense op runs its products with 1 (the pool supplies
+    the parallelism) and puts 2 back afterwards, also after nested and concurrent uses."""
+    code = r'''
+import threading
+import numpy as np
+from mesa_fast import ops as F
+from mesa_fast.numba_kernels import dense
+get = dense._find_blas()[0]
+assert get() == 2, get()
+seen = []
+orig = dense.map_chunks
+def spy(fn, n, *a, **kw):
+    seen.append(get())
+    return orig(fn, n, *a, **kw)
+dense.map_chunks = spy
+rng = np.random.default_rng(0)
+x, W = rng.standard_normal((3000, 8)), rng.standard_normal((8, 5))
+y, cache = F.dense_forward(x, W)
+F.dense_backward(rng.standard_normal(y.shape), cache)
+assert seen == [1, 1] and get() == 2, (seen, get())
+with dense.one_blas_thread():
+    with dense.one_blas_thread():
+        assert get() == 1
+    assert get() == 1
+assert get() == 2
+ts = [threading.Thread(target=lambda: F.dense_forward(x, W)) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert get() == 2
+print("ok")
+'''
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -8,9 +8,14 @@ Numba product measured 5-10x slower); what differs is the threading:
   On a machine whose cores are shared with other processes that is a disaster: measured on the
   2-core machine under load, ``x.T @ dy`` for x (12800, 40), dy (12800, 80) took ~950 ms wall
   with OpenBLAS's 2 threads and ~2 ms with 1 thread.
-* So every product here runs with OpenBLAS set to 1 thread *for the calling thread only*
-  (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27), switched back after the product, so
-  nothing changes for the caller's own NumPy code.
+* So every product here runs with OpenBLAS set to 1 thread (``openblas_set_num_threads``, found
+  in the BLAS NumPy loaded), and the previous setting is put back when the op returns, so the
+  caller's own NumPy code keeps its threads between our ops. The setting is process-wide: a
+  BLAS call another thread of the caller makes while one of our dense ops runs also gets one
+  thread. (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27, would limit only the
+  calling thread, but in NumPy's pthreads OpenBLAS it does not: measured 2026-11-29 with
+  OPENBLAS_NUM_THREADS=2, OpenBLAS's own worker thread still ran during every product, and
+  the training step took 59 ms against 30-36 ms with the global setting.)
 * The products are split by rows over the package's thread pool (``_pool.map_chunks``), each piece
   a single-threaded BLAS call on its own thread; x^T dy sums the pieces' partial products. Measured on
   the 2-core Xeon machine (2026-11-29), one QKV product forward and backward at the default model's
@@ -22,13 +27,13 @@ Numba product measured 5-10x slower); what differs is the threading:
   step; if process CPU time per step grows far beyond 2 x wall time on a busy machine, look here
   first.) Fewer than ``MIN_ROWS`` rows per thread: no split.
 
-Where the thread-local switch is not found (another BLAS, or not Linux) the products run as the
-reference runs them.
+Where the setter is not found (another BLAS) the products run as the reference runs them.
 
 Shapes: x (..., Din), W (Din, Dout), b (Dout,) or None, y / dy (..., Dout); N = prod(...) rows.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 
@@ -38,12 +43,19 @@ from ._pool import map_chunks
 
 MIN_ROWS = 1024     # rows per thread below which a product is not split
 _UNSET = object()
-_set_local = _UNSET
-_tls = threading.local()
+_blas = _UNSET          # (get, set) ctypes handles of OpenBLAS's global thread count, or None
+_blas_lock = threading.Lock()
+_blas_depth = 0         # dense ops now running (from any thread)
+_blas_saved = 1         # the thread count to put back when the last one returns
+
+_SETTERS = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+            ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+            ("openblas_get_num_threads", "openblas_set_num_threads"))
 
 
-def _find_set_local():
-    """ctypes handle of NumPy's OpenBLAS ``openblas_set_num_threads_local``, or None."""
+def _find_blas():
+    """(get, set) for the thread count of NumPy's OpenBLAS, or None (another BLAS, or not Linux)."""
+    np.ones((2, 2)) @ np.ones((2, 2))              # make sure NumPy's BLAS is loaded
     try:
         with open("/proc/self/maps") as fh:
             paths = {line.split()[-1] for line in fh if "openblas" in line and ".so" in line}
@@ -51,39 +63,40 @@ def _find_set_local():
         return None
     for path in sorted(paths, key=lambda p: "numpy" not in p):     # NumPy's own BLAS first
         try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
+            lib = ctypes.CDLL(path)
+        except OSError:
             continue
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-        return fn
+        for get_name, set_name in _SETTERS:
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
     return None
 
 
-def _one_blas_thread():
-    """Make OpenBLAS single-threaded for the calling thread (idempotent per thread)."""
-    global _set_local
-    if _set_local is _UNSET:
-        np.ones((2, 2)) @ np.ones((2, 2))          # make sure NumPy's BLAS is loaded
-        _set_local = _find_set_local()
-    if _set_local is not None and not getattr(_tls, "single", False):
-        _set_local(1)
-        _tls.single = True
-
-
-def _release_blas_thread():
-    """Undo ``_one_blas_thread`` for the calling thread (0 = follow OpenBLAS's global setting)."""
-    if _set_local not in (None, _UNSET) and getattr(_tls, "single", False):
-        _set_local(0)
-        _tls.single = False
-
-
-def _single(fn):
-    """fn() with OpenBLAS single-threaded for the calling thread, restored afterwards."""
-    _one_blas_thread()
+@contextlib.contextmanager
+def one_blas_thread():
+    """OpenBLAS runs single-threaded inside the block (process-wide, see the module docstring); the previous
+    count comes back when the last such block, from any thread, ends."""
+    global _blas, _blas_depth, _blas_saved
+    with _blas_lock:
+        if _blas is _UNSET:
+            _blas = _find_blas()
+        if _blas is not None:
+            if _blas_depth == 0:
+                _blas_saved = _blas[0]()
+                if _blas_saved != 1:
+                    _blas[1](1)
+            _blas_depth += 1
     try:
-        return fn()
+        yield
     finally:
-        _release_blas_thread()
+        if _blas is not None:
+            with _blas_lock:
+                _blas_depth -= 1
+                if _blas_depth == 0 and _blas_saved != 1:
+                    _blas[1](_blas_saved)
 
 
 def forward(x2, W, b):
@@ -91,9 +104,10 @@ def forward(x2, W, b):
     y = np.empty((x2.shape[0], W.shape[1]), dtype=np.result_type(x2, W))
 
     def rows(lo, hi):
-        _single(lambda: np.matmul(x2[lo:hi], W, out=y[lo:hi]))
+        np.matmul(x2[lo:hi], W, out=y[lo:hi])
 
-    map_chunks(rows, x2.shape[0], min_chunk=MIN_ROWS)                    # (N, Dout)
+    with one_blas_thread():
+        map_chunks(rows, x2.shape[0], min_chunk=MIN_ROWS)                # (N, Dout)
     if b is not None:
         y += b
     return y
@@ -105,13 +119,12 @@ def backward(dy2, x2, W, has_bias, input_grad=True):
     dx = np.empty((dy2.shape[0], W.shape[0]), dtype=np.result_type(dy2, W)) if input_grad else None
 
     def rows(lo, hi):
-        def products():
-            if input_grad:
-                np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                   # dx rows (hi-lo, Din)
-            return x2[lo:hi].T @ dy2[lo:hi]                                 # partial dW (Din, Dout)
-        return _single(products)
+        if input_grad:
+            np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                       # dx rows (hi-lo, Din)
+        return x2[lo:hi].T @ dy2[lo:hi]                                     # partial dW (Din, Dout)
 
-    parts = map_chunks(rows, dy2.shape[0], min_chunk=MIN_ROWS)
+    with one_blas_thread():
+        parts = map_chunks(rows, dy2.shape[0], min_chunk=MIN_ROWS)
     dW = parts[0]
     for p in parts[1:]:
         dW += p
