@@ -9,31 +9,39 @@ Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); wha
   G_t = sum_{t'>=t} dout_{t'} q_{t'}^T:
       dq_t = S_t^T dout_t,   dk_t = G_t^T v_t,   dv_t = G_t k_t.
   So nothing T x T is ever formed, and the cache is just (q, k, v).
-* Lanes. 8 independent (batch, head) sequences run together, one per SIMD lane (``_simd.LaneVec``,
-  <8 x float> or <8 x double> registers, the same device the mesa kernels use). Per group of 8 the
-  inputs are gathered into lane-laid-out buffers: element (t, i) of a (T, width) per-sequence
-  matrix for lane l sits at ``(t*width + i)*LANES + l``; S and G are (dv*d*LANES,) buffers that stay
-  in L1. Each lane runs the scalar recursion, so a lane's result does not depend on its neighbours.
-  Groups run on ``numba.get_num_threads()`` threads (``_pool.run_groups``).
+* Lanes. L = 16 independent (batch, head) sequences run together, one per SIMD lane
+  (``_simd.LaneVec`` with ``_simd.WIDE`` lanes: one AVX-512 register of float32, two of float64; the
+  mesa kernels use 8). Per group of 16 the inputs are gathered into lane-laid-out buffers,
+  64-byte aligned: element (t, i) of a (T, width) per-sequence matrix for lane l sits at
+  ``(t*width + i)*L + l``; S and G are (dv*d*L,) buffers. Each lane runs the scalar recursion, so
+  a lane's result does not depend on its neighbours. Groups run on ``numba.get_num_threads()``
+  threads (``_pool.run_groups``).
 * Any strides. Every (B, H, T, w) array reaches the kernels as its memory (a 1-D view from its first
   element) and its four strides (``_strided``), so the model's head splits (views of the fused QKV
   buffer, ``layers.split_qkv``) are read in place: no copy before the kernel, one compiled signature
   for every layout. A group's gather moves 8 sequences x 8 features at a time through registers
-  (``_simd.vtranspose_from_rows``: 8 row loads, 24 shuffles, 8 stores; the last block of a width that
-  is not a multiple of 8 overlaps the one before it), and the scatter of the outputs is its inverse.
-  Measured (2026-11-29, 2-core Xeon, /tmp script): one pass over a (256, 4, 50, 20) float32 view
-  0.27-0.32 ms this way against 1.0 ms element by element; the forward kernel 1.4-2.1 ms against
-  2.8 ms (2 threads).
+  (``_simd.vtranspose_from_rows``, two per block of 8 features for 16 lanes; the last block of a width
+  that is not a multiple of 8 overlaps the one before it), token by token for q, k and v together
+  (``_gather_qkv``), and the scatters of the outputs are its inverse.
 * NaN/inf. Every kernel checks its inputs as it gathers them: the forwards q, k, v, the backwards
-  dout (one vector add per value, on the lane buffers; every sequence lands in exactly one lane),
-  and returns whether all were finite; ``layers.py`` turns a False into the reference's ValueError.
+  dout (on the lane buffers; every sequence lands in exactly one lane), and returns whether all were
+  finite; ``layers.py`` turns a False into the reference's ValueError.
 
-Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math
-or FMA contraction. Float32 results differ from the reference's float32 results by rounding only
-(the sums are taken in another order); both are ~1e-6 relative from the float64 result. (FMA in these
-kernels measured 5-10% faster at best on this machine, within the run-to-run noise: not adopted.)
+Measured (2026-11-29, 2-core Xeon, ``/tmp`` scripts; the default model's shapes, float32, fresh input
+buffers and a flushed cache before every call, both versions alternating in one process): forward 2.4 ms
+and backward 4.2 ms (medians, 2 threads) against 3.3 and 6.5 ms for the previous kernels (8 lanes, no FMA,
+one gather pass per array); one thread: 3.7 / 6.6 against 5.2 / 10.7 ms. Of the forward's 2.0 ms on one
+thread with warm caches, 1.1 ms are the gathers and the scatter, 0.9 ms the recursion.
 
-Shapes (N = B*H sequences, G = ceil(N / LANES) groups):
+Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math,
+with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once). With
+16 lanes that is what makes the wider vectors pay: the recursion alone (``/tmp`` script, one thread)
+took 1.42 ms at 8 lanes without FMA, 1.42 at 16 lanes without FMA (bound by the two 512-bit
+arithmetic ports), 0.86 ms at 16 lanes with FMA. Float32 results differ from the reference's float32
+results by rounding only (sums in another order, fused multiply-adds); both are ~1e-6 relative from
+the float64 result, and the tests hold them to the same tolerances as before.
+
+Shapes (N = B*H sequences, G = ceil(N / L) groups):
     q, k: (B, H, T, d)   v, dout: (B, H, T, dv)                        inputs, any strides
     out: (B, H, T, dv)                                                  laid out in memory as (B, T, H, dv),
          so that the model's merge of the heads (the next step) needs no copy
@@ -55,7 +63,7 @@ H8 = WIDE // 8        # 8 x 8 transposes per block of 8 features in a gather or 
 
 
 # --------------------------------------------------------------------------------------------
-# gather / scatter between (B, H, T, w) arrays and a lane-laid-out (T, w, LANES) buffer
+# gather / scatter between (B, H, T, w) arrays and a lane-laid-out (T, w, L) buffer
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
@@ -212,7 +220,7 @@ def _lanes_finite(buf, n):
 
 @njit(cache=True, nogil=True)
 def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
-    """One group of LANES sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
+    """One group of L sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
     Rows j of S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
     n0 = g * L
@@ -478,7 +486,7 @@ def linear_backward(q, k, v, dout):
 
 
 # --------------------------------------------------------------------------------------------
-# softmax attention [L3]: 8 sequences per group in SIMD lanes, like linear attention; the row
+# softmax attention [L3]: 16 sequences per group in SIMD lanes, like linear attention; the row
 # max / exp / normalisation is a scalar loop per lane over one row buffer
 # --------------------------------------------------------------------------------------------
 
