@@ -281,22 +281,26 @@ def test_loss_and_grads_skips_only_the_input_gradient(ns, case):
 
 
 def test_map_chunks_covers_every_item_once_in_order(monkeypatch):
-    """The shared-out ranges (``_pool.map_chunks``): contiguous, in order, each item once, at least ``min_chunk``
-    long, whatever the thread count; a pool thread's exception reaches the caller."""
+    """The shared-out ranges (``_pool.map_chunks``): contiguous, in order, each item once, at least
+    ``min_chunk // 2`` long and never growing, whatever the thread count; a pool thread's exception reaches the
+    caller."""
     import numba
 
     from mesa_fast.numba_kernels import _pool
     for threads in sorted({1, numba.get_num_threads()}):
         numba.set_num_threads(threads)
         try:
-            for n, min_chunk in [(1, 1), (7, 1), (64, 1), (12800, 1024), (2047, 1024), (5, 10)]:
+            for n, min_chunk in [(1, 1), (7, 1), (64, 1), (12800, 1024), (2047, 1024), (3000, 1024), (5, 10)]:
                 ranges = _pool.map_chunks(lambda lo, hi: (lo, hi), n, min_chunk=min_chunk)
                 assert ranges[0][0] == 0 and ranges[-1][1] == n
                 assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-                assert all(hi > lo for lo, hi in ranges)
+                sizes = [hi - lo for lo, hi in ranges]
+                assert min(sizes) >= 1
                 if len(ranges) > 1:
-                    assert min(hi - lo for lo, hi in ranges) >= min_chunk
-                    assert len(ranges) <= threads * _pool.PIECES
+                    assert min(sizes) >= min_chunk // 2
+                    assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+                    assert ranges == [(a, b) for a, b in zip(_pool.chunk_bounds(n, threads, min_chunk),
+                                                             _pool.chunk_bounds(n, threads, min_chunk)[1:])]
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 

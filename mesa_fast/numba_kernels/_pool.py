@@ -20,16 +20,34 @@ _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
 
 
-PIECES = 4     # ranges per thread in map_chunks; the threads take them in turn, as each finishes the last one
+GUIDE = 2      # map_chunks: each range is 1/(GUIDE * threads) of what is left; the threads take them in turn
+
+
+def chunk_bounds(n, nthreads, min_chunk=1):
+    """Boundaries 0 = b_0 < b_1 < ... = n of the ranges ``map_chunks`` shares out: "guided" sizes, each range
+    ceil(left / (GUIDE * nthreads)) items but at least ``min_chunk``, except that a rest too short for two
+    ranges of min_chunk is split into two halves (so every range has at least min_chunk // 2 items, and n
+    < min_chunk gives one range). Big ranges first, small ones last, so that the thread that finishes first
+    waits at most about one small range for the other. Depends on its arguments only."""
+    m = max(1, min_chunk)
+    bounds = [0]
+    left = n
+    while left > 0:
+        size = min(left, max(m, -(-left // (GUIDE * nthreads))))
+        if 0 < left - size < m:
+            size = left - left // 2 if left >= m else left
+        bounds.append(bounds[-1] + size)
+        left -= size
+    return bounds
 
 
 def map_chunks(fn, n, *args, min_chunk=1):
     """[fn(lo, hi, *args) for contiguous ranges [lo, hi) covering 0..n-1], in range order.
 
-    Up to ``PIECES`` ranges per thread of ``numba.get_num_threads()`` (fewer so that each range has at least
-    ``min_chunk`` items). The ranges are fixed by n alone, and the threads (the calling one and the pool's) take
-    the next one not yet started until none is left, so a thread that starts late or runs slow does less
-    and nobody waits long for it. Measured (2026-11-29, 2-core Xeon, default model's training step, the
+    The ranges are ``chunk_bounds(n, nthreads, min_chunk)``, nthreads = ``numba.get_num_threads()`` (fewer
+    when n < nthreads * min_chunk), fixed by these numbers alone, and the threads (the calling one and the
+    pool's) take the next one not yet started until none is left, so a thread that starts late or runs slow
+    does less and nobody waits long for it. Measured (2026-11-29, 2-core Xeon, default model's training step, the
     earlier split into one range per thread): the pool's thread took 20-40% longer than the calling thread
     on the same amount of work (it starts ~0.07 ms later, and the data the step's NumPy code just wrote
     sits in the calling thread's cache), and the calling thread then sat idle ~9 ms per step. Each result
@@ -44,8 +62,8 @@ def map_chunks(fn, n, *args, min_chunk=1):
             _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1, thread_name_prefix="mesa_fast")
             _POOL_WORKERS = nthreads - 1
         pool = _POOL
-    pieces = max(nthreads, min(nthreads * PIECES, n // max(1, min_chunk)))
-    bounds = [n * i // pieces for i in range(pieces + 1)]
+    bounds = chunk_bounds(n, nthreads, min_chunk)
+    pieces = len(bounds) - 1
     results = [None] * pieces
     turn = iter(range(pieces))
     turn_lock = threading.Lock()
