@@ -189,38 +189,6 @@ def _scatter_qkv(gq, dq, dqs, gk, dk, dks, gv, dvv, dvs, n0, nl, H, T, d, dv):
 
 
 @njit(cache=True, nogil=True)
-def _lanes_finite(buf, n):
-    """True when the first n lane vectors of buf hold no NaN or inf (x - x is 0 for finite x, NaN otherwise).
-    Padding lanes are zero. One vector subtract and add per vector, into 4 accumulators so that the adds do not
-    wait on each other: a small fraction of the kernels' arithmetic."""
-    a0 = wzeros(buf)
-    a1 = wzeros(buf)
-    a2 = wzeros(buf)
-    a3 = wzeros(buf)
-    e = 0
-    while e + 4 <= n:
-        x0 = wload(buf, e * L)
-        x1 = wload(buf, (e + 1) * L)
-        x2 = wload(buf, (e + 2) * L)
-        x3 = wload(buf, (e + 3) * L)
-        a0 = vadd(a0, vsub(x0, x0))
-        a1 = vadd(a1, vsub(x1, x1))
-        a2 = vadd(a2, vsub(x2, x2))
-        a3 = vadd(a3, vsub(x3, x3))
-        e += 4
-    while e < n:
-        x0 = wload(buf, e * L)
-        a0 = vadd(a0, vsub(x0, x0))
-        e += 1
-    tmp = np.empty(L, buf.dtype)
-    vstore(tmp, 0, vadd(vadd(a0, a1), vadd(a2, a3)))
-    for l in range(L):
-        if tmp[l] != 0:
-            return False
-    return True
-
-
-@njit(cache=True, nogil=True)
 def _finite_acc(buf, n, acc):
     """acc + the sum of x - x over the first n lane vectors of buf (0 where all are finite, NaN where one is
     not), in two independent sums so that the adds do not all wait on each other."""
@@ -248,6 +216,12 @@ def _all_zero(acc, like):
         if tmp[l] != 0:
             return False
     return True
+
+
+@njit(cache=True, nogil=True)
+def _lanes_finite(buf, n):
+    """True when the first n lane vectors of buf hold no NaN or inf. Padding lanes are zero."""
+    return _all_zero(_finite_acc(buf, n, wzeros(buf)), buf)
 
 
 # --------------------------------------------------------------------------------------------
