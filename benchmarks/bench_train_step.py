@@ -311,8 +311,9 @@ def main(argv=None):
           f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (DESIGN.md)", "",
           "```", table, "```", ""]
     if op_table:
-        md += ["Per op at the default model's shapes (numba threads as above; the fast dense op runs OpenBLAS "
-               "single-threaded per thread):", "", "```", op_table, "```", ""]
+        md += ["Per op at the default model's shapes (numba threads as above; the fast dense op sets OpenBLAS to "
+               "one thread while it runs and splits its products over its own threads):", "", "```", op_table,
+               "```", ""]
     md += NOTES
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"wrote {out / (stem + '.json')} and .md")
