@@ -27,11 +27,12 @@ Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); wha
   dout (on the lane buffers; every sequence lands in exactly one lane), and returns whether all were
   finite; ``layers.py`` turns a False into the reference's ValueError.
 
-Measured (2026-11-29, 2-core Xeon, ``/tmp`` scripts; the default model's shapes, float32, fresh input
-buffers and a flushed cache before every call, both versions alternating in one process): forward 2.4 ms
-and backward 4.2 ms (medians, 2 threads) against 3.3 and 6.5 ms for the previous kernels (8 lanes, no FMA,
-one gather pass per array); one thread: 3.7 / 6.6 against 5.2 / 10.7 ms. Of the forward's 2.0 ms on one
-thread with warm caches, 1.1 ms are the gathers and the scatter, 0.9 ms the recursion.
+Measured (2026-11-29, 2-core Xeon, ``/tmp`` script; the default model's shapes, float32, fresh input
+buffers and a flushed cache before every call, this version and the one before this session's changes
+(8 lanes, no FMA, one gather pass per array) alternating in one process), medians of two runs on 2 threads:
+forward 2.1 / 1.8 ms against 3.8 / 3.1 ms, backward 4.1 / 3.5 ms against 6.2 / 5.8 ms; on one thread
+forward 2.3 against 4.0 ms, backward 5.1 against 7.7 ms. About half of each kernel's time is the gathers and
+scatters, half the recursions.
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math,
 with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once). With
