@@ -18,10 +18,7 @@ arguments:
 * WIDE = 16: the attention kernels (``attention.py``). One AVX-512 register of float32 (two of
   float64); on a machine without AVX-512 LLVM splits each operation into two AVX2 ones. Measured
   (2026-11-29, 2-core Xeon, /tmp script, the linear-attention recursion alone on 64-byte aligned
-  buffers, one thread): 0.86 ms at 16 lanes with ``vfma`` against 1.42 ms at 8 lanes without it.
-  Both halves are needed: 16 lanes without FMA measured 1.42 ms as well (our reading, not a counter
-  measurement: at 8 lanes the loop is bound by issuing instructions, at 16 lanes without FMA by the
-  two 512-bit arithmetic ports).
+  buffers, one thread): 1.42 ms at 8 lanes, 0.99 ms at 16 lanes, 0.86 ms at 16 lanes with ``vfma``.
 
 Semantics: ``vadd``/``vsub``/``vmul``/``vdiv``/``vsqrt`` are the IEEE operations applied lane by lane
 (no fast-math flags, no FMA contraction), so each lane computes exactly what a scalar loop with the
@@ -31,8 +28,8 @@ used only where its kernel's docstring says so.
 Memory: ``vload(a, off)`` / ``vstore(a, off, x)`` read/write ``a[off:off+n]`` of a 1-D C-contiguous
 array ``a`` (no bounds check: callers index lane-strided buffers they allocated). The accesses are
 unaligned instructions; 16-lane float32 vectors that straddle two cache lines cost about 1.4x as much
-(measured 1.42 against 0.99 ms on the loop above, without FMA), so the attention kernels allocate 64-byte
-aligned buffers (``aligned_empty``).
+(measured 1.42 against 0.99 ms on the loop above at 16 lanes without FMA, buffers 16 bytes off against
+64-byte aligned), so the attention kernels allocate 64-byte aligned buffers (``aligned_empty``).
 """
 from __future__ import annotations
 

@@ -35,12 +35,11 @@ forward 2.3 against 4.0 ms, backward 5.1 against 7.7 ms. About half of each kern
 scatters, half the recursions.
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math,
-with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once). With
-16 lanes that is what makes the wider vectors pay: the recursion alone (``/tmp`` script, one thread)
-took 1.42 ms at 8 lanes without FMA, 1.42 at 16 lanes without FMA (bound by the two 512-bit
-arithmetic ports), 0.86 ms at 16 lanes with FMA. Float32 results differ from the reference's float32
-results by rounding only (sums in another order, fused multiply-adds); both are ~1e-6 relative from
-the float64 result, and the tests hold them to the same tolerances as before.
+with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once). The
+recursion alone (``/tmp`` script, one thread, 64-byte aligned buffers) took 1.42 ms at 8 lanes without
+FMA, 0.99 ms at 16 lanes without FMA, 0.86 ms at 16 lanes with FMA. Float32 results differ from the
+reference's float32 results by rounding only (sums in another order, fused multiply-adds); both are
+~1e-6 relative from the float64 result, and the tests hold them to the same tolerances as before.
 
 Shapes (N = B*H sequences, G = ceil(N / L) groups):
     q, k: (B, H, T, d)   v, dout: (B, H, T, dv)                        inputs, any strides
