@@ -15,7 +15,7 @@ Numba product measured 5-10x slower); what differs is the threading:
   thread. (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27, would limit only the
   calling thread, but in NumPy's pthreads OpenBLAS it does not: measured 2026-11-29 with
   OPENBLAS_NUM_THREADS=2, OpenBLAS's own worker thread still ran during every product, and
-  the training step took 59 ms against 30-36 ms with the global setting.)
+  the training step took 59 ms against 35 ms with the global setting.)
 * The products are split by rows over the package's thread pool (``_pool.map_chunks``), each piece
   a single-threaded BLAS call on its own thread; x^T dy sums the pieces' partial products. Measured on
   the 2-core Xeon machine (2026-11-29), one QKV product forward and backward at the default model's
