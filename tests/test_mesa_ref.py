@@ -81,13 +81,18 @@ def test_forward_small_lam_and_large_lam_match_direct():
             assert rel_error(out, mesa_direct(q, k, v, lam_, g)) < 1e-9, (lam, g is None)
 
 
-def test_gamma_one_is_the_plain_layer():
+@pytest.mark.parametrize("strategy", BACKWARD_STRATEGIES)
+def test_gamma_one_is_the_plain_layer(strategy):
+    """The [M4] code (its own functions) with gamma = 1 gives the [M2]/[M3] code's numbers bit for bit."""
     q, k, v, lam, _ = make_inputs(2, 3, 11, 4, 4, seed=3)
-    out0, c0 = mesa_forward(q, k, v, lam)
-    out1, c1 = mesa_forward(q, k, v, lam, gamma=np.ones(3))
+    out0, c0 = mesa_forward(q, k, v, lam, backward=strategy, checkpoint_every=4)
+    out1, c1 = mesa_forward(q, k, v, lam, gamma=np.ones(3), backward=strategy, checkpoint_every=4)
     np.testing.assert_array_equal(out0, out1)       # multiplying by gamma = 1 is exact
+    np.testing.assert_array_equal(c0.R_saved, c1.R_saved)
     dout = np.random.default_rng(0).normal(size=out0.shape)
-    for a, b in zip(mesa_backward(dout, c0), mesa_backward(dout, c1)[:4]):
+    g0, g1 = mesa_backward(dout, c0), mesa_backward(dout, c1)
+    assert len(g0) == 4 and len(g1) == 5
+    for a, b in zip(g0, g1[:4]):
         np.testing.assert_array_equal(a, b)
 
 
