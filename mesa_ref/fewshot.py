@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import constructed_tokens, fewshot_regression, fewshot_sequence
+from .optim import AdamW
 
 __all__ = ["constructed_tokens_backward", "fewshot_forward", "fewshot_errors", "input_gradients",
-           "Adam", "TunedTokens", "tune_tokens"]
+           "TunedTokens", "tune_tokens"]
 
 
 def constructed_tokens_backward(dE: np.ndarray) -> np.ndarray:
@@ -102,27 +103,6 @@ def input_gradients(model, params, xs, ys, eos=None, prompt=None):
     return loss, d_eos, d_prompt
 
 
-class Adam:
-    """Plain Adam (b1 0.9, b2 0.999, eps 1e-8, no weight decay) on a dict of arrays, one lr per entry."""
-
-    def __init__(self, params: dict, lrs: dict, b1=0.9, b2=0.999, eps=1e-8):
-        self.lrs, self.b1, self.b2, self.eps = dict(lrs), b1, b2, eps
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-        self.t = 0
-
-    def update(self, params: dict, grads: dict) -> None:
-        """In-place update of ``params``."""
-        self.t += 1
-        for k, p in params.items():
-            g = grads[k]
-            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
-            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            mh = self.m[k] / (1 - self.b1 ** self.t)
-            vh = self.v[k] / (1 - self.b2 ** self.t)
-            p -= (self.lrs[k] * mh / (np.sqrt(vh) + self.eps)).astype(p.dtype)
-
-
 @dataclass
 class TunedTokens:
     """Result of ``tune_tokens``: eos (n,) or None, prompt (P, n) or None, the training-loss curve."""
@@ -151,7 +131,7 @@ def tune_tokens(model, params, *, steps: int, batch: int, N: int, eos=None, prom
         toks["eos"], lrs["eos"] = np.array(eos, dtype=dtype), eos_lr
     if prompt is not None:
         toks["prompt"], lrs["prompt"] = np.array(prompt, dtype=dtype), prompt_lr
-    opt = Adam(toks, lrs)
+    opt = AdamW(toks)                   # plain Adam (b1 0.9, b2 0.999, eps 1e-8, no weight decay)
     rng = np.random.default_rng(seed)
     losses = []
     it = range(steps) if progress is None else progress(range(steps))
@@ -165,6 +145,6 @@ def tune_tokens(model, params, *, steps: int, batch: int, N: int, eos=None, prom
             grads["eos"] = g_eos
         if "prompt" in toks:
             grads["prompt"] = g_prompt
-        opt.update(toks, grads)
+        opt.update(toks, grads, lrs)
         losses.append(loss)
     return TunedTokens(eos=toks.get("eos"), prompt=toks.get("prompt"), losses=losses)

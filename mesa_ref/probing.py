@@ -57,6 +57,7 @@ from .config import ModelConfig
 from .model import Transformer
 from .ops.heads import merge_heads as _merge_heads
 from .ops.heads import split_heads as _split_heads
+from .optim import AdamW
 
 TARGETS = ("current", "previous", "next", "inverse_curvature")
 PROBE_LAM = 1e-3       # official probe lam for the inverse-curvature target
@@ -273,9 +274,10 @@ def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float
     w = [np.array(x, dtype=np.float64) for x in init]
     if len(w) != 3:
         raise ValueError(f"init: expected (wq, wk, wv), got {len(w)} arrays")
-    step_size = [lr * (float(np.sqrt(np.mean(x ** 2))) or 1.0) for x in w]
-    mom = [np.zeros_like(x) for x in w]
-    vel = [np.zeros_like(x) for x in w]
+    names = ("wq", "wk", "wv")
+    step_size = {k: lr * (float(np.sqrt(np.mean(x ** 2))) or 1.0) for k, x in zip(names, w)}
+    params = dict(zip(names, w))                     # the same arrays as w: Adam updates them in place
+    opt = AdamW(params, eps=1e-30)
     hist, best = [], None
     for step in range(steps + 1):
         m, (cq, ck, cv, ca) = _linear_attention_heads(a, *w, H, ops)
@@ -291,11 +293,7 @@ def fit_linear_attention(a, target, init, H: int, *, steps: int = 300, lr: float
         dm, _, _ = ops.dense_backward(2.0 * diff / (diff.size * scale), co)
         dq, dk, dv = ops.linear_attention_backward(_split_heads(dm, H), ca)
         grads = [ops.dense_backward(_merge_heads(g), c)[1] for g, c in ((dq, cq), (dk, ck), (dv, cv))]
-        t = step + 1
-        for j, g in enumerate(grads):
-            mom[j] = 0.9 * mom[j] + 0.1 * g
-            vel[j] = 0.999 * vel[j] + 0.001 * g * g
-            w[j] -= step_size[j] * (mom[j] / (1 - 0.9 ** t)) / (np.sqrt(vel[j] / (1 - 0.999 ** t)) + 1e-30)
+        opt.update(params, dict(zip(names, grads)), step_size)
     return tuple(best[1]), hist
 
 

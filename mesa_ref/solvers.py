@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .ops._common import check_float_array, check_same_dtype
+from .optim import AdamW
 
 __all__ = [
     "context_stats", "curvature", "per_step_loss", "mean_loss", "Tuned", "line_search",
@@ -574,8 +575,7 @@ def fit_inverse_params(s: np.ndarray, targets: np.ndarray, K: int, method: str =
     if method == "richardson":
         betas = np.zeros(K)
     theta = np.concatenate([alphas, betas])
-    m_, v_ = np.zeros_like(theta), np.zeros_like(theta)
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    opt = AdamW({"theta": theta})                                      # plain Adam, in place on theta
     history = np.empty(steps + 1)
     best_loss, best_theta = np.inf, theta.copy()
     for it in range(steps + 1):
@@ -586,10 +586,7 @@ def fit_inverse_params(s: np.ndarray, targets: np.ndarray, K: int, method: str =
         if it == steps or not np.isfinite(loss):
             break
         g = np.concatenate([ga, gb if method == "chebyshev" else np.zeros(K)])
-        m_ = b1 * m_ + (1 - b1) * g
-        v_ = b2 * v_ + (1 - b2) * g * g
-        mhat, vhat = m_ / (1 - b1 ** (it + 1)), v_ / (1 - b2 ** (it + 1))
-        theta = theta - lr * mhat / (np.sqrt(vhat) + eps)
+        opt.update({"theta": theta}, {"theta": g}, lr)
     return InverseFit(alphas=best_theta[:K].copy(), betas=best_theta[K:].copy(),
                       loss_init=float(history[0]), loss=float(best_loss), history=history[:it + 1])
 

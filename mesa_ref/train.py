@@ -31,6 +31,8 @@ from .backends import resolve_backend
 from .config import ModelConfig
 from .model import Transformer
 from .ops._common import array_module
+from .ops._common import to_host as _host  # noqa: F401  (old private name, kept for importers)
+from .optim import AdamW, check_lr_scale  # noqa: F401  (AdamW(params, tcfg): the one optimiser, mesa_ref/optim.py)
 from .runio import CLIError, ensure_writable_dir, load_checkpoint, save_checkpoint, write_json
 
 
@@ -67,14 +69,7 @@ class TrainConfig:
             raise ValueError("warmup_steps/decay_steps: expected warmup_steps >= 0 and decay_steps >= 1")
         if self.clip_mode not in ("global_norm", "elementwise"):
             raise ValueError(f"clip_mode: expected 'global_norm' or 'elementwise', got {self.clip_mode!r}")
-        bad = ValueError(f"lr_scale: expected ((parameter-name suffix, factor > 0), ...), got {self.lr_scale!r}")
-        try:
-            scale = tuple((k, float(f)) for k, f in self.lr_scale)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not all(isinstance(k, str) and k and f > 0 and math.isfinite(f) for k, f in scale):
-            raise bad
-        object.__setattr__(self, "lr_scale", scale)
+        object.__setattr__(self, "lr_scale", check_lr_scale(self.lr_scale))
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip: expected None or > 0, got {self.grad_clip!r}")
 
@@ -100,33 +95,6 @@ def clip_gradients(grads: dict, c: TrainConfig) -> tuple[dict, float]:
     return {k: g * g.dtype.type(scale) for k, g in grads.items()}, norm
 
 
-class AdamW:
-    """AdamW with decoupled weight decay: p <- p - lr (m_hat / (sqrt(v_hat) + eps) + wd p); parameters named in
-    ``TrainConfig.lr_scale`` (by name suffix, the first match counts) step with lr * factor."""
-
-    def __init__(self, params: dict, c: TrainConfig):
-        self.c = c
-        self.m = {k: array_module(v).zeros_like(v) for k, v in params.items()}
-        self.v = {k: array_module(v).zeros_like(v) for k, v in params.items()}
-        self.t = 0
-
-    def update(self, params: dict, grads: dict, lr: float) -> None:
-        """In-place update of ``params``."""
-        c = self.c
-        self.t += 1
-        bc1 = 1 - c.b1 ** self.t
-        bc2 = 1 - c.b2 ** self.t
-        for k, p in params.items():
-            g = grads[k]
-            step = lr * next((f for suffix, f in c.lr_scale if k.endswith(suffix)), 1.0)
-            m, v = self.m[k], self.v[k]
-            dt = p.dtype.type
-            m *= dt(c.b1); m += dt(1 - c.b1) * g
-            v *= dt(c.b2); v += dt(1 - c.b2) * (g * g)
-            upd = (m / dt(bc1)) / (array_module(p).sqrt(v / dt(bc2)) + dt(c.eps)) + dt(c.weight_decay) * p
-            p -= dt(step) * upd
-
-
 # ---------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class DynamicsTask:
@@ -149,10 +117,6 @@ class DynamicsTask:
 class TrainResult:
     params: dict
     metrics: dict
-
-
-def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else a
 
 
 def train(model: Transformer, task, tcfg: TrainConfig, out_dir=None, *, resume: bool = False,

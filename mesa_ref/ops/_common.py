@@ -1,4 +1,4 @@
-"""Input checks and the array-module helper shared by every op.
+"""Input checks and the array-module helpers shared by every op (``array_module``, ``to_host``).
 
 Every public op validates its inputs before doing any work, so that a wrong shape,
 dtype or a non-finite value raises ``ValueError`` naming the argument rather than
@@ -6,6 +6,8 @@ producing a silent NaN downstream (DESIGN.md, "Public contract").
 
 The ops are written against an array module ``xp`` (NumPy, or CuPy when a CuPy array
 comes in), so ``mesa_fast`` can reuse the reference ops that need no custom kernel.
+``to_host(a)`` brings any array back as NumPy (``a.get()`` for CuPy); use it wherever a result leaves the
+device, rather than another ``.get()`` test.
 """
 from __future__ import annotations
 
@@ -29,8 +31,19 @@ def array_module(*arrays):
     return np
 
 
+def is_cupy(x) -> bool:
+    """True when ``x`` is a CuPy array (or other CuPy object), without importing CuPy."""
+    return type(x).__module__.startswith("cupy")
+
+
 def is_array(x) -> bool:
-    return isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy")
+    return isinstance(x, np.ndarray) or is_cupy(x)
+
+
+def to_host(a):
+    """``a`` as a NumPy array: a CuPy array is copied to the host (``a.get()``); anything else goes through
+    ``np.asarray`` (no copy for a NumPy array). The one host-transfer helper of the toolkit."""
+    return a.get() if is_cupy(a) else np.asarray(a)
 
 
 def check_float_array(name: str, x, *, ndim: int | None = None, finite: bool = True):
