@@ -13,7 +13,7 @@ Markdown table to benchmarks/results/bench_mesa_{cpu,gpu}.{json,md} (gpu when Cu
 The reference is skipped at a shape where one forward+backward would take longer than
 --ref-budget seconds (estimated from a one-batch-row run). Timing is never asserted anywhere.
 
-Shapes (B, H, T, d) from DESIGN.md: paper (256, 4, 50, 20), mid (64, 8, 256, 32),
+Shapes (B, H, T, d) from docs/design.md: paper (256, 4, 50, 20), mid (64, 8, 256, 32),
 lm (8, 16, 1024, 64); sweep: the paper's B, H, d with T in 25 .. 400. dv = d throughout.
 """
 from __future__ import annotations

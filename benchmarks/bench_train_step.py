@@ -15,8 +15,8 @@ other processes the CPU time is the steadier number. Timing is never asserted an
     python benchmarks/bench_train_step.py --quick          # a few steps, nothing written
     python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
 
-JAX / PyTorch peers are timed only if installed; neither is a dependency (DESIGN.md), and without
-them the table says "not installed". The authors' jitted JAX step on a 2-core CPU: ~108 ms (DESIGN.md).
+JAX / PyTorch peers are timed only if installed; neither is a dependency (docs/design.md), and without
+them the table says "not installed". The authors' jitted JAX step on a 2-core CPU: ~108 ms (docs/design.md).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-JAX_REFERENCE_MS = 108.0   # authors' jitted JAX training step, default model, 2-core CPU (DESIGN.md)
+JAX_REFERENCE_MS = 108.0   # authors' jitted JAX training step, default model, 2-core CPU (docs/design.md)
 
 
 NOTES = [
@@ -58,7 +58,7 @@ NOTES = [
     "split and merge alone). Earlier in the day, before the 16-lane FMA attention kernels, the guided thread "
     "pool, the one-pass MSE and the threaded clip, the fast step was 40-49 ms.",
     "- No JAX/PyTorch peer is installed here; the 108 ms of the authors' jitted JAX step is the figure "
-    "quoted in DESIGN.md, not a measurement on this machine under the same load.",
+    "quoted in docs/design.md, not a measurement on this machine under the same load.",
     "",
 ]
 
@@ -308,7 +308,7 @@ def main(argv=None):
           + (" -- **other processes shared the CPU while this ran**; wall-clock numbers are inflated and "
              "noisy, the CPU-time column is the steadier comparison" if busy else ""),
           f"- peers: JAX {peers['jax']}, PyTorch {peers['torch']}; the authors' jitted JAX step is "
-          f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (DESIGN.md)", "",
+          f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (docs/design.md)", "",
           "```", table, "```", ""]
     if op_table:
         md += ["Per op at the default model's shapes (numba threads as above; the fast dense op sets OpenBLAS to "

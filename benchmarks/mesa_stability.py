@@ -1,4 +1,4 @@
-"""Numerical stability of the mesa-layer reference, per backward strategy (MATH.md [M2]-[M4]).
+"""Numerical stability of the mesa-layer reference, per backward strategy (docs/math.md [M2]-[M4]).
 
 For each T, lam, gamma, dtype and backward strategy ("store", "checkpoint", "downdate") this runs
 mesa_ref.ops.mesa.mesa_forward / mesa_backward on the same random inputs and reports the relative

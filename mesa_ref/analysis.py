@@ -1,4 +1,4 @@
-"""Analyses of trained models (MATH.md section 5): [P2] weight readout, [P3] per-time-step loss
+"""Analyses of trained models (docs/math.md section 5): [P2] weight readout, [P3] per-time-step loss
 statistics, and the [A5] interpolation between trained and constructed one-layer weights.
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.

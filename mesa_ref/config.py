@@ -1,4 +1,4 @@
-"""Model configuration: one frozen dataclass with the authors' defaults (EXPERIMENTS.md).
+"""Model configuration: one frozen dataclass with the authors' defaults (docs/experiments.md).
 
 The defaults are the official default model: 2 layers of causal linear attention [L2], 4 heads,
 width 40, key size 20, no MLP, no LayerNorm, activations clipped to +-1.5 after every block [L6],

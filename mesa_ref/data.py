@@ -1,4 +1,4 @@
-"""The paper's tasks [T1]-[T5] (MATH.md section 1) as seeded NumPy generators.
+"""The paper's tasks [T1]-[T5] (docs/math.md section 1) as seeded NumPy generators.
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 

@@ -1,7 +1,7 @@
 """Analyses of trained models: linear probes [P1] and linearisation of a softmax layer [P4].
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858, section 5
-of MATH.md.
+of docs/math.md.
 
 Shape glossary
     N  sequences (probe training or test set)     T  positions t = 1..T

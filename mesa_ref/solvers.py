@@ -1,4 +1,4 @@
-"""The hypothesised mesa-optimisers [A1]-[A5] (MATH.md section 4) as batched NumPy baselines.
+"""The hypothesised mesa-optimisers [A1]-[A5] (docs/math.md section 4) as batched NumPy baselines.
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 
@@ -18,7 +18,7 @@ q_t = f_t (f_0 = 0), targets still y_{t'} = s_{t'}. Use ``data.mlp_features`` fo
 Everything is vectorised over (B, T); loops run only over solver iterations. float32 in gives
 float32 out. Note: the official least-squares baseline (auxiliary_models.py) fits W_t on the
 pairs t' <= t-1 only (``seq_data[:token]``) while its GD baseline uses t' <= t; here every solver
-uses t' <= t, the data the model itself sees at position t (MATH.md section 4).
+uses t' <= t, the data the model itself sees at position t (docs/math.md section 4).
 
 Contents
     context_stats, curvature                             sufficient statistics
@@ -91,7 +91,7 @@ def _check_steps(name: str, K) -> int:
 
 
 def context_stats(s: np.ndarray, feats: np.ndarray | None = None):
-    """In-context sufficient statistics at every position (MATH.md section 4).
+    """In-context sufficient statistics at every position (docs/math.md section 4).
 
     s: (B, T, n) states s_1..s_T; feats: (B, T, p) or None (then f = s).
     Returns (YX, XX, q):
@@ -127,7 +127,7 @@ def _apply(M: np.ndarray, v: np.ndarray) -> np.ndarray:
 def per_step_loss(pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-position loss (official convention): sum over batch and dims of (pred - target)^2 / (2B).
 
-    pred, targets: (B, T, n) -> (T,) float64. Its mean over t is ``mean_loss`` = L of MATH.md
+    pred, targets: (B, T, n) -> (T,) float64. Its mean over t is ``mean_loss`` = L of docs/math.md
     section 1, sum / (2 B T).
     """
     check_float_array("pred", pred, ndim=3)
@@ -139,7 +139,7 @@ def per_step_loss(pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def mean_loss(pred: np.ndarray, targets: np.ndarray) -> float:
-    """L = 1/(2 B T) sum_{b,t} ||pred - target||^2 (MATH.md section 1, official ``_compute_loss``)."""
+    """L = 1/(2 B T) sum_{b,t} ||pred - target||^2 (docs/math.md section 1, official ``_compute_loss``)."""
     return float(np.mean(per_step_loss(pred, targets)))
 
 

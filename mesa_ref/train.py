@@ -1,6 +1,6 @@
 """Training: AdamW, gradient clipping, warm-up + cosine schedule, held-out test loss, atomic checkpoints.
 
-Defaults are the authors' (EXPERIMENTS.md): AdamW (b1 0.9, b2 0.999, eps 1e-8, weight decay 0.05),
+Defaults are the authors' (docs/experiments.md): AdamW (b1 0.9, b2 0.999, eps 1e-8, weight decay 0.05),
 peak lr 3e-4 (4e-4 for mesa models, as their config comments say), linear warm-up from 0 over 1000
 steps, cosine decay to 1e-5 at step 20000, gradient clipping at 1, batch 256, test loss = mean over
 10 fixed held-out batches.  Their clipping is element-wise (optax.clip); ours defaults to clipping by

@@ -1,4 +1,4 @@
-"""Tests for mesa_ref.data: the tasks [T1]-[T5] (MATH.md section 1)."""
+"""Tests for mesa_ref.data: the tasks [T1]-[T5] (docs/math.md section 1)."""
 import numpy as np
 import pytest
 

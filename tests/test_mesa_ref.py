@@ -1,4 +1,4 @@
-"""Tests of the NumPy mesa-layer reference (mesa_ref/ops/mesa.py; MATH.md [M1]-[M4]).
+"""Tests of the NumPy mesa-layer reference (mesa_ref/ops/mesa.py; docs/math.md [M1]-[M4]).
 
 - forward == independent explicit solve (mesa_direct) at every t, float64 to 1e-10;
 - float32 forward runs in float32 and stays close to float64;

@@ -1,4 +1,4 @@
-"""Tests for mesa_ref.solvers: the hypothesised mesa-optimisers [A1]-[A5] (MATH.md section 4)."""
+"""Tests for mesa_ref.solvers: the hypothesised mesa-optimisers [A1]-[A5] (docs/math.md section 4)."""
 import numpy as np
 import pytest
 
@@ -15,7 +15,7 @@ def lin():
 
 
 def _pairs(s):
-    """x_t = s_{t-1} (s_0 = 0), y_t = s_t, per the in-context data of MATH.md section 4."""
+    """x_t = s_{t-1} (s_0 = 0), y_t = s_t, per the in-context data of docs/math.md section 4."""
     x = np.zeros_like(s)
     x[:, 1:] = s[:, :-1]
     return x, s

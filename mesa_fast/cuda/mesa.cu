@@ -1,4 +1,4 @@
-// CUDA kernels for the mesa-layer, [M2]-[M4] (MATH.md section 3), loaded by mesa_fast/cuda/mesa.py
+// CUDA kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3), loaded by mesa_fast/cuda/mesa.py
 // with cupy.RawModule (NVRTC). The CUDA twin of mesa_fast/numba_kernels/mesa.py; both re-express
 // mesa_ref.ops.mesa.mesa_forward / mesa_backward. What differs from the reference:
 //

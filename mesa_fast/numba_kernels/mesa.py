@@ -1,4 +1,4 @@
-"""Numba CPU kernels for the mesa-layer, [M2]-[M4] (MATH.md section 3).
+"""Numba CPU kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3).
 
 Re-expresses ``mesa_ref.ops.mesa.mesa_forward`` / ``mesa_backward`` (same recursion, same
 closed-form reverse scan [M3], same dgamma by lag-weighted accumulators [M4]). What differs:

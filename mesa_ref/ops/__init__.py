@@ -1,7 +1,7 @@
 """mesa_ref.ops: every primitive as a NAME_forward / NAME_backward pair (plain NumPy).
 
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
-Attention ops take q, k, v of shape (B, H, T, d).  MATH.md tags: dense [L1], linear attention
+Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. Layout helpers (no arithmetic): split_qkv,
 merge_qkv, split_heads, merge_heads move activations between (B, T, H*d) and (B, H, T, d).

@@ -2,7 +2,7 @@
 
 Every public op validates its inputs before doing any work, so that a wrong shape,
 dtype or a non-finite value raises ``ValueError`` naming the argument rather than
-producing a silent NaN downstream (DESIGN.md, "Public contract").
+producing a silent NaN downstream (docs/design.md, "Public contract").
 
 The ops are written against an array module ``xp`` (NumPy, or CuPy when a CuPy array
 comes in), so ``mesa_fast`` can reuse the reference ops that need no custom kernel.
