@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from mesa_ref.ops._common import array_module, check_dout
+from mesa_ref.ops._common import array_module, check_dout, to_host
 from mesa_ref.ops.mesa import validate_mesa_inputs
 
 from .backend import get_backend, get_cupy
@@ -70,8 +70,7 @@ class MesaFastCache(NamedTuple):
         if self.engine == "numba":
             from .numba_kernels import mesa as nk  # noqa: PLC0415
             return nk.lanes_to_bhtd(self.qt_raw, B, H, T, d)
-        qt = self.qt_raw.copy()
-        return qt.get() if self.to_host else qt
+        return to_host(self.qt_raw) if self.to_host else self.qt_raw.copy()
 
 
 def _numba():
@@ -111,16 +110,16 @@ def mesa_forward(q, k, v, lam, *, gamma=None, backward="store", checkpoint_every
         out, qt_raw, w_raw = nk.forward(q, k, v, lam, gamma, store_w)
         return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "numba", qt_raw, w_raw, False)
     ck = _cuda()
-    to_host = xp is np
-    if to_host:
+    copy_back = xp is np                  # NumPy input on the "cupy" backend: NumPy out
+    if copy_back:
         cp = get_cupy()
         q, k, v, lam = (cp.asarray(x) for x in (q, k, v, lam))
         gamma = None if gamma is None else cp.asarray(gamma)
     q, k, v = (ck.contiguous(x) for x in (q, k, v))
     out, qt_raw, w_raw = ck.forward(q, k, v, lam, gamma, store_w)
-    if to_host:
-        out = out.get()
-    return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "cupy", qt_raw, w_raw, to_host)
+    if copy_back:
+        out = to_host(out)
+    return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "cupy", qt_raw, w_raw, copy_back)
 
 
 def mesa_backward(dout, cache):
@@ -156,8 +155,8 @@ def mesa_backward(dout, cache):
         dq, dk, dv_, dlam, dgamma = ck.backward(ck.contiguous(dout), cache.k, cache.v, cache.lam,
                                                 cache.gamma, store_w, cache.qt_raw, cache.w_raw)
         if cache.to_host:
-            dq, dk, dv_, dlam = (x.get() for x in (dq, dk, dv_, dlam))
-            dgamma = None if dgamma is None else dgamma.get()
+            dq, dk, dv_, dlam = (to_host(x) for x in (dq, dk, dv_, dlam))
+            dgamma = None if dgamma is None else to_host(dgamma)
     if cache.gamma is None:
         return dq, dk, dv_, dlam
     return dq, dk, dv_, dlam, dgamma

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import ModelConfig
+from .ops._common import to_host as _host
 
 __all__ = [
     "PerStep", "per_step_summary", "per_step_losses",
@@ -348,7 +349,3 @@ def product_interpolation_losses(config: ModelConfig, params: dict, target, alph
     model = Transformer(pcfg, ops=ops)
     b64 = [(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in batches]
     return interpolation_losses(model, product_params(KQ, PV), product_params(KQ_b, PV_b), alphas, b64)
-
-
-def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)

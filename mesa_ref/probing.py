@@ -55,6 +55,8 @@ import numpy as np
 
 from .config import ModelConfig
 from .model import Transformer
+from .ops._common import array_module
+from .ops._common import to_host as _host
 from .ops.heads import merge_heads as _merge_heads
 from .ops.heads import split_heads as _split_heads
 from .optim import AdamW
@@ -205,10 +207,6 @@ def probe_model(model: Transformer, params: dict, train_states, test_states, *, 
     return ProbeResult(per_t=per_t, control_per_t=control, lam=lam, n_train=len(x_tr), n_test=len(x_te))
 
 
-def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else a
-
-
 # ---------------------------------------------------------------------------------------------- [P4]
 def attention_block_io(model: Transformer, params: dict, x, i: int):
     """Layer i's attention-block input a (after LN1 if any) and output o_merged W_O, each (N, T, D), float64
@@ -336,8 +334,7 @@ def linearise_layer(model: Transformer, params: dict, i: int, x_fit, x_eval, y_e
     layers = list(c.layers)
     layers[i] = "linear"
     new_cfg = c.replace(layers=tuple(layers))
-    on_gpu = type(params[f"l{i}.wq"]).__module__.startswith("cupy")
-    conv = (lambda v: __import__("cupy").asarray(v)) if on_gpu else (lambda v: v)
+    conv = array_module(params[f"l{i}.wq"]).asarray          # back where the model's parameters live
     new_params = {k: v for k, v in params.items() if k not in (f"l{i}.lam_raw", f"l{i}.gamma_raw")}
     for k, v in zip(("wq", "wk", "wv", "wo"), w):
         new_params[f"l{i}.{k}"] = conv(v.astype(dt))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .ops._common import is_cupy, to_host
+
 
 class CLIError(Exception):
     """An error a command-line entry point reports as one line (no traceback) with a non-zero exit."""
@@ -60,8 +62,8 @@ def _to_jsonable(obj):
         return obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
-    if hasattr(obj, "get") and type(obj).__module__.startswith("cupy"):  # a CuPy array
-        return _to_jsonable(obj.get())
+    if is_cupy(obj):                                                     # a CuPy array or scalar
+        return _to_jsonable(to_host(obj))
     return obj
 
 
@@ -89,7 +91,7 @@ def save_figure(fig, path, **kw) -> None:
 def save_checkpoint(path, arrays: dict, meta: dict) -> None:
     """Write named arrays and JSON metadata to ``path`` (.npz) atomically."""
     buf = io.BytesIO()
-    payload = {k: _to_numpy(v) for k, v in arrays.items()}
+    payload = {k: to_host(v) for k, v in arrays.items()}
     payload["__meta__"] = np.frombuffer(json.dumps(_to_jsonable(meta)).encode(), dtype=np.uint8)
     np.savez(buf, **payload)
     atomic_write_bytes(path, buf.getvalue())
@@ -108,7 +110,3 @@ def load_checkpoint(path):
     except Exception as e:  # zipfile.BadZipFile, ValueError, KeyError, OSError, JSON errors
         raise CLIError(f"checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
     return arrays, meta
-
-
-def _to_numpy(a):
-    return a.get() if hasattr(a, "get") and type(a).__module__.startswith("cupy") else np.asarray(a)

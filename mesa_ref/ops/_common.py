@@ -24,8 +24,7 @@ def array_module(*arrays):
     for a in arrays:
         if a is None or isinstance(a, (np.ndarray, np.generic, float, int)):
             continue
-        mod = type(a).__module__
-        if mod.startswith("cupy"):
+        if is_cupy(a):
             import cupy  # noqa: PLC0415  (optional dependency)
             return cupy
     return np
