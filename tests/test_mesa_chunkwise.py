@@ -83,6 +83,18 @@ def test_small_lam_is_still_exact_in_float64():
         assert rel_err(a, b) <= 1e-7, name
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_solve_lower_is_the_triangular_solve(dtype):
+    """The [M5] helper L^{-1} X, batched, in the input dtype; it reads only L's lower triangle."""
+    rng = np.random.default_rng(7)
+    L = np.tril(rng.normal(size=(2, 3, 6, 6))) + 4 * np.eye(6)
+    X = rng.normal(size=(2, 3, 6, 5))
+    junk = L + np.triu(rng.normal(size=L.shape), 1)                     # upper triangle must be ignored
+    got = chk._solve_lower(junk.astype(dtype), X.astype(dtype), np)
+    assert got.dtype == dtype and got.shape == X.shape
+    assert rel_err(got, np.linalg.solve(L, X)) <= (1e-14 if dtype == np.float64 else 1e-6)
+
+
 @pytest.mark.parametrize("chunk", [0, -1, 2.0, True, None])
 def test_bad_chunk_is_a_value_error(chunk):
     q, k, v, _, lam = inputs(1, 1, 4, 2, 2)
