@@ -34,6 +34,7 @@ from .ops._common import array_module
 from .ops._common import to_host as _host  # noqa: F401  (old private name, kept for importers)
 from .optim import AdamW, check_lr_scale  # noqa: F401  (AdamW(params, tcfg): the one optimiser, mesa_ref/optim.py)
 from .runio import CLIError, ensure_writable_dir, load_checkpoint, save_checkpoint, write_json
+from .tasks import DynamicsTask  # noqa: F401  (the trainer's task; re-exported)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -95,23 +96,6 @@ def clip_gradients(grads: dict, c: TrainConfig) -> tuple[dict, float]:
     return {k: g * g.dtype.type(scale) for k, g in grads.items()}, norm
 
 
-# ---------------------------------------------------------------------------- tasks
-@dataclass(frozen=True)
-class DynamicsTask:
-    """[T1] fully observed linear dynamics as [T2] constructed tokens (or raw states).  batch(rng, B, dtype) -> (x, y)."""
-    n: int = 10
-    T: int = 50
-    sigma: float = 0.01
-    tokens: str = "constructed"   # "constructed" (B, T, 4n) | "raw" (B, T, n)
-
-    def batch(self, rng, batch: int, dtype=np.float32):
-        from .data import linear_dynamics_batch
-        return linear_dynamics_batch(rng, batch, T=self.T, n=self.n, sigma=self.sigma, tokens=self.tokens, dtype=dtype)
-
-    def to_dict(self):
-        return {"name": "linear_dynamics", **dataclasses.asdict(self)}
-
-
 # ---------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -120,9 +104,11 @@ class TrainResult:
 
 
 def train(model: Transformer, task, tcfg: TrainConfig, out_dir=None, *, resume: bool = False,
-          progress: bool = True, dtype=np.float32, xp=np, params: dict | None = None) -> TrainResult:
+          progress: bool = True, dtype=np.float32, xp=np, params: dict | None = None,
+          on_checkpoint=None) -> TrainResult:
     """Train ``model`` on batches from ``task`` (anything with ``batch(rng, B, dtype) -> (x, y)`` and
-    ``to_dict()``).  With ``out_dir``, writes config.json, metrics.json/.csv and checkpoint.npz there.
+    ``to_dict()``).  With ``out_dir``, writes config.json, metrics.json/.csv and checkpoint.npz there, and
+    calls ``on_checkpoint(step, metrics)`` after each checkpoint is on disk.
     ``xp`` = cupy keeps parameters and batches on the GPU.  Same seed, same numbers."""
     out = Path(out_dir) if out_dir is not None else None
     config_record = {"model": model.config.to_dict(), "train": dataclasses.asdict(tcfg), "task": task.to_dict(),
@@ -165,6 +151,8 @@ def train(model: Transformer, task, tcfg: TrainConfig, out_dir=None, *, resume: 
         meta = {"step": step, "data_rng": data_rng.bit_generator.state, "metrics": metrics, "config": config_record}
         save_checkpoint(ckpt, arrays, meta)
         _write_metrics(out, metrics)
+        if on_checkpoint is not None:
+            on_checkpoint(step, metrics)
 
     if start == 0 and not metrics["step"]:
         metrics["step"].append(0); metrics["test_loss"].append(test_loss()); metrics["train_loss"].append(None)

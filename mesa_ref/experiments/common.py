@@ -1,22 +1,36 @@
-"""The harness every figure script shares: flags, backend choice, run records, atomic outputs, re-plotting.
+"""The harness every figure script shares: experiments as jobs, flags, backend choice, atomic outputs, re-plotting.
 
-A figure script defines ``compute(ctx) -> dict`` (trains / evaluates, returns the numbers behind the
-figure) and ``plot(data, fig_path)`` (draws the PNG from those numbers alone), then calls
-``run_figure("fig2_one_layer_gd", compute, plot, description)``.  Every script takes
+An experiment module has one shape (``Experiment``):
+
+    MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}   one frozen config dataclass per mode
+    jobs(cfg, seed, backend) -> {name: mesa_ref.jobs.Job}     the independent training runs
+    analyse(ctx, cfg, results) -> dict                        the numbers behind the figure, from the
+                                                              runs' results {name: JobResult}
+    plot(data) -> matplotlib Figure                           drawn from those numbers alone
+
+``run_experiment`` runs the jobs through ``mesa_ref.jobs.run_jobs`` (Dask; results in a content-addressed
+store), then the analysis, then writes DIR/<name>.json and DIR/<name>.png atomically.  A quick or smoke
+mode's deviations from the paper are the fields where its config differs from FULL (``deviations``).
+Every script takes
 
     --quick            CPU-sized run (minutes), used by tests and ``make reproduce``
     --backend ref|fast default: fast where mesa_fast (Numba) is installed, else ref
-    --out DIR          default figures/
+    --out DIR          default figures/ (quick) or figures/full/ (full size)
     --seed N           default 0
     --replot           redraw DIR/<name>.png from DIR/<name>.json without recomputing
+    --scheduler ADDR   an existing Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else a LocalCluster)
+    --workers N        LocalCluster size (default one per core; --smoke: 0); 0 runs the jobs in this process
+    --store DIR        the job store (default DIR/jobs for full size, DIR/.cache/jobs otherwise)
+    --no-train         fail, listing them, when job results are missing instead of training them
+    --retrain          discard the stored results of this figure's jobs and train them again
     --smoke            (hidden) seconds-long sizes, for the tests
 
-and writes DIR/<name>.json (the numbers, the config, seeds, backend, the command, the date) and
-DIR/<name>.png, each atomically.  Errors end with a one-line message and exit status 2.
+Errors end with a one-line message and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import platform
 import shlex
@@ -127,3 +141,148 @@ def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dic
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------------------------------------- experiments as jobs
+@dataclass(frozen=True)
+class Experiment:
+    """One figure's computation: configs per mode, its jobs, the analysis of their results, the plot."""
+    name: str
+    description: str
+    modes: dict                       # "full" | "quick" | "smoke" -> frozen config dataclass
+    jobs: object                      # (cfg, seed, backend) -> {name: Job}
+    analyse: object                   # (ctx, cfg, results {name: JobResult}) -> dict
+    plot: object                      # (data) -> Figure
+    add_arguments: object = None      # optional (parser) -> None: extra flags
+    configure: object = None          # optional (cfg, args) -> cfg: apply those flags
+
+    def config(self, mode: str, args=None):
+        cfg = self.modes[mode]
+        return self.configure(cfg, args) if (self.configure is not None and args is not None) else cfg
+
+
+def deviations(cfg, full) -> list[str]:
+    """The fields where ``cfg`` differs from ``full``, as "field = value (paper: value)" lines."""
+    out = []
+    for f in dataclasses.fields(full):
+        a, b = getattr(cfg, f.name), getattr(full, f.name)
+        if a != b:
+            out.append(f"{f.name} = {_fmt(a)} (paper: {_fmt(b)})")
+    return out
+
+
+def _fmt(v):
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def experiment_parser(exp: Experiment) -> argparse.ArgumentParser:
+    p = figure_parser(exp.name, exp.description)
+    p.set_defaults(out=None)
+    for a in p._actions:
+        if a.dest == "out":
+            a.help = "output directory (default figures/ for --quick, figures/full/ for the full size)"
+    p.add_argument("--scheduler", default=None,
+                   help="address of a running Dask scheduler (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local cluster size (default: one single-threaded worker per core); 0: no Dask, run here")
+    p.add_argument("--store", default=None, help="job store directory (default OUT/jobs, or OUT/.cache/jobs "
+                                                 "for --quick)")
+    p.add_argument("--no-train", action="store_true", help="fail instead of training missing job results")
+    p.add_argument("--retrain", action="store_true", help="train this figure's jobs again, ignoring stored results")
+    if exp.add_arguments is not None:
+        exp.add_arguments(p)
+    return p
+
+
+def mode_of(args) -> str:
+    return "smoke" if getattr(args, "smoke", False) else ("quick" if args.quick else "full")
+
+
+def default_out(mode: str) -> Path:
+    return Path("figures") if mode != "full" else Path("figures") / "full"
+
+
+def default_store(out: Path, mode: str) -> Path:
+    return out / "jobs" if mode == "full" else out / ".cache" / "jobs"
+
+
+def figure_jobs(exp: Experiment, args, backend: str) -> dict:
+    """{name: Job} of ``exp`` under the parsed flags, labelled "<figure>/<name>"."""
+    cfg = exp.config(mode_of(args), args)
+    jobs = exp.jobs(cfg, args.seed, backend)
+    return {k: dataclasses.replace(j, label=f"{exp.name}/{k}") for k, j in jobs.items()}
+
+
+def run_experiment(exp: Experiment, argv=None) -> int:
+    """Parse flags, run the jobs and the analysis (unless --replot), write JSON then PNG atomically."""
+    parser = experiment_parser(exp)
+    args = parser.parse_args(argv)
+    mode = mode_of(args)
+    try:
+        if args.workers is not None and args.workers < 0:
+            raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
+        out = ensure_writable_dir(args.out if args.out is not None else default_out(mode))
+        json_path, png_path = out / f"{exp.name}.json", out / f"{exp.name}.png"
+        if args.replot:
+            data = read_json(json_path)
+        else:
+            from ..jobs import cost_summary, run_jobs
+            backend = args.backend or ("fast" if fast_available() else "ref")
+            ops, xp = resolve_backend(backend)
+            cfg = exp.config(mode, args)
+            jobs = figure_jobs(exp, args, backend)
+            store = Path(args.store) if args.store else default_store(out, mode)
+            t0 = time.perf_counter()
+            workers = args.workers
+            if workers is None and mode == "smoke" and args.scheduler is None:
+                workers = 0             # seconds-long test sizes: a cluster would cost more than the jobs
+            by_key = run_jobs(list(jobs.values()), store, scheduler=args.scheduler, workers=workers,
+                              train=not args.no_train, retrain=args.retrain, progress=not args.no_progress)
+            results = {k: by_key[j.key] for k, j in jobs.items()}
+            ctx = Context(name=exp.name, quick=mode != "full", seed=args.seed, out=out, backend=backend, ops=ops,
+                          xp=xp, progress=not args.no_progress, args=args)
+            data = exp.analyse(ctx, cfg, results)
+            cost = cost_summary(results.values())
+            full = exp.modes["full"]
+            data = {"figure": exp.name, **data,
+                    "config": {"mode": mode, "values": dataclasses.asdict(cfg),
+                                   "deviations": deviations(cfg, full) if mode != "full" else [],
+                                   "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
+                                   "store": _relative(store)},
+                    "cost": {"cpu_hours": cost["cpu_hours"],
+                             "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
+                    "seed": args.seed, "quick": mode != "full", "backend": backend,
+                    "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",
+                                                                  *(sys.argv[1:] if argv is None else argv)]),
+                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": f"{platform.machine()} {platform.system()} python {platform.python_version()}",
+                    "seconds": round(time.perf_counter() - t0, 1)}
+            write_json(json_path, data)
+        import matplotlib
+        matplotlib.use("Agg")
+        fig = exp.plot(data)
+        save_figure(fig, png_path, dpi=130, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FloatingPointError, RuntimeError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written for this figure (finished jobs stay in the store)", file=sys.stderr)
+        return 130
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -10,63 +10,53 @@ approach least squares.  ``depth_check`` in the JSON records, for each consecuti
 whether the deeper model's mean loss is no worse than the shallower one's within the seed spread
 (the larger of the two std's over seeds).
 
-Configurations (recorded in the JSON, deviations listed):
-
-* full: n = 10, T = 50, depths 1, 2, 4, 6, the official model (4 heads, key size 20, clip 1.5, init
-  std 0.0002), AdamW lr 3e-4, 1000 warm-up steps, cosine to 1e-5 at 20000, batch 256, 20000 steps;
-  evaluation seeds 1, 11, 111, 1111, 11111 x 256; tuning batch 512.
-* quick: n = 6, T = 30, depths 1, 2, 4, 2 heads of key size 6, init std 0.02, batch 64, 300 steps,
-  lr 3e-3 with 30 warm-up steps and cosine decay to 3e-4; evaluation seeds 1, 11, 111 x 128;
-  tuning batch 256.
+Configurations: ``FULL`` is the paper's setup (n = 10, T = 50, depths 1, 2, 4, 6, the official model: 4 heads,
+key size 20, clip 1.5, init std 0.0002; AdamW lr 3e-4, 1000 warm-up steps, cosine to 1e-5 at 20000, batch 256,
+20000 steps; evaluation seeds 1, 11, 111, 1111, 11111 x 256; tuning batch 512).  ``QUICK`` (CPU, a minute)
+shrinks it; the JSON lists every field where it differs from ``FULL``.  The six-layer job is also figure 4's
+deep linear model (the same job, trained once).
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..train import TrainConfig
-from .common import plot_per_step, run_figure
-from .dynamics import (EVAL_SEEDS, LinearTask, eval_batches, evaluate_models, ratio_after, train_cached,
-                       tune_baselines, tune_k_step)
+from ..jobs import Job
+from .common import Experiment, plot_per_step, run_experiment
+from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
+                       trained_model, tune_baselines, tune_k_step)
 
 NAME = "fig3_depth"
 
 
-def setup(ctx):
-    seed = ctx.seed
-    if getattr(ctx.args, "smoke", False):
-        n, T = 3, 12
-        base = ModelConfig(layers=("linear",), heads=1, width=4 * n, key_size=n, input_dim=n, output_dim=n,
-                           init_std=0.05)
-        tcfg = TrainConfig(steps=10, batch=16, lr=3e-3, warmup_steps=2, decay_steps=10, final_lr=3e-4,
-                           eval_every=10, test_batches=1, checkpoint_every=1000, seed=seed)
-        return base, tcfg, LinearTask(n=n, T=T), (1, 2), EVAL_SEEDS[:2], 16, 32, ["smoke test sizes"]
-    if ctx.quick:
-        n, T = 6, 30
-        base = ModelConfig(layers=("linear",), heads=2, width=4 * n, key_size=6, input_dim=n, output_dim=n,
-                           init_std=0.02)
-        tcfg = TrainConfig(steps=300, batch=64, lr=3e-3, warmup_steps=30, decay_steps=300, final_lr=3e-4,
-                           eval_every=100, test_batches=2, checkpoint_every=1000, seed=seed)
-        dev = ["n = 6, T = 30 (paper 10, 50)", "depths 1, 2, 4 (paper 1, 2, 4, 6)",
-               "2 heads, key size 6 (paper 4, 20)", "init std 0.02 (paper 0.0002)",
-               "batch 64, 300 steps (paper 256, 20000)",
-               "lr 3e-3, 30 warm-up steps, cosine to 3e-4 at 300 (paper 3e-4, 1000, 1e-5 at 20000)",
-               "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"]
-        return base, tcfg, LinearTask(n=n, T=T), (1, 2, 4), EVAL_SEEDS[:3], 128, 256, dev
-    return (ModelConfig(layers=("linear",)), TrainConfig(steps=20000, seed=seed), LinearTask(), (1, 2, 4, 6),
-            EVAL_SEEDS, 256, 512, [])
+@dataclass(frozen=True)
+class DepthConfig(DynamicsConfig):
+    depths: tuple = (1, 2, 4, 6)
 
 
-def compute(ctx) -> dict:
-    base, tcfg, task, depths, seeds, B, Btune, dev = setup(ctx)
-    trained, metrics = {}, {}
-    for L in depths:
-        cfg = base.replace(layers=("linear",) * L)
-        model, params, m = train_cached(ctx, cfg, task, tcfg, f"linear_L{L}")
-        trained[f"linear_L{L}"] = (model, params)
-        metrics[f"linear_L{L}"] = m
-    tune = task.batch(ctx.rng(7), Btune, np.float64)
+FULL = DepthConfig()
+QUICK = dataclasses.replace(FULL, n=6, T=30, depths=(1, 2, 4), heads=2, key_size=6, init_std=0.02, batch=64, steps=300,
+                            lr=3e-3, warmup_steps=30, decay_steps=300, final_lr=3e-4, test_batches=2,
+                            checkpoint_every=1000, eval_seeds=EVAL_SEEDS[:3], eval_batch=128, tune_batch=256)
+SMOKE = dataclasses.replace(FULL, n=3, T=12, depths=(1, 2), heads=1, key_size=3, init_std=0.05, batch=16, steps=10,
+                            lr=3e-3, warmup_steps=2, decay_steps=10, final_lr=3e-4, eval_every=10, test_batches=1,
+                            checkpoint_every=1000, eval_seeds=EVAL_SEEDS[:2], eval_batch=16, tune_batch=32)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def jobs(cfg: DepthConfig, seed: int, backend: str) -> dict:
+    """One linear-attention model per depth: ``linear_L<L>``."""
+    return {f"linear_L{L}": Job(cfg.model_config(("linear",) * L), cfg.linear_task(), cfg.train_config(seed), backend)
+            for L in cfg.depths}
+
+
+def analyse(ctx, cfg: DepthConfig, results) -> dict:
+    depths, task, seeds, B = cfg.depths, cfg.linear_task(), cfg.eval_seeds, cfg.eval_batch
+    trained = {k: trained_model(ctx, r) for k, r in results.items()}
+    metrics = {k: train_summary(r) for k, r in results.items()}
+    tune = task.batch(ctx.rng(7), cfg.tune_batch, np.float64)
     tuned = tune_baselines(task, tune)
     baselines = ["gd"]
     for L in depths:
@@ -84,10 +74,7 @@ def compute(ctx) -> dict:
         checks.append({"shallower": a, "deeper": b, "loss_shallower": out["final_loss"][a],
                        "loss_deeper": out["final_loss"][b], "tolerance": tol,
                        "deeper_no_worse": bool(out["final_loss"][b] <= out["final_loss"][a] + tol)})
-    config = {"model_base": base.to_dict(), "depths": list(depths),
-              "train": {k: getattr(tcfg, k) for k in tcfg.__dataclass_fields__}, "task": task.to_dict(),
-              "eval_seeds": list(seeds), "eval_batch": B, "tune_batch": Btune, "deviations": dev}
-    return {"config": config, "train_metrics": metrics, "tuned": tuned, **out, "depth_check": checks,
+    return {"train_metrics": metrics, "tuned": tuned, **out, "depth_check": checks,
             "ratio_to_lsq_t10": {k: ratio_after(out["per_step_loss"], k, "lsq") for k in names},
             "notes": "per_step_loss[m][t-1]: loss at time t (sum over sequences and dims / (2B)), mean over the "
                      "evaluation seeds; per_step_spread: std over seeds; final_loss: mean over t; final_spread: "
@@ -132,6 +119,9 @@ def plot(data):
     return fig
 
 
+EXPERIMENT = Experiment(NAME, "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD "
+                        "baselines", MODES, jobs, analyse, plot)
+
+
 def main(argv=None) -> int:
-    desc = "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD baselines"
-    return run_figure(NAME, compute, plot, desc, argv=argv)
+    return run_experiment(EXPERIMENT, argv)

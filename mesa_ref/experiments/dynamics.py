@@ -1,5 +1,5 @@
-"""Shared pieces of the dynamics figures (fig1, fig2, fig3, fig7): tasks with their baseline inputs,
-training with a parameter cache, and the [P3] per-time-step evaluation against the [A1]-[A5] baselines.
+"""Shared pieces of the dynamics figures (fig1, fig2, fig3, fig7): the config fields they share (with the
+paper's values as defaults) and the [P3] per-time-step evaluation against the [A1]-[A5] baselines.
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 
@@ -13,127 +13,76 @@ Shapes: B batch, T time, n state size, m observation size, k history length ([T3
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .. import solvers
 from ..analysis import per_step_summary
 from ..config import ModelConfig
-from ..runio import load_checkpoint, save_checkpoint, atomic_write_bytes, _to_jsonable
-from ..train import DynamicsTask, TrainConfig, train
+from ..ops._common import to_host
+from ..tasks import LinearTask, NonlinearTask, PartialTask  # noqa: F401  (re-exported)
+from ..train import TrainConfig
 
 #: the official evaluation seeds (their notebook)
 EVAL_SEEDS = (1, 11, 111, 1111, 11111)
 
 
-# ---------------------------------------------------------------------------------------------- tasks
-class LinearTask(DynamicsTask):
-    """[T1] with [T2] constructed tokens (or raw states); baselines regress s_{t'} on s_{t'-1}."""
-
-    name = "T1"
-
-    def baseline_inputs(self, x):
-        """(s (B, T, n), feats or None) for ``mesa_ref.solvers``."""
-        x = np.asarray(x)
-        s = x[..., self.n:2 * self.n] if self.tokens == "constructed" else x
-        return np.ascontiguousarray(s), None
-
-
+# ---------------------------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
-class PartialTask:
-    """[T3] partially observed linear dynamics: tokens = last k observations (B, T, k*m), target o_{t+1}.
-    Baselines: ridge regression of o_{t'} on the history token of t'-1 (``feats`` = the tokens)."""
-    n: int = 10
-    m: int = 10
-    k: int = 4
-    T: int = 50
-    sigma: float = 0.01
-    obs_sigma: float = 0.0
-    name = "T3"
+class DynamicsConfig:
+    """The fields every dynamics figure's config shares; the defaults are the paper's (docs/experiments.md)."""
+    n: int = 10                    # state size
+    T: int = 50                    # sequence length
+    sigma: float = 0.01            # transition noise
+    heads: int = 4
+    key_size: int = 20
+    init_std: float = 0.0002       # N(0, init_std^2) weights
+    clip: float | None = 1.5       # activation clipping after every block
+    batch: int = 256
+    steps: int = 20000
+    lr: float = 3e-4               # peak learning rate (AdamW)
+    warmup_steps: int = 1000
+    decay_steps: int = 20000       # cosine decay reaches final_lr here
+    final_lr: float = 1e-5
+    weight_decay: float = 0.05
+    eval_every: int = 100          # test loss every this many steps
+    test_batches: int = 10
+    checkpoint_every: int = 500
+    eval_seeds: tuple = EVAL_SEEDS  # one evaluation batch per seed
+    eval_batch: int = 256
+    tune_batch: int = 512          # the batch the baselines' eta and lam are tuned on
 
-    def batch(self, rng, batch: int, dtype=np.float32):
-        from ..data import partially_observed_batch
-        return partially_observed_batch(rng, batch, T=self.T, n=self.n, m=self.m, k=self.k, sigma=self.sigma,
-                                        obs_sigma=self.obs_sigma, dtype=dtype)
+    def train_config(self, seed: int, **changes) -> TrainConfig:
+        f = dict(steps=self.steps, batch=self.batch, lr=self.lr, warmup_steps=self.warmup_steps,
+                 decay_steps=self.decay_steps, final_lr=self.final_lr, weight_decay=self.weight_decay,
+                 eval_every=self.eval_every, test_batches=self.test_batches, checkpoint_every=self.checkpoint_every,
+                 seed=seed)
+        f.update(changes)
+        return TrainConfig(**f)
 
-    def baseline_inputs(self, x):
-        x = np.asarray(x)
-        return np.ascontiguousarray(x[..., :self.m]), np.ascontiguousarray(x)
+    def model_config(self, layers, **changes) -> ModelConfig:
+        """A model on [T2] constructed tokens of this config's state size."""
+        f = dict(layers=tuple(layers), heads=self.heads, width=4 * self.n, key_size=self.key_size,
+                 input="constructed", input_dim=self.n, output_dim=self.n, init_std=self.init_std, clip=self.clip)
+        f.update(changes)
+        return ModelConfig(**f)
 
-    def to_dict(self):
-        return {"name": "partially_observed", **dataclasses.asdict(self)}
-
-
-@dataclass(frozen=True)
-class NonlinearTask:
-    """[T4] nonlinear dynamics s_{t+1} = W* phi(s_t) + eps with [T2] constructed tokens.  Baselines:
-    ridge on the true features phi(s) (``feats``, an oracle the model does not have) and, under the
-    name ``lsq_linear``, ridge on the raw states."""
-    n: int = 10
-    T: int = 50
-    sigma: float = 0.01
-    mlp_seed: int = 0
-    name = "T4"
-
-    def batch(self, rng, batch: int, dtype=np.float32):
-        from ..data import mlp_params, nonlinear_batch
-        A, Bm = mlp_params(self.mlp_seed, self.n)
-        return nonlinear_batch(rng, batch, T=self.T, n=self.n, sigma=self.sigma, A=A, Bm=Bm, dtype=dtype)
-
-    def baseline_inputs(self, x):
-        from ..data import mlp_features, mlp_params
-        x = np.asarray(x)
-        s = np.ascontiguousarray(x[..., self.n:2 * self.n])
-        A, Bm = mlp_params(self.mlp_seed, self.n)
-        return s, mlp_features(s, A, Bm)
-
-    def to_dict(self):
-        return {"name": "nonlinear_dynamics", **dataclasses.asdict(self)}
+    def linear_task(self) -> LinearTask:
+        return LinearTask(n=self.n, T=self.T, sigma=self.sigma)
 
 
-# ---------------------------------------------------------------------------------------------- training
-def _key(record: dict) -> str:
-    blob = json.dumps(_to_jsonable(record), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def trained_model(ctx, result):
+    """(model bound to the run's ops, params) of a finished job's result."""
+    from ..config import ModelConfig as _MC
+    cfg = _MC.from_dict({**result.record["model"], "layers": tuple(result.record["model"]["layers"])})
+    return ctx.model(cfg), result.params
 
 
-def train_cached(ctx, cfg: ModelConfig, task, tcfg: TrainConfig, tag: str, *, cache: bool = True):
-    """Train ``ctx.model(cfg)`` on ``task`` (mesa_ref.train.train, float32), or load the parameters a
-    previous run with the same full configuration (model, training, task, backend) left in
-    ``ctx.out/.cache/<tag>-<hash>.npz`` (written atomically; the record is compared on load, so a
-    hash collision cannot return the wrong model).  Returns (model, params (NumPy), metrics)."""
-    model = ctx.model(cfg)
-    record = {"model": cfg.to_dict(), "train": dataclasses.asdict(tcfg), "task": task.to_dict(),
-              "backend": ctx.backend, "dtype": "float32"}
-    record = json.loads(json.dumps(_to_jsonable(record)))
-    path = Path(ctx.out) / ".cache" / f"{tag}-{_key(record)}.npz"
-    if cache and path.exists():
-        try:
-            arrays, meta = load_checkpoint(path)
-            if meta.get("record") == record:
-                return model, arrays, meta["metrics"]
-        except Exception:  # an unreadable cache entry is simply recomputed
-            pass
-    res = train(model, task, tcfg, None, progress=ctx.progress, dtype=np.float32, xp=ctx.xp)
-    params = {k: _host(v) for k, v in res.params.items()}
-    metrics = {k: v for k, v in res.metrics.items() if k in ("step", "test_loss", "final_test_loss",
-                                                                 "initial_test_loss", "seconds")}
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ign = path.parent / ".gitignore"
-        if not ign.exists():
-            atomic_write_bytes(ign, b"# trained-parameter cache of the figure scripts\n*\n")
-        save_checkpoint(path, params, {"record": record, "metrics": metrics})
-    return model, params, metrics
-
-
-def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+def train_summary(result) -> dict:
+    """The learning curve and final loss of a job's result, for the figure JSON."""
+    m = result.metrics
+    return {k: m[k] for k in ("step", "test_loss", "final_test_loss", "initial_test_loss", "seconds") if k in m}
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -154,7 +103,7 @@ def model_predictions(ctx, model, params, batches):
     preds = []
     for x, _ in batches:
         y, _ = model.forward(p, xp.asarray(np.asarray(x, np.float32)))
-        preds.append(np.asarray(_host(y), np.float64))
+        preds.append(np.asarray(to_host(y), np.float64))
     return preds
 
 

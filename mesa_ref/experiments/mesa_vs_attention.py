@@ -17,21 +17,16 @@ JSON layout: ``tasks`` maps "T1", "T3", "T4" to {per_step_loss, per_step_spread,
 final_spread, tuned, ...}; the top-level ``per_step_loss``/``final_loss``/``per_step_spread`` are
 [T1]'s (method -> list of T floats / float), so the [T1] curves are where the figure contract looks.
 
-Configurations (recorded in the JSON, deviations listed):
-
-* both: activation clipping off (official 1.5): the clip also clips the read-out prediction, and about
-  1% of the [T1] state entries exceed 1.5, so with the clip even the exact ridge construction in a
-  mesa layer scores 1.36x least squares over t >= 10 (1.00x without; measured on the quick sizes).
-* full: n = 10, T = 50, every task with L = 1 and 2 of each kind, 4 heads, key size 20,
-  init std 0.0002, AdamW lr 3e-4 (4e-4 for mesa), 1000 warm-up steps, cosine to 1e-5 at 20000,
-  batch 256, 20000 steps; [T3] m = 5, k = 4; evaluation seeds 1, 11, 111, 1111, 11111 x 256.
-* quick: n = 6, T = 30, one head of key size 6 (the mesa-layer needs d >= n), batch 64, init std 0.02 for
-  the attention models and the paper's 0.0002 for the mesa models; [T1] all six models, [T3] and [T4] the
-  one-layer models only; attention models 300 steps at lr 3e-3 (30 warm-up steps, cosine to 3e-5);
-  mesa models lr 3e-3 (10% warm-up, cosine to 3e-6), lam initialised to 1e-3 (paper 1), no weight decay,
-  lam's parameter stepping at 30x the learning rate (``TrainConfig.lr_scale``), 20000 steps for the [T1]
-  one-layer model (the one the figure's claim is about) and 3000 for the others; [T3] m = 3, k = 4;
-  evaluation seeds 1, 11, 111 x 128; tuning batch 256.
+Configurations: ``FULL`` is the paper's setup: n = 10, T = 50, every task with L = 1 and 2 of each kind, 4 heads,
+key size 20, init std 0.0002, AdamW lr 3e-4 (4e-4 for mesa), 1000 warm-up steps, cosine to 1e-5 at 20000,
+batch 256, 20000 steps; [T3] m = 5, k = 4; evaluation seeds 1, 11, 111, 1111, 11111 x 256; except, in every mode,
+activation clipping off (official 1.5): the clip also clips the read-out prediction, and about 1% of the [T1]
+state entries exceed 1.5, so with the clip even the exact ridge construction in a mesa layer scores 1.36x
+least squares over t >= 10 (1.00x without; measured on the quick sizes).  ``QUICK`` shrinks the sizes (one
+head of key size 6: the mesa-layer needs d >= n), trains [T3] and [T4] one-layer models only, and gives the
+mesa models the recipe below (lr 3e-3 with 10% warm-up and cosine to 3e-6, lam initialised to 1e-3, no weight
+decay, lam's parameter stepping at 30x the learning rate, 20000 steps for the [T1] one-layer model and 3000
+for the others); the JSON lists every field where it differs from ``FULL``.
 
 Why the mesa recipe (measured on the quick sizes, float32, [T1] one-layer model; "ratio" = mean_{t>=10}
 model / least squares): with the first quick recipe (600 steps at lr 1e-2, one rate for every parameter)
@@ -53,13 +48,15 @@ the layer scores 1.00x least squares.
 from __future__ import annotations
 
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..config import ModelConfig
-from ..train import TrainConfig
-from .common import plot_per_step, run_figure
-from .dynamics import (EVAL_SEEDS, LinearTask, NonlinearTask, PartialTask, eval_batches, evaluate_models,
-                       ratio_after, train_cached, tune_baselines)
+from ..jobs import Job
+from .common import Experiment, plot_per_step, run_experiment
+from .dynamics import (EVAL_SEEDS, DynamicsConfig, LinearTask, NonlinearTask, PartialTask, eval_batches,
+                       evaluate_models, ratio_after, train_summary, trained_model, tune_baselines)
 
 NAME = "fig7_mesa_vs_attention"
 KINDS = ("mesa", "linear", "softmax")
@@ -69,91 +66,96 @@ CLIP_NOTE = ("activation clipping off (paper 1.5): the clip also clips the predi
              "clip, 1.00x without)")
 
 
-def setup(ctx):
-    """(task specs: [(task name, task, base model config, [(model name, config, train config)])], eval seeds,
-    eval batch, tune batch, deviations)."""
-    seed = ctx.seed
-    smoke = getattr(ctx.args, "smoke", False)
-    if smoke or ctx.quick:
-        n, T = (3, 12) if smoke else (6, 30)
-        m, k = (2, 2) if smoke else (3, 4)
-        B, steps = (16, 10) if smoke else (64, 300)
+@dataclass(frozen=True)
+class MesaVsAttentionConfig(DynamicsConfig):
+    clip: float | None = None                # our choice in every mode (CLIP_NOTE)
+    m: int = 5                               # [T3] observation size
+    k: int = 4                               # [T3] history length per token
+    depths: tuple = (("T1", (1, 2)), ("T3", (1, 2)), ("T4", (1, 2)))   # task -> numbers of layers
+    mesa_init_std: float = 0.0002
+    mesa_lam_init: float = 1.0               # [M1] initial lam (every model config carries it)
+    mesa_steps: int = 20000
+    mesa_steps_t1_l1: int = 20000            # the [T1] one-layer mesa model, the one the claim is about
+    mesa_lr: float = 4e-4
+    mesa_warmup_frac: float = 0.05           # warm-up steps = this fraction of the run
+    mesa_final_lr: float = 1e-5
+    mesa_weight_decay: float = 0.05
+    mesa_lam_lr_factor: float = 1.0          # lam's parameter steps with lr * this factor
 
-        def tc(mesa, long=False):
-            if mesa:   # see the module docstring: the [T1] one-layer mesa model gets the paper's step count
-                s = 10 if smoke else (20000 if long else 3000)
-                lr, final, scale = 3e-3, 3e-6, (("lam_raw", 30.0),)
-            else:
-                s, lr, final, scale = steps, 3e-3, 3e-5, ()
-            return TrainConfig(steps=s, batch=B, lr=lr, warmup_steps=max(1, s // 10), decay_steps=s,
-                               final_lr=final, weight_decay=0.0 if mesa else 0.05, lr_scale=scale,
-                               eval_every=max(1, s // 3), test_batches=1 if smoke else 2,
-                               checkpoint_every=10 ** 6, seed=seed)
-        mk = dict(heads=1, key_size=n, init_std=0.02, mesa_lam_init=1e-3, clip=None)
-        init_mesa = 2e-4
-        depths = {"T1": (1, 2), "T3": (1,), "T4": (1,)}
-        seeds, Be, Bt = (EVAL_SEEDS[:2], 16, 32) if smoke else (EVAL_SEEDS[:3], 128, 256)
-        dev = ["smoke test sizes"] if smoke else [
-            "n = 6, T = 30 (paper 10, 50)", "1 head, key size 6 (paper 4, 20)",
-            "init std 0.02 for attention models (paper 0.0002; mesa models keep 0.0002)",
-            "[T3]/[T4]: one-layer models only (paper 1 and 2 layers)",
-            "batch 64 (paper 256); attention models 300 steps at lr 3e-3, warm-up 30, cosine to 3e-5 "
-            "(paper 20000 steps at 3e-4, warm-up 1000, cosine to 1e-5)",
-            "mesa models: lr 3e-3, warm-up 10%, cosine to 3e-6; 20000 steps for the [T1] one-layer model "
-            "(the paper's count), 3000 for the others (paper 20000 at 4e-4)",
-            "mesa models: lam's parameter steps with 30x the learning rate (paper: one rate), lam initialised to "
-            "1e-3 (paper 1), no weight decay (paper 0.05)",
-            "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"] + [CLIP_NOTE]
-    else:
-        n, T, m, k = 10, 50, 5, 4
 
-        def tc(mesa, long=False):
-            return TrainConfig(steps=20000, lr=4e-4 if mesa else 3e-4, seed=seed)
-        mk = dict(heads=4, key_size=20, clip=None)
-        init_mesa = ModelConfig.init_std
-        depths = {"T1": (1, 2), "T3": (1, 2), "T4": (1, 2)}
-        seeds, Be, Bt, dev = EVAL_SEEDS, 256, 512, [CLIP_NOTE]
-    con = dict(input="constructed", width=4 * n, input_dim=n, output_dim=n)
-    tasks = [("T1", LinearTask(n=n, T=T), ModelConfig(**con, **mk)),
-             ("T3", PartialTask(n=n, m=m, k=k, T=T),
-              ModelConfig(input="embed", width=4 * n, input_dim=k * m, output_dim=m, **mk)),
-             ("T4", NonlinearTask(n=n, T=T), ModelConfig(**con, **mk))]
-    specs = []
-    for tname, task, base in tasks:
-        models = []
-        for L in depths[tname]:
+FULL = MesaVsAttentionConfig()
+QUICK = dataclasses.replace(
+    FULL, n=6, T=30, m=3, k=4, heads=1, key_size=6, init_std=0.02, mesa_lam_init=1e-3, batch=64, steps=300, lr=3e-3,
+    warmup_steps=30, decay_steps=300, final_lr=3e-5, test_batches=2, checkpoint_every=10 ** 6,
+    depths=(("T1", (1, 2)), ("T3", (1,)), ("T4", (1,))), mesa_steps=3000, mesa_steps_t1_l1=20000, mesa_lr=3e-3,
+    mesa_warmup_frac=0.1, mesa_final_lr=3e-6, mesa_weight_decay=0.0, mesa_lam_lr_factor=30.0,
+    eval_seeds=EVAL_SEEDS[:3], eval_batch=128, tune_batch=256)
+SMOKE = dataclasses.replace(
+    QUICK, n=3, T=12, m=2, k=2, key_size=3, batch=16, steps=10, warmup_steps=1, decay_steps=10, eval_every=5,
+    test_batches=1, mesa_steps=10, mesa_steps_t1_l1=10, eval_seeds=EVAL_SEEDS[:2], eval_batch=16, tune_batch=32)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def tasks(cfg: MesaVsAttentionConfig) -> dict:
+    """task name -> (task, base model config)."""
+    n = cfg.n
+    base = cfg.model_config(("linear",), mesa_lam_init=cfg.mesa_lam_init)
+    return {"T1": (LinearTask(n=n, T=cfg.T, sigma=cfg.sigma), base),
+            "T3": (PartialTask(n=n, m=cfg.m, k=cfg.k, T=cfg.T, sigma=cfg.sigma),
+                   base.replace(input="embed", input_dim=cfg.k * cfg.m, output_dim=cfg.m)),
+            "T4": (NonlinearTask(n=n, T=cfg.T, sigma=cfg.sigma), base)}
+
+
+def train_config(cfg: MesaVsAttentionConfig, kind: str, long: bool, seed: int):
+    if kind != "mesa":
+        return cfg.train_config(seed)
+    s = cfg.mesa_steps_t1_l1 if long else cfg.mesa_steps
+    scale = (("lam_raw", cfg.mesa_lam_lr_factor),) if cfg.mesa_lam_lr_factor != 1.0 else ()
+    return cfg.train_config(seed, steps=s, lr=cfg.mesa_lr, warmup_steps=max(1, int(round(s * cfg.mesa_warmup_frac))),
+                            decay_steps=s, final_lr=cfg.mesa_final_lr, weight_decay=cfg.mesa_weight_decay,
+                            lr_scale=scale)
+
+
+def jobs(cfg: MesaVsAttentionConfig, seed: int, backend: str) -> dict:
+    """``<task>/<kind>_L<L>`` for every task, depth and attention kind."""
+    out = {}
+    specs = tasks(cfg)
+    for tname, depths in cfg.depths:
+        task, base = specs[tname]
+        for L in depths:
             for kind in KINDS:
-                cfg = base.replace(layers=(kind,) * L, pos_enc=(kind == "softmax" and base.input == "embed"),
-                                   init_std=init_mesa if kind == "mesa" else base.init_std)
-                models.append((f"{kind}_L{L}", cfg, tc(kind == "mesa", long=(tname == "T1" and L == 1))))
-        specs.append((tname, task, base, models))
-    return specs, seeds, Be, Bt, dev
+                mcfg = base.replace(layers=(kind,) * L, pos_enc=(kind == "softmax" and base.input == "embed"),
+                                    init_std=cfg.mesa_init_std if kind == "mesa" else base.init_std)
+                tcfg = train_config(cfg, kind, tname == "T1" and L == 1, seed)
+                out[f"{tname}/{kind}_L{L}"] = Job(mcfg, task, tcfg, backend)
+    return out
 
 
-def compute(ctx) -> dict:
-    specs, seeds, B, Btune, dev = setup(ctx)
-    tasks, config = {}, {"eval_seeds": list(seeds), "eval_batch": B, "tune_batch": Btune, "deviations": dev,
-                         "tasks": {}}
-    for tname, task, base, models in specs:
+def analyse(ctx, cfg: MesaVsAttentionConfig, results) -> dict:
+    seeds, B = cfg.eval_seeds, cfg.eval_batch
+    out_tasks = {}
+    specs = tasks(cfg)
+    for tname, _ in cfg.depths:
+        task = specs[tname][0]
+        names = [k.split("/", 1)[1] for k in results if k.startswith(tname + "/")]
         trained, metrics, lams = {}, {}, {}
-        for name, cfg, tcfg in models:
-            model, params, mt = train_cached(ctx, cfg, task, tcfg, f"{tname}_{name}")
+        for name in names:
+            r = results[f"{tname}/{name}"]
+            model, params = trained_model(ctx, r)
             trained[name] = (model, params)
-            metrics[name] = mt
+            metrics[name] = train_summary(r)
             if name.startswith("mesa"):
-                lams[name] = [np.asarray(model.mesa_lam(params, i)).tolist() for i in range(len(cfg.layers))]
-        tune = task.batch(ctx.rng(7, int(tname[1:])), Btune, np.float64)
+                lams[name] = [np.asarray(model.mesa_lam(params, i)).tolist() for i in range(len(model.config.layers))]
+        tune = task.batch(ctx.rng(7, int(tname[1:])), cfg.tune_batch, np.float64)
         tuned = tune_baselines(task, tune)
         baselines = ["gd", "lsq"] + (["lsq_linear"] if "lam_linear" in tuned else [])
         batches = eval_batches(ctx, task, seeds, B)
         out = evaluate_models(ctx, task, trained, batches, tuned, baselines)
-        out["ratio_to_lsq_t10"] = {name: ratio_after(out["per_step_loss"], name, "lsq") for name, _, _ in models}
-        tasks[tname] = {**out, "tuned": tuned, "train_metrics": metrics, "mesa_lam": lams}
-        config["tasks"][tname] = {"task": task.to_dict(), "models": {name: {"model": cfg.to_dict(), "train": {
-            f: getattr(tc, f) for f in tc.__dataclass_fields__}} for name, cfg, tc in models}}
-    t1 = tasks["T1"]
-    return {"config": config, "per_step_loss": t1["per_step_loss"], "per_step_spread": t1["per_step_spread"],
-            "final_loss": t1["final_loss"], "tasks": tasks,
+        out["ratio_to_lsq_t10"] = {name: ratio_after(out["per_step_loss"], name, "lsq") for name in names}
+        out_tasks[tname] = {**out, "tuned": tuned, "train_metrics": metrics, "mesa_lam": lams}
+    t1 = out_tasks["T1"]
+    return {"choices": [CLIP_NOTE], "per_step_loss": t1["per_step_loss"], "per_step_spread": t1["per_step_spread"],
+            "final_loss": t1["final_loss"], "tasks": out_tasks,
             "mesa_vs_lsq_ratio_t10": ratio_after(t1["per_step_loss"], "mesa_L1", "lsq"),
             "mesa_vs_linear_ratio_t10": ratio_after(t1["per_step_loss"], "mesa_L1", "linear_L1"),
             "notes": "top-level per_step_loss/final_loss are task [T1]'s; tasks[<T>] holds every task. "
@@ -195,6 +197,9 @@ def plot(data):
     return fig
 
 
+EXPERIMENT = Experiment(NAME, "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least "
+                        "squares", MODES, jobs, analyse, plot)
+
+
 def main(argv=None) -> int:
-    desc = "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least squares"
-    return run_figure(NAME, compute, plot, desc, argv=argv)
+    return run_experiment(EXPERIMENT, argv)

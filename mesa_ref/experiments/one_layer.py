@@ -10,95 +10,81 @@ fig2_one_layer_gd [P3] per-time-step loss of the trained model against [A1] one 
                   [A3] tuned ridge regression; plus the [A5] interpolation from the trained weights to
                   their cleaned reading and to their GD component.
 
-Both scripts train the same model (same config and seed); the trained parameters are cached in
-``OUT/.cache/`` keyed by the full configuration (``dynamics.train_cached``), so running fig1 then fig2
-trains once (the cache directory carries its own ``.gitignore``).
+Both figures analyse the same job (``jobs``): the content-addressed job store holds its trained parameters,
+so running fig1 then fig2 trains once.
 
-Configurations (every deviation from the paper's is recorded in the JSON's ``config.deviations``):
-
-* full: n = 10, T = 50, one layer, 4 heads, key size 20, init std 0.0002, AdamW lr 3e-4 with 1000
-  warm-up steps and cosine decay to 1e-5 at 20000 steps, batch 256, 20000 steps; evaluation seeds
-  1, 11, 111, 1111, 11111 with 256 sequences each; eta and lam tuned on one batch of 512.
-* quick (CPU; about 10 s per script on an idle 2-core machine with the reference backend): n = 6, T = 30, 2 heads, key size 12, init std 0.02 (the
-  official 0.0002 starts a one-layer model at a saddle it takes long to leave), batch 64, 300 steps,
-  lr 3e-3 with 30 warm-up steps and cosine decay to 3e-4; 3 evaluation seeds (1, 11, 111) of 128
-  sequences; eta and lam tuned on one batch of 256.
-* both: activation clipping off (``clip=None``; official 1.5).  With the clip a one-layer model uses
-  the clipping of its own output as a nonlinearity and ends about 10-15% below the GD curve (we
-  measured ratios 0.83-0.86 in quick runs); without it the layer is exactly a bilinear map and the
-  comparison with [A1] is the paper's.  ``--clip 1.5`` restores the official setting.
+Configurations: ``FULL`` is the paper's setup (n = 10, T = 50, one layer of 4 heads with key size 20, init
+std 0.0002, AdamW lr 3e-4, 1000 warm-up steps, cosine decay to 1e-5 at 20000 steps, batch 256, 20000 steps;
+evaluation seeds 1, 11, 111, 1111, 11111 with 256 sequences each; eta and lam tuned on one batch of 512),
+except for one choice of ours in every mode: activation clipping off (``clip=None``; official 1.5).  With
+the clip a one-layer model uses the clipping of its own output as a nonlinearity and ends about 10-15% below
+the GD curve (ratios 0.83-0.86 in quick runs); without it the layer is exactly a bilinear map and the
+comparison with [A1] is the paper's.  ``--clip 1.5`` restores the official setting.  ``QUICK`` (CPU, seconds)
+shrinks the sizes and raises init std to 0.02 (the official 0.0002 starts a one-layer model at a saddle it
+takes long to leave); the JSON lists every field where it differs from ``FULL``.
 """
 from __future__ import annotations
 
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import analysis, solvers
-from ..config import ModelConfig
-from ..train import TrainConfig
-from .common import figure_parser, plot_per_step, run_figure
-from .dynamics import (EVAL_SEEDS, LinearTask, eval_batches, model_predictions, ratio_after, summarise,
-                       train_cached, tune_baselines, baseline_predictions)
+from ..jobs import Job
+from .common import Experiment, plot_per_step, run_experiment
+from .dynamics import (EVAL_SEEDS, DynamicsConfig, baseline_predictions, eval_batches, model_predictions, ratio_after,
+                       summarise, train_summary, trained_model, tune_baselines)
 
 FIG1, FIG2 = "fig1_weights", "fig2_one_layer_gd"
 
 
-def setup(ctx):
-    """(model config, train config, task, eval seeds, eval batch, tune batch, deviations) for the run's mode."""
-    clip = getattr(ctx.args, "clip", None)
-    clip = None if clip is None or clip <= 0 else float(clip)
-    seed = ctx.seed
-    if getattr(ctx.args, "smoke", False):
-        n, T = 3, 12
-        mcfg = ModelConfig(layers=("linear",), heads=2, width=4 * n, key_size=n, input_dim=n, output_dim=n,
-                           init_std=0.05, clip=clip)
-        tcfg = TrainConfig(steps=20, batch=16, lr=3e-3, warmup_steps=2, decay_steps=20, final_lr=3e-4,
-                           eval_every=10, test_batches=1, checkpoint_every=1000, seed=seed)
-        return mcfg, tcfg, LinearTask(n=n, T=T), EVAL_SEEDS[:2], 16, 32, ["smoke test sizes"]
-    if ctx.quick:
-        n, T = 6, 30
-        mcfg = ModelConfig(layers=("linear",), heads=2, width=4 * n, key_size=12, input_dim=n, output_dim=n,
-                           init_std=0.02, clip=clip)
-        tcfg = TrainConfig(steps=300, batch=64, lr=3e-3, warmup_steps=30, decay_steps=300, final_lr=3e-4,
-                           eval_every=100, test_batches=2, checkpoint_every=1000, seed=seed)
-        dev = ["n = 6, T = 30 (paper 10, 50)", "2 heads, key size 12 (paper 4, 20)",
-               "init std 0.02 (paper 0.0002)", "batch 64, 300 steps (paper 256, 20000)",
-               "lr 3e-3, 30 warm-up steps, cosine to 3e-4 at 300 (paper 3e-4, 1000, 1e-5 at 20000)",
-               "3 evaluation seeds x 128 sequences (paper 5 x 256); tuning batch 256 (paper 512)"]
-        return mcfg, tcfg, LinearTask(n=n, T=T), EVAL_SEEDS[:3], 128, 256, dev + _clip_note(clip)
-    mcfg = ModelConfig(layers=("linear",), clip=clip)
-    tcfg = TrainConfig(steps=20000, seed=seed)
-    return mcfg, tcfg, LinearTask(), EVAL_SEEDS, 256, 512, _clip_note(clip)
+@dataclass(frozen=True)
+class OneLayerConfig(DynamicsConfig):
+    clip: float | None = None       # our choice in every mode (module docstring); the paper clips at 1.5
 
 
-def _clip_note(clip):
-    return [] if clip == 1.5 else [f"activation clip {clip} (paper 1.5): with the clip the one-layer model "
-                                   "exploits the clipping of its output and ends below the GD curve"]
+FULL = OneLayerConfig()
+QUICK = dataclasses.replace(FULL, n=6, T=30, heads=2, key_size=12, init_std=0.02, batch=64, steps=300, lr=3e-3,
+                            warmup_steps=30, decay_steps=300, final_lr=3e-4, test_batches=2, checkpoint_every=1000,
+                            eval_seeds=EVAL_SEEDS[:3], eval_batch=128, tune_batch=256)
+SMOKE = dataclasses.replace(FULL, n=3, T=12, heads=2, key_size=3, init_std=0.05, batch=16, steps=20, lr=3e-3,
+                            warmup_steps=2, decay_steps=20, final_lr=3e-4, eval_every=10, test_batches=1,
+                            checkpoint_every=1000, eval_seeds=EVAL_SEEDS[:2], eval_batch=16, tune_batch=32)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
-def parser(name, description):
-    p = figure_parser(name, description)
+def jobs(cfg: OneLayerConfig, seed: int, backend: str) -> dict:
+    """One job: the one-layer linear model on [T1]/[T2]."""
+    return {"model": Job(cfg.model_config(("linear",)), cfg.linear_task(), cfg.train_config(seed), backend)}
+
+
+def add_arguments(p):
     p.add_argument("--clip", type=float, default=None,
                    help="activation clipping bound (default: off; the official models clip at 1.5)")
-    return p
 
 
-def trained(ctx):
-    mcfg, tcfg, task, seeds, B, Btune, dev = setup(ctx)
-    model, params, metrics = train_cached(ctx, mcfg, task, tcfg, "one_layer")
-    config = {"model": mcfg.to_dict(), "train": {k: getattr(tcfg, k) for k in tcfg.__dataclass_fields__},
-              "task": task.to_dict(), "eval_seeds": list(seeds), "eval_batch": B, "tune_batch": Btune,
-              "deviations": dev}
-    return mcfg, task, model, params, metrics, seeds, B, Btune, config
+def configure(cfg, args):
+    clip = getattr(args, "clip", None)
+    return cfg if clip is None else dataclasses.replace(cfg, clip=None if clip <= 0 else float(clip))
+
+
+def _setup(ctx, cfg, results):
+    model, params = trained_model(ctx, results["model"])
+    notes = [] if cfg.clip == 1.5 else [f"activation clip {cfg.clip} (paper 1.5): with the clip the one-layer "
+                                        "model exploits the clipping of its output and ends below the GD curve"]
+    return model, params, train_summary(results["model"]), notes
 
 
 # ---------------------------------------------------------------------------------------------- fig1
-def compute_fig1(ctx) -> dict:
-    mcfg, task, model, params, metrics, seeds, B, Btune, config = trained(ctx)
+def analyse_fig1(ctx, cfg, results) -> dict:
+    model, params, metrics, notes = _setup(ctx, cfg, results)
+    mcfg = model.config
     r = analysis.weight_readout(params, mcfg)
     C = solvers.revalg_coeffs_from_weights(*(params[f"l0.{k}"] for k in ("wq", "wk", "wv", "wo")),
                                            mcfg.input_dim, mcfg.heads)
-    return {"config": config, "train_metrics": metrics, "n": mcfg.input_dim, "heads": mcfg.heads,
+    return {"choices": notes, "train_metrics": metrics, "n": mcfg.input_dim, "heads": mcfg.heads,
             "KQ": r.KQ, "PV": r.PV, "gd_similarity": r.gd_similarity, "gd_similarity_max": r.gd_similarity_max,
             "gd_similarity_layer": r.gd_similarity_layer, "kq_similarity": r.kq_similarity,
             "pv_similarity": r.pv_similarity, "revalg_coeffs": C,
@@ -140,16 +126,20 @@ def plot_fig1(data):
     return fig
 
 
+EXPERIMENT_FIG1 = Experiment(FIG1, "Fig. 1: weights W_K^T W_Q and P W_V of a trained one-layer linear model on [T2] [P2]",
+                             MODES, jobs, analyse_fig1, plot_fig1, add_arguments, configure)
+
+
 def main_fig1(argv=None) -> int:
-    desc = "Fig. 1: weights W_K^T W_Q and P W_V of a trained one-layer linear model on [T2] [P2]"
-    return run_figure(FIG1, compute_fig1, plot_fig1, desc, argv=argv, parser=parser(FIG1, desc))
+    return run_experiment(EXPERIMENT_FIG1, argv)
 
 
 # ---------------------------------------------------------------------------------------------- fig2
-def compute_fig2(ctx) -> dict:
-    mcfg, task, model, params, metrics, seeds, B, Btune, config = trained(ctx)
+def analyse_fig2(ctx, cfg, results) -> dict:
+    model, params, metrics, notes = _setup(ctx, cfg, results)
+    mcfg, task, seeds, B = model.config, cfg.linear_task(), cfg.eval_seeds, cfg.eval_batch
     n = mcfg.input_dim
-    tune = task.batch(ctx.rng(7), Btune, np.float64)
+    tune = task.batch(ctx.rng(7), cfg.tune_batch, np.float64)
     tuned = tune_baselines(task, tune)
     batches = eval_batches(ctx, task, seeds, B)
     preds = baseline_predictions(task, batches, tuned, ["gd", "lsq"])
@@ -180,7 +170,7 @@ def compute_fig2(ctx) -> dict:
                                                              ops=ctx.ops).tolist(),
               "gd_eta_implied": eta_implied}
     r = analysis.weight_readout(params, mcfg)
-    return {"config": config, "train_metrics": metrics, "tuned": tuned, **out,
+    return {"choices": notes, "train_metrics": metrics, "tuned": tuned, **out,
             "model_vs_gd_ratio_t10": ratio_after(out["per_step_loss"], "model", "gd"),
             "model_vs_lsq_ratio_t10": ratio_after(out["per_step_loss"], "model", "lsq"),
             "revalg_coeffs_read": C_read, "revalg_coeffs_fit": C_fit, "interpolation": interp,
@@ -225,6 +215,9 @@ def plot_fig2(data):
     return fig
 
 
+EXPERIMENT_FIG2 = Experiment(FIG2, "Fig. 2: per-time-step loss of a trained one-layer linear model vs one GD step, "
+                             "[A5], least squares", MODES, jobs, analyse_fig2, plot_fig2, add_arguments, configure)
+
+
 def main_fig2(argv=None) -> int:
-    desc = "Fig. 2: per-time-step loss of a trained one-layer linear model vs one GD step, [A5], least squares"
-    return run_figure(FIG2, compute_fig2, plot_fig2, desc, argv=argv, parser=parser(FIG2, desc))
+    return run_experiment(EXPERIMENT_FIG2, argv)
