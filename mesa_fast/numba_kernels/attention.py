@@ -1,8 +1,11 @@
 """Numba CPU kernels for causal linear attention [L2] (and the small element-wise ops the model uses).
 
-Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``); what differs:
+Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``). The plain reference of the [L2]
+kernels is ``linear_attention_recurrent_forward`` / ``linear_attention_recurrent_backward`` there: the same
+running state S_t, forward sweep for dq and reverse sweep with G_t for dk, dv, tested equal to the T x T op
+``linear_attention_forward`` / ``linear_attention_backward`` that the ops namespace exports. What differs:
 
-* Recurrent form. The reference builds the masked score matrix A = mask(q k^T) (T x T per
+* Recurrent form. The T x T reference builds the masked score matrix A = mask(q k^T) (T x T per
   sequence) and multiplies it by v. Here each sequence keeps the running state
   S_t = sum_{t'<=t} v_{t'} k_{t'}^T (dv x d), so out_t = S_t q_t [L2] with the same sums taken
   in another order. The backward uses the same state and its reverse-time twin

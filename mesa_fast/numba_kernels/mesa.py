@@ -1,7 +1,9 @@
 """Numba CPU kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3).
 
-Re-expresses ``mesa_ref.ops.mesa.mesa_forward`` / ``mesa_backward`` (same recursion, same
-closed-form reverse scan [M3], same dgamma by lag-weighted accumulators [M4]). What differs:
+Re-expresses ``mesa_ref.ops.mesa.mesa_forward`` / ``mesa_backward``: the Sherman-Morrison recursion
+``_sm_update`` [M2] and the closed-form reverse scan of ``mesa_backward`` [M3]; with gamma, the
+reference's [M4] section, ``_sm_update_gamma`` and ``_mesa_backward_gamma`` (dgamma by lag-weighted
+accumulators). What differs:
 
 * Lanes. 8 independent (batch, head) sequences are processed together, one per SIMD lane
   (``_simd.LaneVec``: <8 x float> / <8 x double> registers). Every per-sequence vector or matrix
