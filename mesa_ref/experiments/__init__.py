@@ -1,1 +1,1 @@
-"""Experiments: one module per paper figure / table, driven by scripts/fig*.py.  See EXPERIMENTS.md."""
+"""Experiments: one module per paper figure / table, driven by scripts/fig*.py.  See docs/experiments.md."""

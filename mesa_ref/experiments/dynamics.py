@@ -3,7 +3,7 @@ paper's values as defaults) and the [P3] per-time-step evaluation against the [A
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 
-Evaluation ([P3], EXPERIMENTS.md): per-time-step loss = sum over batch and dimensions / (2B)
+Evaluation ([P3], docs/experiments.md): per-time-step loss = sum over batch and dimensions / (2B)
 (``solvers.per_step_loss``) on one batch per evaluation seed; the figure JSON holds the mean over
 seeds (= the mean over all evaluation sequences) and the standard deviation over seeds.  The
 official evaluation seeds are 1, 11, 111, 1111, 11111 with one batch of 256 each; baselines' eta and
