@@ -1,4 +1,4 @@
-"""The mesa-layer, NumPy reference (MATH.md section 3: [M1]-[M3], and the forgetting factor [M4]).
+"""The mesa-layer, NumPy reference (docs/math.md: [M1]-[M3], and the forgetting factor [M4]).
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers" (arXiv 2309.05858).
 Per head, at every time t the layer solves a ridge regression of the values on the keys seen so far
@@ -22,13 +22,13 @@ exact, so gamma = 1 through the [M4] code gives the [M2]/[M3] numbers bit for bi
 
 Names (one scheme throughout):
     sizes       B batch, H heads, T time (tokens), d key/query size, d_v value size (usually d).
-    gradients   d<x> = dL/d<x>: dq, dk, dv, dlam, dgamma. dout = dL/do (MATH.md's g_t),
-                dqt = dL/dq~ (MATH.md's dq~_t).
+    gradients   d<x> = dL/d<x>: dq, dk, dv, dlam, dgamma. dout = dL/do (docs/math.md's g_t),
+                dqt = dL/dq~ (docs/math.md's dq~_t).
     per token   x_t = x[:, :, t-1]: q_t, k_t, v_t, qt_t (= q~_t), u_t, dout_t.
     gamma       the forgetting factor [M4], never abbreviated.
     D, C        [M3]'s reverse-scan accumulators D_t, C_t; D_lag, C_lag their lag-weighted [M4]
                 partners D'_t, C'_t (dgamma only).
-    ckpt_every  the "checkpoint" block length (MATH.md [M3]'s "every C steps"; the public keyword and
+    ckpt_every  the "checkpoint" block length (docs/math.md [M3]'s "every C steps"; the public keyword and
                 cache field are ``checkpoint_every``). Not the accumulator C.
 Shapes:
     q, k, qt, u, dq, dk, dqt: (B, H, T, d)   v, out, dout, dv: (B, H, T, d_v)   lam, gamma: (H,)
@@ -273,7 +273,7 @@ def _apply_R(cache, dqt, update, downdate):
 def mesa_backward(dout, cache):
     """Mesa-layer backward by the closed-form reverse scan [M3] (gamma: ``_mesa_backward_gamma``, [M4]).
 
-    With dout_t = dL/do_t (MATH.md's g_t) and q~_t from the forward:
+    With dout_t = dL/do_t (docs/math.md's g_t) and q~_t from the forward:
         dq~_t = S_t^T dout_t = sum_{t'<=t} k_{t'} (v_{t'} . dout_t)       (forward sweep)
         u_t   = R_t dq~_t,   dq_t = u_t
         D_t   = sum_{t''>=t} q~_{t''} dout_{t''}^T                (d, d_v)   reverse scan
@@ -329,7 +329,7 @@ def mesa_backward(dout, cache):
 
 # --------------------------------------------------------------------------------------------
 # forgetting factor [M4]: gamma^{t-t'} on the data, gamma^t on the regulariser
-# (MATH.md [M4]; derivation and the dgamma accumulators: docs/derivations/mesa.md sections 2-4)
+# (docs/math.md [M4]; derivation and the dgamma accumulators: docs/derivations/mesa.md sections 2-4)
 # --------------------------------------------------------------------------------------------
 
 def _sm_update_gamma(R, k_t, gamma):

@@ -1,10 +1,10 @@
 """The mesa-layer in its exact chunkwise form [M5]: the same outputs and gradients as [M2]/[M3], with the T
 sequential rank-1 updates replaced by T/C sequential rank-C updates made of matrix products.
 
-von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858; MATH.md [M5].
+von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858; docs/math.md [M5].
 
 Written against an array module ``xp`` (NumPy or CuPy: ``array_module`` of the inputs), so the same code runs
-on the CPU and, through cuBLAS / cuSOLVER, on the GPU; it is the form for long sequences (DESIGN.md's lm shape),
+on the CPU and, through cuBLAS / cuSOLVER, on the GPU; it is the form for long sequences (the lm shape of docs/design.md),
 where a sequential kernel walks T steps one after another. The one routine that differs by module is the
 triangular solve (``_solve_lower``: scipy.linalg or cupyx.scipy.linalg ``solve_triangular``).
 
@@ -45,7 +45,7 @@ On the CPU through NumPy this form is slower than the Numba kernel (its batched 
 NumPy is fast at); it exists for the GPU, where each chunk is a handful of batched cuBLAS / cuSOLVER calls.
 
 Names: B batch, H heads, T time, d key/query size, d_v value size; C (``chunk``) tokens per chunk, c the
-length of one chunk (the last may be shorter); dout = dL/do (MATH.md's g_t), dqt = dL/dq~, d<x> = dL/d<x>.
+length of one chunk (the last may be shorter); dout = dL/do (docs/math.md's g_t), dqt = dL/dq~, d<x> = dL/d<x>.
 Shapes: q, k, qt, u, dq, dk (B, H, T, d); v, out, dout, dv (B, H, T, d_v); lam (H,);
 per chunk R0 (B, H, d, d), K (B, H, d, c), M and L (B, H, c, c), G (B, H, c, d).
 """
