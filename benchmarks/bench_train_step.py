@@ -44,7 +44,7 @@ NOTES = [
     "rows over its own threads, with OpenBLAS set to one thread while the op runs (numba_kernels/dense.py). "
     "Compare the run with "
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
-    "- Both backends run with mesa_fast's heap setting (every worker imports mesa_fast.ops; "
+    "- Both backends run with mesa_fast's heap setting (every worker calls mesa_fast.keep_freed_memory(); "
     "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
     "do not page-fault every step. It speeds up both (measured 2026-11-29: mesa_fast 56-69 -> 41-43 ms, mesa_ref "
     "106-118 -> 93-96 ms); run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
@@ -155,12 +155,14 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     import numpy as np
     import numba
 
+    import mesa_fast
     import mesa_fast.ops as fast_ops
     import mesa_ref.ops as ref_ops
     from mesa_ref.config import ModelConfig
     from mesa_ref.model import Transformer
     from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients
 
+    mesa_fast.keep_freed_memory()            # both backends, as the training entry point does for fast (NOTES)
     if numba_threads:
         numba.set_num_threads(numba_threads)
     cfg = {"linear2": ModelConfig(), "mesa1": ModelConfig(layers=("mesa",))}[model_name]

@@ -11,8 +11,8 @@ Timings are never asserted anywhere.
     python benchmarks/profile_train_step.py --backend ref --steps 20
     MESA_FAST_KEEP_HEAP=0 python benchmarks/profile_train_step.py     # glibc's default heap policy
 
-As in ``bench_train_step.py``, mesa_fast.ops is imported in both cases, so both backends run with the heap
-setting of ``mesa_fast/numba_kernels/_heap.py`` unless MESA_FAST_KEEP_HEAP=0. OPENBLAS_NUM_THREADS=1 is set
+As in ``bench_train_step.py``, ``mesa_fast.keep_freed_memory()`` is called for both backends, so both run with
+the heap setting of ``mesa_fast/numba_kernels/_heap.py`` unless MESA_FAST_KEEP_HEAP=0. OPENBLAS_NUM_THREADS=1 is set
 here before NumPy loads unless the environment sets it.
 """
 from __future__ import annotations
@@ -42,12 +42,14 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
+    import mesa_fast
     import mesa_fast.ops as fast_ops
     import mesa_ref.ops as ref_ops
     from mesa_ref.config import ModelConfig
     from mesa_ref.model import Transformer
     from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients
 
+    mesa_fast.keep_freed_memory()
     base = fast_ops if args.backend == "fast" else ref_ops
     spent = collections.defaultdict(float)
 

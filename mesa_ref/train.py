@@ -254,6 +254,9 @@ def main(argv=None, *, default_backend=None) -> int:
                            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
         mcfg = ModelConfig(layers=(args.attention,) * args.layers, heads=args.heads)
         ops, xp = resolve_backend(args.backend)
+        if args.backend == "fast":
+            import mesa_fast
+            mesa_fast.keep_freed_memory()      # a process-wide heap setting: made here, never on import
         out = ensure_writable_dir(args.out)
         res = train(Transformer(mcfg, ops=ops), DynamicsTask(), tcfg, out, resume=args.resume,
                     progress=not args.no_progress, dtype=np.dtype(args.dtype), xp=xp)

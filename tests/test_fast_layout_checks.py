@@ -1,5 +1,6 @@
 """Head-layout ops (views in mesa_fast, copies in mesa_ref), the output-side NaN/inf checks of the fast ops,
-``all_finite`` on strided views, and the heap setting of mesa_fast's Numba kernels."""
+``all_finite`` on strided views, and the process-wide settings (C heap, BLAS threads) that mesa_fast makes only
+when asked (the heap) or only while a dense op runs (the BLAS threads)."""
 import os
 import subprocess
 import sys
@@ -245,11 +246,37 @@ def _run(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, check=True).stdout
 
 
+_HEAP_CODE = r'''
+import ctypes
+calls = []
+class SpyCDLL(ctypes.CDLL):                        # records every lookup of mallopt in any C library
+    def __getattr__(self, name):
+        if name == "mallopt":
+            calls.append(name)
+        return super().__getattr__(name)
+ctypes.CDLL = SpyCDLL
+import numpy as np
+import mesa_fast
+from mesa_fast.numba_kernels import _heap
+state = [_heap.applied, len(calls)]                                     # after the import
+y, cache = mesa_fast.ops.dense_forward(np.ones((3000, 4)), np.ones((4, 3)))
+mesa_fast.ops.dense_backward(np.ones_like(y), cache)
+state += [_heap.applied, len(calls)]                                    # after a dense op
+state += [mesa_fast.keep_freed_memory(), _heap.applied, len(calls)]     # the explicit call
+state += [mesa_fast.keep_freed_memory(), len(calls)]                    # once only
+print(*state)
+'''
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
-def test_heap_setting_applies_once_and_can_be_switched_off():
-    code = "import mesa_fast.ops, mesa_fast.numba_kernels._heap as h; print(h.applied)"
-    assert _run(code).strip() == "True"
-    assert _run(code, MESA_FAST_KEEP_HEAP="0").strip() == "False"
+def test_heap_setting_is_explicit_applies_once_and_can_be_switched_off():
+    """Importing mesa_fast and running an op leave the C allocator alone; keep_freed_memory() applies the
+    setting once; MESA_FAST_KEEP_HEAP=0 makes it a no-op; another value is a ValueError at the call."""
+    assert _run(_HEAP_CODE).split() == "False 0 False 0 True True 1 True 1".split()
+    assert _run(_HEAP_CODE, MESA_FAST_KEEP_HEAP="0").split() == "False 0 False 0 False False 0 False 0".split()
+    r = subprocess.run([sys.executable, "-c", _HEAP_CODE], capture_output=True, text=True,
+                       env=dict(os.environ, MESA_FAST_KEEP_HEAP="yes"))
+    assert r.returncode != 0 and "ValueError: MESA_FAST_KEEP_HEAP: expected 0" in r.stderr, r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------- input_grad=False
@@ -405,37 +432,69 @@ def test_mse_overflow_passes_as_in_reference():
     assert np.isinf(L_f) and np.isinf(L_r)
 
 
+_BLAS_HELPERS = r'''
+from threadpoolctl import threadpool_info
+def blas():
+    """{library path: thread count} of every BLAS library loaded now."""
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+'''
+
+
+def _run_blas2(code):
+    """Run ``code`` (after _BLAS_HELPERS) in a process where the BLAS libraries start with 2 threads."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", _BLAS_HELPERS + code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:] + r.stdout[-2000:]
+
+
+def test_import_and_ops_leave_blas_threads_as_they_were():
+    """threadpoolctl's view of the BLAS thread counts is the same before ``import mesa_fast``, after it, and
+    after a dense op forward and backward."""
+    _run_blas2(r'''
+import numpy as np
+before = blas()
+assert before and set(before.values()) == {2}, before
+import mesa_fast
+after_import = blas()
+rng = np.random.default_rng(0)
+y, cache = mesa_fast.ops.dense_forward(rng.standard_normal((3000, 8)), rng.standard_normal((8, 5)))
+mesa_fast.ops.dense_backward(np.ones_like(y), cache)
+after_op = blas()
+assert before == after_import == after_op, (before, after_import, after_op)
+print("ok")
+''')
+
+
 def test_dense_products_run_blas_single_threaded_then_restore():
-    """In a process where OpenBLAS has 2 threads, the fast dense op runs its products with 1 (the pool supplies
+    """In a process where the BLAS has 2 threads, the fast dense op runs its products with 1 (the pool supplies
     the parallelism) and puts 2 back afterwards, also after nested and concurrent uses."""
-    code = r'''
+    _run_blas2(r'''
 import threading
 import numpy as np
 from mesa_fast import ops as F
 from mesa_fast.numba_kernels import dense
-get = dense._find_blas()[0]
-assert get() == 2, get()
+start = blas()
+assert start and set(start.values()) == {2}, start
 seen = []
 orig = dense.map_chunks
 def spy(fn, n, *a, **kw):
-    seen.append(get())
+    seen.append(set(blas().values()))
     return orig(fn, n, *a, **kw)
 dense.map_chunks = spy
 rng = np.random.default_rng(0)
 x, W = rng.standard_normal((3000, 8)), rng.standard_normal((8, 5))
 y, cache = F.dense_forward(x, W)
 F.dense_backward(rng.standard_normal(y.shape), cache)
-assert seen == [1, 1] and get() == 2, (seen, get())
+assert seen == [{1}, {1}] and blas() == start, (seen, blas())
 with dense.one_blas_thread():
     with dense.one_blas_thread():
-        assert get() == 1
-    assert get() == 1
-assert get() == 2
-ts = [threading.Thread(target=lambda: F.dense_forward(x, W)) for _ in range(4)]
+        assert set(blas().values()) == {1}
+    assert set(blas().values()) == {1}
+assert blas() == start
+dense.map_chunks = orig
+ts = [threading.Thread(target=lambda: [F.dense_forward(x, W) for _ in range(20)]) for _ in range(4)]
 [t.start() for t in ts]; [t.join() for t in ts]
-assert get() == 2
+assert blas() == start, blas()
 print("ok")
-'''
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+''')

@@ -11,10 +11,6 @@ import threading
 import numba
 import numpy as np
 
-from ._heap import keep_freed_memory
-
-keep_freed_memory()      # every kernel wrapper imports this module: see _heap.py
-
 _POOL = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
