@@ -1,24 +1,31 @@
-"""The backend switch of ``mesa_fast``: which kernels run for NumPy input.
+"""The backend switch of ``mesa_fast``: which kernels run the mesa layer for NumPy input.
 
     mesa_fast.set_backend("numba" | "cupy" | "auto")      (or the MESA_BACKEND environment variable)
     mesa_fast.get_backend()  -> "numba" | "cupy"           (the resolved choice)
 
-Dispatch rule (one rule for every op in ``mesa_fast.ops``):
+Dispatch rule. In every op of ``mesa_fast.ops``, NumPy in -> NumPy out and CuPy in -> CuPy out. Where the work
+runs depends on the op:
 
-* CuPy arrays in -> the CuPy (CUDA) kernels, CuPy arrays out, whatever the backend setting: the
-  arrays' module says where they live.
-* NumPy arrays in -> the backend decides:
-    "numba": the Numba CPU kernels, NumPy out.
-    "cupy":  the arrays are copied to the current GPU, the CUDA kernels run, and the results are
-             copied back: NumPy in, NumPy out. (Convenient, but every call pays two transfers;
-             pass CuPy arrays to avoid them.)
-    "auto":  "cupy" if CuPy imports and a CUDA device is usable, else "numba". The choice is
-             made once, on first use, logged at INFO level, and reported by ``get_backend()``.
+* The mesa layer (``mesa_forward`` / ``mesa_backward``, mesa_fast/mesa.py), the ops with both a Numba and a
+  CUDA kernel, and the only ones the backend setting affects:
+    CuPy arrays in -> the CUDA kernels, whatever the setting: the arrays' module says where they live.
+    NumPy arrays in -> the setting decides:
+      "numba": the Numba CPU kernels.
+      "cupy":  the arrays are copied to the current GPU, the CUDA kernels run, and the results are
+               copied back. (Convenient, but every call pays two transfers; pass CuPy arrays to avoid them.)
+      "auto":  "cupy" if CuPy imports and a CUDA device is usable, else "numba". The choice is
+               made once, on first use, logged at INFO level, and reported by ``get_backend()``.
+* The other ops with Numba kernels (dense, linear and softmax attention, layernorm, gelu, clip, MSE, head
+  layout; ``numba_kernels/layers.py``) have no CUDA twin: NumPy input always runs the Numba kernels (copying it
+  to a GPU would buy nothing), CuPy input runs the reference op, which is written against an array module.
+* Every other op is the reference's own and runs on NumPy or CuPy as its inputs are (the chunkwise mesa
+  layer [M5] among them).
 
 An explicit ``set_backend`` call wins over MESA_BACKEND; the variable is read when no explicit
 choice was made. A name other than the three raises ValueError (an unusable "cupy" raises
-RuntimeError at first use, naming what is missing). CuPy is only ever imported here, lazily, and
-in ``mesa_fast.cuda``.
+RuntimeError at first use, naming what is missing). Within mesa_fast, CuPy is imported only here, lazily
+(``get_cupy``; ``mesa_fast.cuda`` goes through it); ``mesa_ref.ops._common.array_module`` imports it when a CuPy
+array comes in.
 """
 from __future__ import annotations
 

@@ -49,7 +49,9 @@ _E = None
 
 
 def _k():
-    """The attention kernel module, imported on first use (importing mesa_fast does not import Numba)."""
+    """The attention kernel module, imported on first use, so that ``import mesa_fast`` does not define its Numba
+    dispatchers (Numba itself is imported with mesa_fast, by the thread pool; the kernels compile, or load from
+    Numba's cache, on their first call either way)."""
     global _K
     if _K is None:
         from . import attention
@@ -58,7 +60,7 @@ def _k():
 
 
 def _e():
-    """The GELU / LayerNorm kernel module, imported on first use."""
+    """The GELU / LayerNorm / MSE kernel module, imported on first use (as ``_k``)."""
     global _E
     if _E is None:
         from . import elementwise
