@@ -244,6 +244,7 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
         _emit(log, "resume", job, step=int(meta["step"]))
     else:
         _emit(log, "start", job)
+    write_json(cost_path, cost)       # this attempt counts as a segment even if it dies before a checkpoint
     write_json(work / "owner.json", {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     cpu0, wall0 = time.process_time(), time.perf_counter()
     base = dict(cost)
