@@ -1,11 +1,18 @@
 #!/usr/bin/env python
-"""Run every scripts/fig*.py that exists (in name order), passing --quick, --out, --backend and --seed through.
+"""Regenerate every figure: first all figures' training jobs on one Dask cluster, then each figure script.
 
-    python scripts/make_figures.py [--quick] [--out DIR] [--backend ref|fast] [--seed N] [--only fig2,fig7]
+    python scripts/make_figures.py --quick              quick versions (CPU, minutes) into figures/
+    python scripts/make_figures.py --full               full-size figures redrawn from the shipped results
+                                                        in figures/full/jobs (no training)
+    python scripts/make_figures.py --full --train       ... training whatever results are missing
+    python scripts/make_figures.py --full --retrain     ... training every job again
 
-Each figure script decides for itself whether it can run (e.g. fig9_speed needs its benchmark JSON and
-reports so).  Prints one line per script with its exit status and wall time, then a summary; exits
-non-zero when any script failed, naming them.  ``make reproduce`` calls it with --quick --out figures.
+Other flags: --out DIR, --backend ref|fast, --seed N, --only fig2,fig7, --scheduler ADDRESS (an existing
+Dask scheduler; DASK_SCHEDULER_ADDRESS works too), --workers N (local cluster size; 0: no Dask).
+Jobs phase: the jobs of every selected figure are collected, each key once (figures share jobs), and the
+missing ones run together, so the cluster stays busy across figures.  Then each figure script runs its analysis
+from the stored results (``--no-train``).  Prints one line per script with its exit status and wall time and a
+summary; exits non-zero when anything failed, naming it.  ``make reproduce`` calls it with --quick.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def figure_scripts(only=None):
@@ -31,33 +39,88 @@ def _order(stem):
     return (int(digits) if digits else 10 ** 6, stem)
 
 
+def gather_jobs(scripts, args, mode: str) -> list:
+    """Every selected figure's jobs (labelled "<figure>/<name>"), for the figures defined as Experiments."""
+    from mesa_ref.experiments import FIGURES, experiment
+    from mesa_ref.experiments.common import experiment_parser, figure_jobs
+    from mesa_ref.backends import fast_available
+    backend = args.backend or ("fast" if fast_available() else "ref")
+    jobs = []
+    for script in scripts:
+        if script.stem not in FIGURES:
+            continue
+        exp = experiment(script.stem)
+        if exp is None:
+            continue
+        fargs = experiment_parser(exp).parse_args(_mode_flags(mode) + ["--seed", str(args.seed or 0)])
+        jobs += list(figure_jobs(exp, fargs, backend).values())
+    return jobs
+
+
+def _mode_flags(mode):
+    return {"quick": ["--quick"], "full": [], "smoke": ["--smoke"]}[mode]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="scripts/make_figures.py", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="CPU-sized runs (minutes each)")
-    p.add_argument("--out", default="figures", help="output directory (default figures/)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="CPU-sized runs (minutes each)")
+    size.add_argument("--full", action="store_true", help="the paper's sizes, from the stored results")
+    size.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--train", action="store_true", help="with --full: train the jobs whose results are missing")
+    p.add_argument("--retrain", action="store_true", help="train every selected figure's jobs again")
+    p.add_argument("--out", default=None, help="output directory (default figures/, or figures/full/ with --full)")
     p.add_argument("--backend", choices=("ref", "fast"), default=None, help="passed to every script")
     p.add_argument("--seed", type=int, default=None, help="passed to every script")
     p.add_argument("--only", default=None, help="comma-separated script names or prefixes (e.g. fig2,fig7)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="local cluster size (default: one per core); 0: no Dask")
     args = p.parse_args(argv)
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    if not (args.quick or args.full or args.smoke):
+        print("error: choose --quick (CPU minutes) or --full (the paper's sizes)", file=sys.stderr)
+        return 2
     scripts = figure_scripts(args.only)
     if not scripts:
         print("error: no figure scripts found" + (f" matching --only {args.only}" if args.only else ""),
               file=sys.stderr)
         return 2
-    flags = ["--out", args.out]
+    from mesa_ref.experiments.common import default_out, default_store
+    out = Path(args.out) if args.out else default_out(mode)
+    train = args.train or args.retrain or mode != "full"
+    flags = ["--out", str(out), *_mode_flags(mode)]
     if not sys.stderr.isatty():      # progress bars only clutter a log (every harness script takes --no-progress)
         flags.append("--no-progress")
-    if args.quick:
-        flags.append("--quick")
     if args.backend:
         flags += ["--backend", args.backend]
     if args.seed is not None:
         flags += ["--seed", str(args.seed)]
-    failed, t_all = [], time.perf_counter()
+    if args.scheduler:
+        flags += ["--scheduler", args.scheduler]
+    t_all = time.perf_counter()
+    if train:
+        from mesa_ref.jobs import run_jobs
+        from mesa_ref.runio import CLIError, ensure_writable_dir
+        try:
+            ensure_writable_dir(out)
+            jobs = gather_jobs(scripts, args, mode)
+            if jobs:
+                print(f"== jobs: {len(jobs)} from {len(scripts)} figure script(s)", flush=True)
+                workers = args.workers if args.workers is not None else (0 if mode == "smoke" else None)
+                run_jobs(jobs, default_store(out, mode), scheduler=args.scheduler, workers=workers,
+                         retrain=args.retrain, progress=sys.stderr.isatty(), log=lambda s: print(s, flush=True))
+        except CLIError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (RuntimeError, ValueError) as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    failed = []
     for script in scripts:
         t0 = time.perf_counter()
-        print(f"== {script.stem} {' '.join(flags)}", flush=True)
-        rc = subprocess.call([sys.executable, str(script), *flags], cwd=ROOT)
+        sflags = flags + (["--no-train"] if mode == "full" and not train else [])
+        print(f"== {script.stem} {' '.join(sflags)}", flush=True)
+        rc = subprocess.call([sys.executable, str(script), *sflags], cwd=ROOT)
         dt = time.perf_counter() - t0
         print(f"-- {script.stem}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {dt:.0f} s", flush=True)
         if rc != 0:
@@ -67,7 +130,7 @@ def main(argv=None) -> int:
         print(f"{len(failed)} of {len(scripts)} figure scripts failed: {', '.join(failed)} ({total:.0f} s)",
               file=sys.stderr)
         return 1
-    print(f"all {len(scripts)} figure scripts ran ({total:.0f} s); outputs in {args.out}/")
+    print(f"all {len(scripts)} figure scripts ran ({total:.0f} s); outputs in {out}/")
     return 0
 
 

@@ -111,8 +111,28 @@ def test_bad_out_is_a_one_line_error(tmp_path):
 def test_make_figures_reports_failures(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--only", "fig1,fig3",
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--smoke", "--only", "fig1,fig3",
                         "--backend", "ref", "--out", str(blocker / "sub")], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0
-    assert "fig1_weights" in r.stderr and "fig3_depth" in r.stderr and "2 of 2" in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not writable" in lines[0], r.stderr
+
+
+def test_make_figures_trains_shared_jobs_once(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--smoke", "--only", "fig1,fig2",
+                        "--backend", "ref", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    starts = [ln for ln in r.stdout.splitlines() if ln.startswith("start")]
+    assert len(starts) == 1, r.stdout                     # fig1 and fig2 analyse the same job
+    assert r.stdout.count("(stored result)") == 2        # each figure script then read it from the store
+    for name in ("fig1_weights", "fig2_one_layer_gd"):
+        assert (tmp_path / f"{name}.json").exists() and (tmp_path / f"{name}.png").exists()
+
+
+def test_full_figures_without_results_ask_for_training(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--full", "--only", "fig3",
+                        "--backend", "ref", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "missing" in r.stderr and "--train" in r.stderr and "fig3_depth/linear_L6" in r.stderr
+    assert not (tmp_path / "fig3_depth.json").exists()
