@@ -210,6 +210,16 @@ def estimate_ref_seconds(B, H, T, d, dtype, backward):
     return (time.perf_counter() - t0) * B
 
 
+def git_commit():
+    """The checkout's short commit hash ("" outside a git checkout), recorded with the results."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except Exception:  # pragma: no cover - no git
+        return ""
+
+
 def machine_info():
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count()}
@@ -369,7 +379,7 @@ def main(argv=None):
     stem.parent.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:]))
     payload = {"date": started, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
-               "command": command,
+               "command": command, "git_commit": git_commit(),
                "machine": info, "dtype": args.dtype, "backward": args.backward, "impls": impls,
                "chunk": CHUNK,
                "what": "mesa-layer forward + backward, one call each, median wall ms",

@@ -119,6 +119,16 @@ def format_table(rows):
     return "\n".join([HEADER] + [format_row(r) for r in rows])
 
 
+def git_commit():
+    """The checkout's short commit hash ("" outside a git checkout), recorded with the results."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except Exception:  # pragma: no cover - no git
+        return ""
+
+
 def machine():
     return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), python=platform.python_version(), numpy=np.__version__)
@@ -146,7 +156,7 @@ def main(argv=None):
         return 0
     a.out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), command=command.strip(),
-                machine=machine(), seconds=round(total, 1),
+                git_commit=git_commit(), machine=machine(), seconds=round(total, 1),
                 setup=dict(B=1, H=2, d=a.d, dv=a.d, seed=a.seed,
                            inputs="q, k ~ N(0, 1/d); v, dout ~ N(0, 1); lam, gamma equal for both heads",
                            metric="rel_error = max|a-b| / max(|a|+|b|) against the float64 'store' result on the "

@@ -1,7 +1,7 @@
 """The thread pool every Numba kernel wrapper runs on, and the array preparation they share.
 
-Threads rather than ``prange``: a ``parallel=True`` wrapper cost ~17 s of extra compilation per
-dtype and kernel (measured), for the same run time, because the kernels release the GIL anyway.
+Threads rather than ``prange``: a ``parallel=True`` wrapper added many seconds of compilation per dtype and
+kernel for the same run time, and the kernels release the GIL anyway (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -43,10 +43,9 @@ def map_chunks(fn, n, *args, min_chunk=1):
     The ranges are ``chunk_bounds(n, nthreads, min_chunk)``, nthreads = ``numba.get_num_threads()`` (fewer
     when n < nthreads * min_chunk), fixed by these numbers alone, and the threads (the calling one and the
     pool's) take the next one not yet started until none is left, so a thread that starts late or runs slow
-    does less and nobody waits long for it. Measured (2026-11-29, 2-core Xeon, default model's training step, the
-    earlier split into one range per thread): the pool's thread took 20-40% longer than the calling thread
-    on the same amount of work (it starts ~0.07 ms later, and the data the step's NumPy code just wrote
-    sits in the calling thread's cache), and the calling thread then sat idle ~9 ms per step. Each result
+    does less and nobody waits long for it. (With one fixed range per thread the pool's thread, starting later
+    and without the caller's data in its cache, finished well after the calling thread, which then sat idle;
+    docs/performance.md.) Each result
     depends on its range only, never on which thread ran it, so the results (and a sum of partial
     products taken in range order) are the same on every run."""
     nthreads = max(1, min(numba.get_num_threads(), n // max(1, min_chunk)))

@@ -3,8 +3,8 @@
 Why this exists: the kernels vectorise across independent (batch, head) sequences ("lanes"), each
 lane running the scalar recursion of ``mesa_ref.ops``. Numba ships with LLVM's SLP vectoriser switched
 off (NUMBA_SLP_VECTORIZE=0), and LLVM fully unrolls a loop of 8 iterations before its loop vectoriser
-sees it, so ``for l in range(8): y[l] += a[l] * x[l]`` compiles to scalar code (measured: 1.5 GFLOP/s
-on a 20x20 lane matvec). Rather than depend on a global Numba setting, this module defines a Numba
+sees it, so ``for l in range(8): y[l] += a[l] * x[l]`` compiles to scalar code (slow: docs/performance.md
+has the rate measured on a 20x20 lane matvec). Rather than depend on a global Numba setting, this module defines a Numba
 type ``LaneVec`` whose LLVM representation is ``<n x float>`` / ``<n x double>`` and a handful of
 intrinsics on it. Values of that type live in registers (an accumulator is a vector register, not a
 memory location), so the kernels get the same SIMD code whatever the Numba configuration.
@@ -13,12 +13,11 @@ Two widths, fixed when a vector is made (``vload``/``vzeros``/``vsplat`` make LA
 ``wload``/``wzeros``/``wsplat`` make WIDE = 16); every other operation takes the width of its
 arguments:
 * LANES = 8: the mesa kernels (``mesa.py``). One AVX2 register of float32, two of float64. (The mesa
-  kernels at 16 lanes with FMA measured no faster: 13.9 against 14.1 ms median for forward+backward at
-  the paper shape, both versions alternating in one process, 2026-11-29; not adopted.)
+  kernels at 16 lanes with FMA were tried and measured no faster; not adopted.)
 * WIDE = 16: the attention kernels (``attention.py``). One AVX-512 register of float32 (two of
-  float64); on a machine without AVX-512 LLVM splits each operation into two AVX2 ones. Measured
-  (2026-11-29, 2-core Xeon, /tmp script, the linear-attention recursion alone on 64-byte aligned
-  buffers, one thread): 1.42 ms at 8 lanes, 0.99 ms at 16 lanes, 0.86 ms at 16 lanes with ``vfma``.
+  float64); on a machine without AVX-512 LLVM splits each operation into two AVX2 ones. 16 lanes, and
+  ``vfma`` on top, each made the linear-attention recursion measurably faster than 8 lanes
+  (docs/performance.md).
 
 Semantics: ``vadd``/``vsub``/``vmul``/``vdiv``/``vsqrt`` are the IEEE operations applied lane by lane
 (no fast-math flags, no FMA contraction), so each lane computes exactly what a scalar loop with the
@@ -27,9 +26,9 @@ used only where its kernel's docstring says so.
 
 Memory: ``vload(a, off)`` / ``vstore(a, off, x)`` read/write ``a[off:off+n]`` of a 1-D C-contiguous
 array ``a`` (no bounds check: callers index lane-strided buffers they allocated). The accesses are
-unaligned instructions; 16-lane float32 vectors that straddle two cache lines cost about 1.4x as much
-(measured 1.42 against 0.99 ms on the loop above at 16 lanes without FMA, buffers 16 bytes off against
-64-byte aligned), so the attention kernels allocate 64-byte aligned buffers (``aligned_empty``).
+unaligned instructions; 16-lane float32 vectors that straddle two cache lines cost markedly more than
+aligned ones (docs/performance.md), so the attention kernels allocate 64-byte aligned buffers
+(``aligned_empty``).
 """
 from __future__ import annotations
 

@@ -30,17 +30,12 @@ running state S_t, forward sweep for dq and reverse sweep with G_t for dk, dv, t
   dout (on the lane buffers; every sequence lands in exactly one lane), and returns whether all were
   finite; ``layers.py`` turns a False into the reference's ValueError.
 
-Measured (2026-11-29, 2-core Xeon, ``/tmp`` script; the default model's shapes, float32, fresh input
-buffers and a flushed cache before every call, this version and the one before this session's changes
-(8 lanes, no FMA, one gather pass per array) alternating in one process), medians of two runs on 2 threads:
-forward 2.1 / 1.8 ms against 3.8 / 3.1 ms, backward 4.1 / 3.5 ms against 6.2 / 5.8 ms; on one thread
-forward 2.3 against 4.0 ms, backward 5.1 against 7.7 ms. About half of each kernel's time is the gathers and
-scatters, half the recursions.
+About half of each kernel's time is the gathers and scatters, half the recursions; the 16 lanes, FMA and
+token-by-token gathers below were each kept because they measured faster (docs/performance.md).
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math,
-with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once). The
-recursion alone (``/tmp`` script, one thread, 64-byte aligned buffers) took 1.42 ms at 8 lanes without
-FMA, 0.99 ms at 16 lanes without FMA, 0.86 ms at 16 lanes with FMA. Float32 results differ from the
+with one exception: every multiply-add of the recursions is fused (``_simd.vfma``, rounded once), which
+made the recursion faster. Float32 results differ from the
 reference's float32 results by rounding only (sums in another order, fused multiply-adds); both are
 ~1e-6 relative from the float64 result, and the tests hold them to the same tolerances as before.
 
@@ -128,8 +123,7 @@ def _gather4(x, xs, n0, nl, H, T, w, buf):
 @njit(cache=True, nogil=True)
 def _gather_qkv(q, qs, k, ks, v, vs, n0, nl, H, T, d, dv, qg, kg, vg):
     """``_gather4`` of q, k and v, token by token. In the model the three are views of one fused QKV buffer, so
-    this reads each token's row once, front to back. Measured (2026-11-29, 2-core Xeon, /tmp script, the default
-    model's shapes, one thread): 1.2-1.3 ms against 2.1-2.2 ms for three passes, one per array."""
+    this reads each token's row once, front to back, which measured faster than three passes, one per array."""
     bq, fq = _lane_view(qs, n0, nl, H, d)
     bk, fk = _lane_view(ks, n0, nl, H, d)
     bv, fv = _lane_view(vs, n0, nl, H, dv)
@@ -224,8 +218,8 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
     """One group of L sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
     Token by token: q_t, k_t, v_t are gathered into one-token lane buffers and out_t is scattered from one, so
-    that every buffer but the inputs and outputs stays in L1 (measured 2026-11-29, both versions alternating in
-    one process: 2.7 against 2.95 ms on one thread, 3-6% faster on two, than whole-sequence buffers). Rows j of
+    that every buffer but the inputs and outputs stays in L1 (measured a little faster than whole-sequence
+    buffers). Rows j of
     S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
     n0 = g * L
     nl = min(L, N - n0)
@@ -305,7 +299,7 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     dv_t = G_t k_t, dk_t = G_t^T v_t.  [L2]  (Rows taken 4 at a time, as in the forward.) Unlike the forward,
     whole-sequence buffers: q, k, v gathered token by token before the sweeps, dq, dk, dv scattered token by
     token after them. (Token-by-token gathers and scatters inside the sweeps, as in the forward, measured
-    10-20% slower here: k, v, dout are needed by both sweeps, and the reverse sweep walks memory backwards.)"""
+    slower here: k, v, dout are needed by both sweeps, and the reverse sweep walks memory backwards.)"""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)

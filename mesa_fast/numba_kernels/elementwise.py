@@ -10,7 +10,7 @@ Re-expresses ``mesa_ref.ops.activations.gelu_*`` and ``mesa_ref.ops.layernorm``;
 
 * MSE. One pass over pred and target (any strides) for diff = pred - target, the sum of squares and
   the NaN/inf check; the reference checks both inputs first (with pred a strided view of the
-  residual stream, that check alone took 0.16-0.2 ms), then makes two temporaries.
+  residual stream, a pass of its own: docs/performance.md), then makes two temporaries.
 
 Arithmetic in the input dtype, IEEE operations without fast-math, except sums over all B*T rows
 (LayerNorm's dw, db, the MSE's sum of squares): accumulated in float64 and rounded once.

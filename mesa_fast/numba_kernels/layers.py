@@ -166,9 +166,8 @@ def dense_forward(x, W, b=None):
     with a NaN or inf in it is finite), so a finite y proves finite inputs. x or y is checked range by range by
     the thread that just multiplied it (``dense.forward``), W and b (small) before the product. When a check
     fails the inputs are checked one by one, so the ValueError names the argument as the reference's does;
-    finite inputs whose product overflows come back as they are, also as in the reference. (Measured in the
-    default model's training step, 2026-11-29: the checks made outside the product ranges took 0.28-0.34 ms
-    per forward call.)"""
+    finite inputs whose product overflows come back as they are, also as in the reference. (Checks outside the
+    product ranges would be an extra pass over memory per call; docs/performance.md has the measurement.)"""
     if not _numpy(x, W, b):
         return _ref_dense.dense_forward(x, W, b)
     _ref_dense.check_dense_inputs(x, W, b, finite=False)   # the reference's checks (same ValueErrors)

@@ -16,10 +16,10 @@ accumulators). What differs:
   The rank-1 term is written w w^T with w_t = c_t sqrt(beta_t), beta_t = 1/(gamma + k_t.c_t) > 0,
   so the update R_ij <- (R_ij - w_i w_j)/gamma is one multiply per entry and keeps R exactly
   symmetric. Four rows at a time keep eight independent sums in flight (one sum per row would
-  wait on the add latency; 4 rows: 1.5x faster than 2 rows at d = 20). Full matrix or one
+  wait on the add latency; 4 rows measured clearly faster than 2). Full matrix or one
   triangle: a packed-triangle pass (each entry feeds row i in registers and row j through memory)
-  measured 0.31 / 0.90 / 4.15 us per pass at d = 20 / 32 / 64 against 0.37 / 0.91 / 3.83 for the
-  full 4-row pass (float32, 8 lanes): no clear winner, so the simpler full matrix stays.
+  measured no clear winner against the full 4-row pass, so the simpler full matrix stays
+  (docs/performance.md has both measurements).
 * What the forward keeps. Never R_t (T d^2 per sequence: 80 MB at the paper shape, more memory
   traffic than the whole computation). The backward needs u_t = R_t dq~_t only, and
   dq~_t = S_t^T g_t needs a forward sweep anyway, so the backward rebuilds R_t going forward:

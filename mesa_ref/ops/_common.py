@@ -72,7 +72,7 @@ def all_finite(x) -> bool:
     if not x.size:
         return True
     xp = array_module(x)
-    y = _contiguous_order(x)          # a reduction over contiguous memory is 2-3x faster than over a strided view
+    y = _contiguous_order(x)          # a reduction over contiguous memory is faster than over a strided view
     # min and max are NaN/inf exactly when some entry is: two reductions, no boolean temporary
     return bool(xp.isfinite(y.min())) and bool(xp.isfinite(y.max()))
 
