@@ -247,6 +247,9 @@ def run_experiment(exp: Experiment, argv=None) -> int:
                           xp=xp, progress=not args.no_progress, args=args)
             data = exp.analyse(ctx, cfg, results)
             cost = cost_summary(results.values())
+            from .cost import jax_hours
+            for k, j in jobs.items():
+                cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_hours(j.record())
             full = exp.modes["full"]
             data = {"figure": exp.name, **data,
                     "config": {"mode": mode, "values": dataclasses.asdict(cfg),
@@ -254,6 +257,8 @@ def run_experiment(exp: Experiment, argv=None) -> int:
                                    "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
                                    "store": _relative(store)},
                     "cost": {"cpu_hours": cost["cpu_hours"],
+                             "jax_hours_estimate": sum(cost["jobs"][j.key]["jax_hours_estimate"]
+                                                       for j in {j.key: j for j in jobs.values()}.values()),
                              "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
                     "seed": args.seed, "quick": mode != "full", "backend": backend,
                     "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",

@@ -1,0 +1,52 @@
+"""What a figure's training cost, and what the authors' JAX code would take for the same runs.
+
+Our cost is measured: each job records the CPU seconds of its own process (``mesa_ref.jobs``).  The authors'
+cost is an estimate: their jit-compiled training step, timed side by side with ours on a 2-core AMD EPYC
+machine for four model families (``JAX_STEP_MS``), times the job's number of steps.  Models outside those
+families get the step time of the nearest family scaled by the number of layers, and the estimate says so.
+"""
+from __future__ import annotations
+
+#: the authors' JAX/Flax training step (forward, backward, clipping, AdamW; batch 256, T 50, float32), in ms,
+#: measured side by side with mesa_fast on a 2-core AMD EPYC (the midpoints of the measured ranges)
+JAX_STEP_MS = {
+    ("linear", 2): 203.5,     # 197-210 ms: the default model, constructed tokens
+    ("linear", 6): 668.5,     # 657-680 ms
+    ("mesa", 1): 382.0,       # 376-388 ms
+    ("softmax_mlp_ln", 6): 1114.0,   # 1066-1162 ms: softmax + GELU MLP (x4) + pre-LayerNorm, width 40, key 20
+}
+
+
+def family(model: dict) -> str:
+    """"linear", "mesa", "softmax" (attention only) or "softmax_mlp_ln", from a ModelConfig record."""
+    kinds = set(model["layers"])
+    if kinds == {"linear"}:
+        return "linear"
+    if kinds == {"mesa"}:
+        return "mesa"
+    if "mesa" in kinds:
+        return "mesa"                 # hybrids: the mesa layers dominate
+    return "softmax_mlp_ln" if (model.get("mlp") or model.get("layernorm")) else "softmax"
+
+
+def jax_step_estimate(model: dict) -> tuple[float, str]:
+    """(ms per step, how it was obtained) for a model record at batch 256 and T 50."""
+    fam, L = family(model), len(model["layers"])
+    if (fam, L) in JAX_STEP_MS:
+        return JAX_STEP_MS[(fam, L)], "measured"
+    base = {"linear": ("linear", 2), "mesa": ("mesa", 1), "softmax": ("softmax_mlp_ln", 6),
+            "softmax_mlp_ln": ("softmax_mlp_ln", 6)}[fam]
+    ms = JAX_STEP_MS[base] * L / base[1]
+    width = model.get("width", 40)
+    if fam.startswith("softmax") and width != 40:
+        ms *= (width / 40) ** 2       # the dense products grow with width^2
+    return ms, f"extrapolated from the measured {base[0]} {base[1]}-layer step by the number of layers" + (
+        f" and (width / 40)^2" if fam.startswith("softmax") and width != 40 else "")
+
+
+def jax_hours(record: dict) -> tuple[float, str]:
+    """The authors' estimated hours for one job: their step time x the job's steps, scaled to its batch and T."""
+    ms, basis = jax_step_estimate(record["model"])
+    tr, task = record["train"], record["task"]
+    scale = (tr["batch"] / 256) * (task.get("T", 50) / 50)
+    return ms * scale * tr["steps"] / 3.6e6, basis + ("" if scale == 1 else ", scaled by batch x T")
