@@ -5,6 +5,8 @@ Every task is a frozen dataclass with
     batch(rng, B, dtype) -> (x, y)     inputs and targets of one batch, drawn from ``rng``
     to_dict() -> dict                   {"name": <registry name>, **fields}: the task's part of a job's record
     baseline_inputs(x) -> (s, feats)    what the [A1]-[A5] solvers see (dynamics tasks only)
+    test_batch(rng, B, dtype) -> (x, y) optional: the trainer's fixed test set comes from here (held-out
+                                        data) instead of ``batch`` (the language task's held-out text)
 
 and ``task_from_dict(to_dict())`` rebuilds it, so a job can travel to another process as plain JSON.
 Tags refer to docs/math.md; shapes: B batch, T time, n state size, m observation size, k history length.
@@ -118,3 +120,72 @@ def task_from_dict(d: dict):
     if set(fields) - known:
         raise ValueError(f"task {d['name']!r}: unknown fields {sorted(set(fields) - known)}")
     return cls(**fields)
+
+
+@register_task
+@dataclass(frozen=True)
+class LanguageTask:
+    """[T6] next-token prediction on windows of T tokens of a text, at character or byte level.
+
+    The record names the corpus, not its tokens: ``source`` is ``"pydoc_data.topics"`` (the text that ships
+    with Python) or a file's absolute path, and ``sha256`` is the hash of the text (filled in at
+    construction when left empty), so a worker rebuilds the same ids from the record and a different text
+    makes a different job.  The corpus is split once into a training part and the held-out last
+    ``heldout_frac``; ``batch`` draws random windows from the part named by ``split`` and ``test_batch``
+    from the held-out part (the trainer's test set, where the learning curves are measured).
+    Both return (x, y) int64 ids (B, T) with y[:, t] the token after x[:, t]; ``dtype`` is ignored."""
+    source: str = "pydoc_data.topics"
+    sha256: str = ""
+    level: str = "char"            # "char" | "byte"
+    T: int = 256                   # context length (tokens per window)
+    heldout_frac: float = 0.1
+    split: str = "train"           # the part batch() draws from: "train" | "heldout"
+    registry_name = "language_modelling"
+
+    def __post_init__(self):
+        import os
+        from .runio import CLIError
+        from .text import DEFAULT_SOURCE, LEVELS
+        if self.level not in LEVELS:
+            raise ValueError(f"level: expected one of {LEVELS}, got {self.level!r}")
+        if self.split not in ("train", "heldout"):
+            raise ValueError(f"split: expected 'train' or 'heldout', got {self.split!r}")
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
+            raise ValueError(f"T: expected a positive int, got {self.T!r}")
+        if not 0 < self.heldout_frac < 1:
+            raise ValueError(f"heldout_frac: expected a number in (0, 1), got {self.heldout_frac!r}")
+        if str(self.source) != DEFAULT_SOURCE:
+            object.__setattr__(self, "source", os.path.abspath(str(self.source)))   # any worker's working directory
+        from .text import load_corpus
+        corpus = load_corpus(self.source, self.level, self.sha256 or None)    # checks the hash when given
+        object.__setattr__(self, "sha256", corpus.sha256)
+        object.__setattr__(self, "_corpus", corpus)          # the text this task was checked against (not a field)
+        train, held = corpus.split(self.heldout_frac)
+        if min(len(train), len(held)) < self.T + 1:
+            need = int((self.T + 1) / min(self.heldout_frac, 1 - self.heldout_frac)) + 1
+            raise CLIError(f"corpus {self.source!r}: {len(corpus.ids)} tokens is too short for context T = {self.T} "
+                           f"with a {self.heldout_frac:.0%} held-out split (need at least {need})")
+
+    def corpus(self):
+        """The ``mesa_ref.text.Corpus`` whose hash was checked when this task was made."""
+        return self._corpus
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus().V
+
+    def split_ids(self):
+        """(training ids, held-out ids): the contiguous split of the corpus."""
+        return self.corpus().split(self.heldout_frac)
+
+    def batch(self, rng, batch: int, dtype=None):
+        from .text import LMTask
+        train, held = self.split_ids()
+        return LMTask(train if self.split == "train" else held, self.T, self.split).batch(rng, batch)
+
+    def test_batch(self, rng, batch: int, dtype=None):
+        from .text import LMTask
+        return LMTask(self.split_ids()[1], self.T, "heldout").batch(rng, batch)
+
+    def to_dict(self):
+        return {"name": self.registry_name, **dataclasses.asdict(self)}

@@ -7,11 +7,18 @@ and rejects a missing, binary (NUL bytes) or undecodable file with a one-line ``
 
 Levels: "char" (vocabulary = the sorted distinct characters of the corpus) or "byte" (vocabulary =
 the 256 byte values of the UTF-8 encoding).  ``encode`` / ``decode`` round-trip any text made of the
-vocabulary.  ``LMTask`` draws random windows from a split for the trainer: batch(rng, B) ->
-(x (B, T) ids, y (B, T) the next ids).
+vocabulary.  ``LMTask`` draws random windows from an array of ids: batch(rng, B) -> (x (B, T) ids,
+y (B, T) the next ids).
+
+A training job does not carry token ids: its task (``mesa_ref.tasks.LanguageTask``) names the corpus by
+its source and the SHA-256 of its text, and every process rebuilds the ids with ``load_corpus`` (which
+encodes each distinct text once per process, so the jobs of one worker share the encoding).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +26,8 @@ import numpy as np
 
 from .runio import CLIError
 
-__all__ = ["LEVELS", "default_text", "read_text_file", "Corpus", "unigram_entropy", "unigram_cross_entropy",
-           "LMTask"]
+__all__ = ["LEVELS", "DEFAULT_SOURCE", "default_text", "read_text_file", "text_sha256", "Corpus", "load_corpus",
+           "unigram_entropy", "unigram_cross_entropy", "LMTask"]
 
 LEVELS = ("char", "byte")
 DEFAULT_SOURCE = "pydoc_data.topics"
@@ -30,6 +37,11 @@ def default_text() -> str:
     """The embedded default corpus: the values of ``pydoc_data.topics.topics`` joined in sorted key order."""
     from pydoc_data.topics import topics
     return "".join(topics[k] for k in sorted(topics))
+
+
+def text_sha256(text: str) -> str:
+    """SHA-256 (hex) of ``text`` encoded as UTF-8: the identity of a corpus in a job's record."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_text_file(path) -> str:
@@ -82,6 +94,11 @@ class Corpus:
     def from_file(cls, path, level: str = "char") -> "Corpus":
         return cls(read_text_file(path), level, source=str(path))
 
+    @functools.cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the text (``text_sha256``)."""
+        return text_sha256(self.text)
+
     @property
     def V(self) -> int:
         return len(self.vocab)
@@ -128,10 +145,40 @@ def unigram_cross_entropy(train_ids, test_ids, V: int, alpha: float = 1.0) -> fl
     return float(-logp[np.asarray(test_ids).reshape(-1)].mean())
 
 
+_CORPORA: dict = {}        # (source, level, sha256) -> Corpus: the encodings made in this process
+_KEEP = 8
+
+
+def load_corpus(source: str = DEFAULT_SOURCE, level: str = "char", sha256: str | None = None) -> Corpus:
+    """The corpus of ``source`` (DEFAULT_SOURCE or a file path) at ``level``.
+
+    The text is read (and hashed) on every call, so an edited file is never served from memory; the
+    encoding, the slow part, is made once per process for each distinct text.  With ``sha256``, the text
+    must be the one the hash names: a CLIError otherwise (the file was edited, or this Python ships a
+    different pydoc text, since the job was defined)."""
+    if level not in LEVELS:
+        raise ValueError(f"level: expected one of {LEVELS}, got {level!r}")
+    source = str(source)
+    text = default_text() if source == DEFAULT_SOURCE else read_text_file(source)
+    digest = text_sha256(text)
+    if sha256 is not None and digest != sha256:
+        raise CLIError(f"corpus {source!r}: its text has changed since the job was defined "
+                       f"(sha256 {digest[:12]}..., the job's {sha256[:12]}...)")
+    key = (source, level, digest)
+    corpus = _CORPORA.get(key)
+    if corpus is None:
+        while len(_CORPORA) >= _KEEP:
+            _CORPORA.pop(next(iter(_CORPORA)))
+        corpus = _CORPORA[key] = Corpus(text, level, source=source)
+        corpus.__dict__["sha256"] = digest                 # the cached_property, already computed
+    return corpus
+
+
 @dataclass(frozen=True, eq=False)
 class LMTask:
     """[T6] next-token prediction on random windows of ``ids``: batch(rng, B) -> (x, y), both (B, T) int64,
-    y[:, t] = ids[start + t + 1]."""
+    y[:, t] = ids[start + t + 1].  A window sampler over an array; the job-level task, which names its corpus
+    instead of holding it, is ``mesa_ref.tasks.LanguageTask``."""
     ids: np.ndarray
     T: int
     name: str = "train"
@@ -147,6 +194,3 @@ class LMTask:
         idx = starts[:, None] + np.arange(self.T + 1)[None, :]                 # (B, T+1)
         w = self.ids[idx]
         return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
-
-    def to_dict(self):
-        return {"name": f"language_modelling_{self.name}", "T": self.T, "tokens": int(len(self.ids))}

@@ -107,15 +107,17 @@ def train(model: Transformer, task, tcfg: TrainConfig, out_dir=None, *, resume: 
           progress: bool = True, dtype=np.float32, xp=np, params: dict | None = None,
           on_checkpoint=None) -> TrainResult:
     """Train ``model`` on batches from ``task`` (anything with ``batch(rng, B, dtype) -> (x, y)`` and
-    ``to_dict()``).  With ``out_dir``, writes config.json, metrics.json/.csv and checkpoint.npz there, and
-    calls ``on_checkpoint(step, metrics)`` after each checkpoint is on disk.
+    ``to_dict()``; the fixed test batches come from ``task.test_batch`` where the task has one).  With
+    ``out_dir``, writes config.json, metrics.json/.csv and checkpoint.npz there, and calls
+    ``on_checkpoint(step, metrics)`` after each checkpoint is on disk.
     ``xp`` = cupy keeps parameters and batches on the GPU.  Same seed, same numbers."""
     out = Path(out_dir) if out_dir is not None else None
     config_record = {"model": model.config.to_dict(), "train": dataclasses.asdict(tcfg), "task": task.to_dict(),
                      "dtype": np.dtype(dtype).name}
     data_rng = np.random.default_rng([tcfg.seed, 1])
     test_rng = np.random.default_rng([tcfg.seed, 2])
-    test_set = [tuple(xp.asarray(a) for a in task.batch(test_rng, tcfg.batch, dtype)) for _ in range(tcfg.test_batches)]
+    draw_test = getattr(task, "test_batch", task.batch)      # a task with held-out data says so (mesa_ref.tasks)
+    test_set = [tuple(xp.asarray(a) for a in draw_test(test_rng, tcfg.batch, dtype)) for _ in range(tcfg.test_batches)]
     if params is None:
         params = model.init(tcfg.seed, dtype=dtype)
     params = {k: xp.asarray(v) for k, v in params.items()}

@@ -47,23 +47,48 @@ def test_fig6_smoke(tmp_path):
 
 
 def test_fig8_smoke_and_text_flag(tmp_path, capsys):
+    import numpy as np
+
+    from mesa_ref.experiments.language import token_losses
+    from mesa_ref.jobs import Job, Store
+    from mesa_ref.model import Transformer
     mod = _load("fig8_language")
     out = tmp_path / "default"
     assert mod.main(["--smoke", "--backend", "ref", "--out", str(out), "--no-progress"]) == 0
     data = json.loads((out / "fig8_language.json").read_text())
     kinds = ("softmax", "linear", "mesa", "hybrid")
-    T = data["config"]["lm"]["T"]
+    cfg = data["config"]["values"]
+    T, steps = cfg["T"], cfg["steps"]
+    assert data["config"]["mode"] == "smoke" and "steps = 4 (paper: 8000)" in data["config"]["deviations"]
     for k in kinds:
         assert math.isfinite(data["heldout_loss"][k])
         assert len(data["loss_per_position"][k]) == T
+        assert data["heldout_loss"][k] == pytest.approx(sum(data["loss_per_position"][k]) / T)
         c = data["learning_curves"][k]
-        assert len(c["step"]) == len(c["loss"]) >= 2 and c["step"][0] == 0
+        assert c["step"] == list(range(0, steps + 1, cfg["eval_every"])) and len(c["loss"]) == len(c["step"])
     pc = data["param_count"]
-    heads, layers = data["config"]["lm"]["heads"], data["config"]["lm"]["layers"]
+    heads, layers = cfg["heads"], cfg["layers"]
     assert pc["linear"] == pc["softmax"]
     assert pc["mesa"] == pc["linear"] + heads * layers            # only lam per mesa head
     assert pc["hybrid"] == pc["linear"] + heads * (layers - 1)
     assert data["unigram_entropy"] > 0 and data["corpus"]["source"] == "pydoc_data.topics"
+    # the four jobs: same task and training record (same batches), models differing in their layers only
+    recs = {k: data["config"]["jobs"][k]["record"] for k in kinds}
+    assert all(r["task"] == recs["mesa"]["task"] and r["train"] == recs["mesa"]["train"] for r in recs.values())
+    assert recs["hybrid"]["model"]["layers"] == ["softmax"] + ["mesa"] * (layers - 1)
+    assert recs["mesa"]["task"]["sha256"] == data["corpus"]["sha256"]
+    # the learning curve is the trainer's held-out cross-entropy: recompute its last point from the stored
+    # parameters on the job's test set (task.test_batch on the trainer's test stream)
+    store = Store(out / ".cache" / "jobs")
+    for k in ("mesa", "hybrid"):
+        job = Job.from_record(recs[k])
+        res = store.get(job)
+        assert res is not None and res.metrics["test_loss"] == data["learning_curves"][k]["loss"]
+        rng = np.random.default_rng([job.train.seed, 2])
+        test = [job.task.test_batch(rng, job.train.batch) for _ in range(job.train.test_batches)]
+        model = Transformer(job.model)
+        ce = np.mean([token_losses(model, res.params, x, y).mean() for x, y in test])
+        assert res.final_test_loss == pytest.approx(ce, rel=1e-5)
     _replot_ok(mod, out, "fig8_language")
 
     text = tmp_path / "tiny.txt"
@@ -72,6 +97,10 @@ def test_fig8_smoke_and_text_flag(tmp_path, capsys):
     assert mod.main(["--smoke", "--backend", "ref", "--out", str(out2), "--no-progress", "--text", str(text)]) == 0
     d2 = json.loads((out2 / "fig8_language.json").read_text())
     assert d2["corpus"]["source"] == str(text) and d2["corpus"]["vocab_size"] == len(set(text.read_text()))
+    task2 = d2["config"]["jobs"]["mesa"]["record"]["task"]
+    assert task2["source"] == str(text) and task2["sha256"] != recs["mesa"]["task"]["sha256"]
+    assert d2["config"]["jobs"]["mesa"]["key"] != data["config"]["jobs"]["mesa"]["key"]
+    assert f"text = {str(text)!r} (paper: None)" in d2["config"]["deviations"]
     capsys.readouterr()
 
     for bad, msg in ((tmp_path / "nope.txt", "no such file"), (None, "NUL"), ("short", "too short")):
@@ -85,3 +114,17 @@ def test_fig8_smoke_and_text_flag(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and msg in err and "\n" not in err
     assert not (tmp_path / "err" / "fig8_language.json").exists()
+
+
+def test_fig8_full_jobs():
+    """The full-size jobs: one per kind, on the default corpus with the held-out split, 8000 steps, one seed."""
+    from mesa_ref.experiments import language
+    jobs = language.jobs(language.FULL, 0, "fast")
+    assert list(jobs) == ["softmax", "linear", "mesa", "hybrid"]
+    keys = {j.key for j in jobs.values()}
+    assert len(keys) == 4
+    for j in jobs.values():
+        assert j.task.source == "pydoc_data.topics" and j.task.T == 256 and j.task.split == "train"
+        assert j.train.steps == 8000 and j.train.seed == 0 and j.model.input == "tokens"
+        assert j.model.input_dim == j.model.output_dim == j.task.vocab_size
+    assert {j.key for j in language.jobs(language.FULL, 1, "fast").values()}.isdisjoint(keys)

@@ -81,3 +81,117 @@ def test_split_windows_and_entropies():
     assert unigram_entropy(c.ids, c.V) == pytest.approx(-(p * np.log(p)).sum())
     # add-one unigram cross-entropy of a split on itself is at least its entropy
     assert unigram_cross_entropy(c.ids, c.ids, c.V) >= unigram_entropy(c.ids, c.V) - 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- the job task
+def _two_part_text(tmp_path, n=2000):
+    """A file whose first 90% uses only the letters a-m and whose last 10% only n-z: a window's letters say
+    which split it came from."""
+    rng = np.random.default_rng(0)
+    cut = int(round(n * 0.9))
+    text = "".join(rng.choice(list("abcdefghijklm"), cut)) + "".join(rng.choice(list("nopqrstuvwxyz"), n - cut))
+    path = tmp_path / "two_part.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_language_task_round_trips_and_draws_from_its_splits(tmp_path, monkeypatch):
+    import json
+
+    from mesa_ref.tasks import LanguageTask, task_from_dict
+    path = _two_part_text(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    task = LanguageTask(source="two_part.txt", T=12)               # a relative path is recorded absolute
+    rec = json.loads(json.dumps(task.to_dict()))
+    assert rec["name"] == "language_modelling" and rec["source"] == str(path.resolve())
+    assert rec["sha256"] == Corpus.from_file(path).sha256
+    again = task_from_dict(rec)
+    assert again == task and again.to_dict() == rec
+    c = task.corpus()
+    held_letters = {c.vocab.index(ch) for ch in "nopqrstuvwxyz"}
+    for draw in ("batch", "test_batch"):
+        x1, y1 = getattr(task, draw)(np.random.default_rng(5), 64)
+        x2, y2 = getattr(again, draw)(np.random.default_rng(5), 64)
+        assert x1.shape == y1.shape == (64, 12) and x1.dtype == np.int64
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1[:, 1:], y1[:, :-1])
+        in_held = np.isin(np.concatenate([x1, y1[:, -1:]], axis=1), list(held_letters))
+        assert (in_held.all() if draw == "test_batch" else not in_held.any()), draw
+    xh, _ = LanguageTask(source=str(path), T=12, split="heldout").batch(np.random.default_rng(5), 8)
+    assert np.isin(xh, list(held_letters)).all()
+
+
+def test_language_task_names_its_text(tmp_path):
+    from mesa_ref.jobs import Job
+    from mesa_ref.config import ModelConfig
+    from mesa_ref.tasks import LanguageTask, task_from_dict
+    from mesa_ref.train import TrainConfig
+    path = _two_part_text(tmp_path)
+    task = LanguageTask(source=str(path), T=8)
+    rec = task.to_dict()
+    mcfg = ModelConfig(layers=("linear",), heads=1, width=8, key_size=4, input="tokens", input_dim=26,
+                       output_dim=26, clip=None)
+    key = Job(mcfg, task, TrainConfig(steps=1)).key
+    path.write_text(path.read_text()[::-1], encoding="utf-8")      # same letters, same length, another text
+    with pytest.raises(CLIError, match="changed"):
+        task_from_dict(rec)
+    edited = LanguageTask(source=str(path), T=8)
+    assert edited.sha256 != task.sha256 and Job(mcfg, edited, TrainConfig(steps=1)).key != key
+    default = LanguageTask(T=8)
+    assert default.source == "pydoc_data.topics" and default.sha256 == Corpus.default().sha256
+    short = tmp_path / "short.txt"
+    short.write_text("abcdefghij" * 5, encoding="utf-8")
+    with pytest.raises(CLIError, match="too short"):
+        LanguageTask(source=str(short), T=8)                       # 5 held-out tokens < T + 1
+    with pytest.raises(CLIError, match="no such file"):
+        LanguageTask(source=str(tmp_path / "missing.txt"), T=8)
+    with pytest.raises(ValueError, match="split"):
+        LanguageTask(T=8, split="test")
+
+
+def test_trainer_takes_its_test_set_from_test_batch(tmp_path):
+    """mesa_ref.train builds the fixed test batches with task.test_batch where the task has one: the logged
+    initial test loss is the loss on held-out windows, not on training windows drawn with the same stream."""
+    from mesa_ref.config import ModelConfig
+    from mesa_ref.model import Transformer
+    from mesa_ref.tasks import LanguageTask
+    from mesa_ref.train import TrainConfig, train
+    task = LanguageTask(source=str(_two_part_text(tmp_path)), T=8)
+    V = task.vocab_size
+    model = Transformer(ModelConfig(layers=("softmax",), heads=1, width=8, key_size=4, input="tokens",
+                                    input_dim=V, output_dim=V, clip=None, pos_enc=True, init_std=0.5))
+    tcfg = TrainConfig(steps=1, batch=4, test_batches=2, eval_every=1, seed=3)
+    params = model.init(tcfg.seed)
+
+    def loss_on(draw):
+        rng = np.random.default_rng([tcfg.seed, 2])                # the trainer's test stream
+        return float(np.mean([model.loss(params, *draw(rng, tcfg.batch)) for _ in range(tcfg.test_batches)]))
+
+    res = train(model, task, tcfg, progress=False)
+    held, trained_on = loss_on(task.test_batch), loss_on(task.batch)
+    assert abs(held - trained_on) > 1e-3                            # the two sets tell apart
+    assert res.metrics["test_loss"][0] == pytest.approx(held, rel=1e-6)
+
+
+def test_token_loss_is_the_cross_entropy_the_figure_reports():
+    """Model.loss on token ids = the mean of fig8's per-token -log softmax(logits)[y] (float64, computed apart),
+    and at a small init the logits are near zero, so it is near log V."""
+    from mesa_ref.config import ModelConfig
+    from mesa_ref.experiments.language import token_losses
+    from mesa_ref.model import Transformer
+    from mesa_ref.tasks import LanguageTask
+    task = LanguageTask(T=16)
+    V = task.vocab_size
+    x, y = task.test_batch(np.random.default_rng(0), 6)
+    for std, layers in ((0.02, ("mesa", "softmax")), (0.3, ("linear", "mesa"))):
+        model = Transformer(ModelConfig(layers=layers, heads=2, width=16, key_size=8, input="tokens", input_dim=V,
+                                        output_dim=V, clip=None, pos_enc=True, layernorm=True, init_std=std))
+        params = model.init(1)
+        per_token = token_losses(model, params, x, y, chunk=4)      # (6, 16)
+        assert per_token.shape == (6, 16) and (per_token > 0).all()
+        assert model.loss(params, x, y) == pytest.approx(per_token.mean(), rel=1e-5)
+        if std == 0.02:
+            assert per_token.mean() == pytest.approx(np.log(V), abs=0.05)
+        else:
+            assert abs(per_token.mean() - np.log(V)) > 0.05        # a real check, not a constant

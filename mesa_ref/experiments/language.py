@@ -2,42 +2,52 @@
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 
-Four models of equal size (same width, heads, key size, layers, MLP; the mesa heads add only their lam
-per head [M1], so the parameter counts differ by H per mesa layer; the JSON reports them):
+Four models of one size (same width, heads, key size, layers, MLP; a mesa head adds only its lam [M1], so
+the counts differ by H per mesa layer; the JSON reports them):
 
-    softmax  (softmax [L3], softmax)      linear  (linear [L2], linear)
-    mesa     (mesa [M1], mesa)            hybrid  (softmax, mesa): the mesa model with one softmax layer
+    softmax  (softmax [L3], ..., softmax)     linear  (linear [L2], ..., linear)
+    mesa     (mesa [M1], ..., mesa)           hybrid  (softmax, mesa, ..., mesa): the first layer softmax
 
-all with token embeddings, sinusoidal positional encoding [L7], pre-LayerNorm [L4], no clipping, and
-trained on the same batches (same seed, same token budget) of a character- or byte-level corpus
-(``mesa_ref.text``; default: the text of ``pydoc_data.topics``) split contiguously into training and
-held-out parts.  Reported: held-out cross-entropy (nats per token), held-out loss per position within
-the context window, held-out learning curves, and the unigram entropy of the corpus for reference.
+all with token embeddings, sinusoidal positional encoding [L7], pre-LayerNorm [L4] and no clipping.  Each
+is one training job (``mesa_ref.jobs``) on a ``mesa_ref.tasks.LanguageTask``: random windows of T tokens
+of a character- or byte-level corpus (default: the text of ``pydoc_data.topics``, which ships with
+Python; ``--text FILE`` for any UTF-8 file), split contiguously into a training part and the held-out
+last 10%.  The jobs share the seed, so they see the same batches; the trainer's test set (its learning
+curve) is drawn from the held-out part through the task's ``test_batch``.  The model's loss on token ids
+is the mean cross-entropy in nats per token ([T6]), the quantity every number here is in.
 
-The trainer is a small loop over ``train.AdamW`` / ``learning_rate`` / ``clip_gradients`` (``train.train``
-draws its test batches from the training task; here the curves are on the held-out split).
+Reported: held-out cross-entropy per kind (on ``eval_windows`` fixed held-out windows), the same loss per
+position in the context window, the held-out learning curves of the jobs, the parameter counts, and the
+corpus's unigram entropy and the held-out cross-entropy of an add-one unigram model for reference.
 
-Quick-mode choices (CPU, a few minutes; the paper trains far larger models on far more text): character
-level, width 32, 4 heads of key size 8, 2 layers, no MLP, context T = 32, batch 16, 800 steps, peak lr
-3e-3 for every kind (warm-up 80 steps, cosine to 3e-4), weights initialised N(0, 0.02^2) instead of the
-[T1] models' N(0, 0.0002^2), mesa lam initialised to 1; held-out loss on 256 fixed windows of the last 10%.
-The full mode (meant for the fast backend on a GPU) uses width 128, 8 heads, 4 layers with MLPs,
-T = 256, batch 32, 10,000 steps at lr 1e-3.
+Configurations.  The paper's language models are far larger than one CPU can train, so ``FULL`` is our
+own size: character level, width 64, 4 heads of key size 16, 4 layers with MLPs, context T = 256, batch
+16, 8,000 steps (33M tokens, about 78 passes over the default corpus's training part), AdamW at peak lr
+1e-3 for every kind (warm-up 400 steps, cosine to 1e-5), weights N(0, 0.02^2), mesa lam initialised to 1.
+Why this size: each job has to train on a 2-core CPU in two hours or less with the fast backend and one
+thread per job.  benchmarks/bench_lm_cost.py measures the single-threaded training step of each kind at
+exactly this size (benchmarks/results/bench_lm_cost_cpu.json, ``train_step`` rows of the fast backend,
+and ``full_job_hours``: steps x measured step time); the slowest kind, softmax, fits with room to spare
+even on the loaded machine of that measurement, and the evaluations add about 1%.  Width 128 with 8
+heads at batch 32 (the earlier full setting) would need several times longer.  ``QUICK`` (a few CPU
+minutes per job) shrinks everything further; the JSON lists every field where it differs from ``FULL``.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import ModelConfig
-from ..runio import CLIError
-from ..text import Corpus, LMTask, unigram_cross_entropy, unigram_entropy
-from ..train import AdamW, TrainConfig, clip_gradients, learning_rate
+from ..jobs import Job
+from ..ops._common import to_host
+from ..tasks import LanguageTask
+from ..text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
+from ..train import TrainConfig
+from .common import Experiment, run_experiment
 
+NAME = "fig8_language"
 KINDS = ("softmax", "linear", "mesa", "hybrid")
 
 
@@ -52,36 +62,42 @@ def kind_layers(kind: str, n_layers: int) -> tuple:
 
 @dataclass(frozen=True)
 class LMConfig:
+    text: str | None = None      # a UTF-8 file (absolute path) instead of the default corpus (--text)
     level: str = "char"
     T: int = 256                 # context length
-    batch: int = 32
-    steps: int = 10000
-    width: int = 128
-    heads: int = 8
+    batch: int = 16
+    steps: int = 8000
+    width: int = 64
+    heads: int = 4
     key_size: int = 16
     layers: int = 4
     mlp: bool = True
     lr: float = 1e-3             # peak lr, every kind
-    warmup_steps: int = 500
+    warmup_steps: int = 400
     final_lr: float = 1e-5
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     init_std: float = 0.02
     mesa_lam_init: float = 1.0
     heldout_frac: float = 0.1
-    eval_every: int = 250
-    eval_windows: int = 256      # fixed held-out windows for the final loss and loss per position
-    curve_windows: int = 64      # fixed held-out windows for the learning curves (a subset of the above)
+    eval_every: int = 250        # the jobs' held-out learning curve: every this many steps ...
+    test_batches: int = 4        # ... on this many fixed held-out batches of ``batch`` windows
+    checkpoint_every: int = 500
+    eval_windows: int = 256      # analysis: fixed held-out windows for the final loss and the loss per position
 
 
 FULL = LMConfig()
-QUICK = LMConfig(T=32, batch=16, steps=800, width=32, heads=4, key_size=8, layers=2, mlp=False, lr=3e-3,
-                 warmup_steps=80, final_lr=3e-4, eval_every=80)
-QUICK_DEVIATIONS = ("character level on pydoc_data.topics; width 32, 4 heads x key size 8, 2 layers, no MLP; "
-                    "context T = 32, batch 16, 800 steps, peak lr 3e-3 for every kind (warm-up 80, cosine to 3e-4); "
-                    "init N(0, 0.02^2); far smaller models, contexts and token budgets than the paper's")
-SMOKE = LMConfig(T=8, batch=4, steps=4, width=8, heads=2, key_size=4, layers=2, mlp=False, lr=3e-3,
-                 warmup_steps=1, final_lr=3e-4, eval_every=2, eval_windows=8, curve_windows=4)
+QUICK = dataclasses.replace(FULL, T=32, batch=16, steps=800, width=32, heads=4, key_size=8, layers=2, mlp=False,
+                            lr=3e-3, warmup_steps=80, final_lr=3e-4, eval_every=80, checkpoint_every=200)
+SMOKE = dataclasses.replace(FULL, T=8, batch=4, steps=4, width=8, heads=2, key_size=4, layers=2, mlp=False, lr=3e-3,
+                            warmup_steps=1, final_lr=3e-4, eval_every=2, test_batches=2, checkpoint_every=2,
+                            eval_windows=8)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def lm_task(cfg: LMConfig) -> LanguageTask:
+    """The training task of ``cfg`` (reads the corpus: a missing, binary or too short file is a CLIError)."""
+    return LanguageTask(source=cfg.text or DEFAULT_SOURCE, level=cfg.level, T=cfg.T, heldout_frac=cfg.heldout_frac)
 
 
 def model_config(kind: str, cfg: LMConfig, V: int) -> ModelConfig:
@@ -90,90 +106,70 @@ def model_config(kind: str, cfg: LMConfig, V: int) -> ModelConfig:
                        pos_enc=True, init_std=cfg.init_std, mesa_lam_init=cfg.mesa_lam_init)
 
 
-def token_losses(model, params, x, y, xp=np) -> np.ndarray:
-    """[T6] per-token cross-entropy (nats), (B, T) on the host: -log softmax(logits)[y]."""
-    logits, _ = model.forward(params, x)                                   # (B, T, V)
-    z = logits - logits.max(axis=-1, keepdims=True)
-    logp = z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
-    out = -xp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]          # (B, T)
-    return out.get() if hasattr(out, "get") and not isinstance(out, np.ndarray) else np.asarray(out)
-
-
-def _eval_windows(ids, T, count, seed):
-    """Fixed held-out windows (count, T) and their targets."""
-    task = LMTask(ids, T, name="held-out")
-    return task.batch(np.random.default_rng(seed), count)
-
-
-def train_lm(model, train_task, eval_x, eval_y, cfg: LMConfig, *, seed: int, xp=np, progress=False):
-    """AdamW on random training windows; held-out loss on (eval_x, eval_y) every ``eval_every`` steps.
-    Returns (params, curve {step, loss, train_loss, seconds})."""
-    tcfg = TrainConfig(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+def train_config(cfg: LMConfig, seed: int) -> TrainConfig:
+    return TrainConfig(steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        decay_steps=cfg.steps, final_lr=cfg.final_lr, weight_decay=cfg.weight_decay,
-                       grad_clip=cfg.grad_clip, seed=seed)
-    params = {k: xp.asarray(v) for k, v in model.init(seed, dtype=np.float32).items()}
-    opt = AdamW(params, tcfg)
-    data_rng = np.random.default_rng([seed, 1])       # same batches for every kind
-    ex, ey = xp.asarray(eval_x), xp.asarray(eval_y)
-
-    def heldout():
-        return float(token_losses(model, params, ex, ey, xp).mean())
-
-    curve = {"step": [0], "loss": [heldout()], "train_loss": [None], "seconds": [0.0]}
-    t0 = time.perf_counter()
-    it = range(cfg.steps)
-    if progress:
-        try:
-            from tqdm import tqdm
-            it = tqdm(it, leave=False, dynamic_ncols=True)
-        except ImportError:  # pragma: no cover
-            pass
-    for step in it:
-        x, y = train_task.batch(data_rng, cfg.batch)
-        loss, grads = model.loss_and_grads(params, xp.asarray(x), xp.asarray(y))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{model.config.layers} diverged at step {step}: loss {loss}")
-        grads, _ = clip_gradients(grads, tcfg)
-        opt.update(params, grads, learning_rate(step, tcfg))
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            curve["step"].append(done)
-            curve["loss"].append(heldout())
-            curve["train_loss"].append(float(loss))
-            curve["seconds"].append(round(time.perf_counter() - t0, 2))
-    return params, curve
+                       grad_clip=cfg.grad_clip, eval_every=cfg.eval_every, test_batches=cfg.test_batches,
+                       checkpoint_every=cfg.checkpoint_every, seed=seed)
 
 
-def load_corpus(text_path, level: str) -> Corpus:
-    return Corpus.from_file(text_path, level) if text_path else Corpus.default(level)
+def jobs(cfg: LMConfig, seed: int, backend: str) -> dict:
+    """One job per model kind, all on the same task and seed (the same batches)."""
+    task = lm_task(cfg)
+    V = task.vocab_size
+    tcfg = train_config(cfg, seed)
+    return {kind: Job(model_config(kind, cfg, V), task, tcfg, backend) for kind in KINDS}
 
 
-def compute(ctx, cfg: LMConfig | None = None, text_path=None) -> dict:
-    """Train the four kinds; returns the JSON payload of fig8_language."""
-    if cfg is None:
-        cfg = QUICK if ctx.quick else FULL
-    corpus = load_corpus(text_path, cfg.level)
-    train_ids, held_ids = corpus.split(cfg.heldout_frac)
-    if len(held_ids) < cfg.T + 1 or len(train_ids) < cfg.T + 1:
-        raise CLIError(f"--text {corpus.source!r}: {len(corpus.ids)} tokens is too short for context T = {cfg.T} "
-                       f"with a {cfg.heldout_frac:.0%} held-out split (need at least {int((cfg.T + 1) / cfg.heldout_frac) + 1})")
-    train_task = LMTask(train_ids, cfg.T)
-    ex, ey = _eval_windows(held_ids, cfg.T, cfg.eval_windows, seed=ctx.seed * 7919 + 3)
-    cx, cy = ex[:cfg.curve_windows], ey[:cfg.curve_windows]
-    V = corpus.V
-    heldout, per_pos, curves, counts, timing, mcfgs = {}, {}, {}, {}, {}, {}
+def add_arguments(parser) -> None:
+    parser.add_argument("--text", metavar="FILE", default=None,
+                        help="UTF-8 text file to model (default: the text of pydoc_data.topics)")
+
+
+def configure(cfg: LMConfig, args) -> LMConfig:
+    import os
+    text = getattr(args, "text", None)
+    return dataclasses.replace(cfg, text=os.path.abspath(text)) if text else cfg
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+def token_losses(model, params, x, y, xp=np, chunk: int = 32) -> np.ndarray:
+    """[T6] per-token cross-entropy (nats), (B, T) float64 on the host: -log softmax(logits)[y], computed
+    from the model's logits in float64, ``chunk`` windows at a time."""
+    p = {k: xp.asarray(v) for k, v in params.items()}
+    out = []
+    for s in range(0, len(x), chunk):
+        logits, _ = model.forward(p, xp.asarray(x[s:s + chunk]))                    # (b, T, V)
+        z = np.asarray(to_host(logits), np.float64)
+        z = z - z.max(axis=-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        out.append(-np.take_along_axis(logp, np.asarray(y[s:s + chunk])[..., None], axis=-1)[..., 0])   # (b, T)
+    return np.concatenate(out, axis=0)
+
+
+def _model_of(ctx, result):
+    cfg = ModelConfig.from_dict({**result.record["model"], "layers": tuple(result.record["model"]["layers"])})
+    return ctx.model(cfg), result.params
+
+
+def analyse(ctx, cfg: LMConfig, results) -> dict:
+    task = lm_task(cfg)
+    corpus = task.corpus()
+    train_ids, held_ids = task.split_ids()
+    ex, ey = task.test_batch(ctx.rng(8), cfg.eval_windows)            # fixed held-out windows (W, T)
+    heldout, per_pos, curves, counts, seconds = {}, {}, {}, {}, {}
     for kind in KINDS:
-        mcfg = model_config(kind, cfg, V)
-        model = ctx.model(mcfg)
-        t0 = time.perf_counter()
-        params, curve = train_lm(model, train_task, cx, cy, cfg, seed=ctx.seed, xp=ctx.xp, progress=ctx.progress)
-        timing[kind] = round(time.perf_counter() - t0, 1)
-        losses = token_losses(model, params, ctx.xp.asarray(ex), ctx.xp.asarray(ey), ctx.xp)      # (W, T)
+        r = results[kind]
+        model, params = _model_of(ctx, r)
+        losses = token_losses(model, params, ex, ey, ctx.xp)          # (W, T)
         heldout[kind] = float(losses.mean())
         per_pos[kind] = [float(v) for v in losses.mean(axis=0)]
-        curves[kind] = curve
+        m = r.metrics
+        curves[kind] = {"step": m["step"], "loss": m["test_loss"], "train_loss": m["train_loss"],
+                        "seconds": m["seconds"]}
         counts[kind] = model.num_params(params)
-        mcfgs[kind] = mcfg.to_dict()
+        seconds[kind] = round(float(r.cost.get("wall_seconds", float("nan"))), 1)
+    V = corpus.V
     return {
         "heldout_loss": heldout,
         "unigram_entropy": unigram_entropy(corpus.ids, V),
@@ -181,16 +177,20 @@ def compute(ctx, cfg: LMConfig | None = None, text_path=None) -> dict:
         "loss_per_position": per_pos,
         "learning_curves": curves,
         "param_count": counts,
-        "train_seconds": timing,
-        "corpus": {"source": corpus.source, "level": corpus.level, "vocab_size": V, "tokens": int(len(corpus.ids)),
-                   "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids))},
+        "train_seconds": seconds,
+        "corpus": {"source": corpus.source, "sha256": corpus.sha256, "level": corpus.level, "vocab_size": V,
+                   "tokens": int(len(corpus.ids)), "train_tokens": int(len(train_ids)),
+                   "heldout_tokens": int(len(held_ids))},
         "token_budget": cfg.steps * cfg.batch * cfg.T,
-        "config": {"lm": dataclasses.asdict(cfg), "models": mcfgs, "mode": "quick" if ctx.quick else "full",
-                   "deviations_from_paper": QUICK_DEVIATIONS if ctx.quick else
-                   "model sizes, context and steps are our choices (the paper's LM setup is far larger)",
-                   "heldout": f"last {cfg.heldout_frac:.0%} of the corpus; final loss on {cfg.eval_windows} fixed "
-                              f"windows, learning curves on the first {cfg.curve_windows} of them",
-                   "hybrid": "first layer softmax, the others mesa"},
+        "choices": ["model sizes, context length and token budget are our choices (the paper's language models "
+                    "are far larger); the full size is chosen so that each job trains on a 2-core CPU in two hours "
+                    "or less (benchmarks/results/bench_lm_cost_cpu.json)",
+                    "hybrid: the first layer softmax, the others mesa",
+                    f"held-out: the last {cfg.heldout_frac:.0%} of the corpus; heldout_loss and loss_per_position on "
+                    f"{cfg.eval_windows} fixed held-out windows, learning curves on the jobs' test sets "
+                    f"({cfg.test_batches} x {cfg.batch} held-out windows)"],
+        "notes": "losses are cross-entropies in nats per token; loss_per_position[kind][t-1] is the mean loss of "
+                 "the prediction of token t+1 from the first t tokens of a window",
     }
 
 
@@ -223,7 +223,18 @@ def plot(data: dict):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     corpus = data.get("corpus", {})
-    fig.suptitle(f"Fig. 8: {corpus.get('level', 'char')}-level language modelling on {corpus.get('source', '?')} "
+    source = corpus.get("source", "?")
+    if source != DEFAULT_SOURCE:
+        source = source.replace("\\", "/").rsplit("/", 1)[-1]
+    fig.suptitle(f"Fig. 8: {corpus.get('level', 'char')}-level language modelling on {source} "
                  f"({'quick' if data.get('quick') else 'full'} mode)")
     fig.tight_layout()
     return fig
+
+
+EXPERIMENT = Experiment(NAME, "Fig. 8: language modelling with softmax, linear, mesa and hybrid Transformers of "
+                        "one size", MODES, jobs, analyse, plot, add_arguments=add_arguments, configure=configure)
+
+
+def main(argv=None) -> int:
+    return run_experiment(EXPERIMENT, argv)

@@ -5,20 +5,27 @@ The timing code is the benchmark's own (benchmarks/bench_mesa.py: ``inputs``, ``
 benchmark run found in benchmarks/results/ (bench_mesa_cpu.json, bench_mesa_gpu.json), so a figure made
 on a laptop also shows the numbers measured on a GPU machine.
 
+It has the shape of every figure (``common.Experiment``) with no training jobs: ``jobs`` returns {} and
+``analyse`` runs the sweep.  Sizes per mode (``SpeedConfig``):
+
 quick: B=16, H=4, d=16, T in 16..256, reference and Numba (and CuPy where a GPU is present), 5 repeats.
 full:  the paper's B=256, H=4, d=20, T in 25..400, 15 repeats (the reference is skipped past 60 s a call).
 Timing is wall-clock on whatever machine runs it; the JSON records the machine and its load.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .common import run_figure
+from .common import Experiment, run_experiment
+
+NAME = "fig9_speed"
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_mesa.py"
@@ -32,14 +39,30 @@ def _bench_module():
     return mod
 
 
-def compute(ctx) -> dict:
+@dataclass(frozen=True)
+class SpeedConfig:
+    B: int = 256
+    H: int = 4
+    d: int = 20
+    Ts: tuple = (25, 50, 100, 200, 400)
+    repeats: int = 15
+    max_seconds: float = 60.0      # an implementation is dropped past this many seconds a call
+
+
+FULL = SpeedConfig()
+QUICK = dataclasses.replace(FULL, B=16, H=4, d=16, Ts=(16, 32, 64, 128, 256), repeats=5)
+SMOKE = dataclasses.replace(FULL, B=2, H=2, d=4, Ts=(4, 8), repeats=2)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def jobs(cfg: SpeedConfig, seed: int, backend: str) -> dict:
+    """No training: the figure is a timing sweep."""
+    return {}
+
+
+def analyse(ctx, cfg: SpeedConfig, results) -> dict:
     bench = _bench_module()
-    if ctx.args.smoke:
-        B, H, d, Ts, repeats = 2, 2, 4, (4, 8), 2
-    elif ctx.quick:
-        B, H, d, Ts, repeats = 16, 4, 16, (16, 32, 64, 128, 256), 5
-    else:
-        B, H, d, Ts, repeats = 256, 4, 20, (25, 50, 100, 200, 400), 15
+    B, H, d, Ts, repeats = cfg.B, cfg.H, cfg.d, cfg.Ts, cfg.repeats
     impls = ["ref", "numba", "cupy"] if ctx.backend == "fast" else ["ref"]
     timings = {name: [] for name in impls}
     skipped = {}
@@ -52,7 +75,7 @@ def compute(ctx) -> dict:
             if run is None:
                 skipped[name] = why
                 continue
-            timings[name].append(bench.time_it(run, repeats, max_seconds=60.0)["median_ms"])
+            timings[name].append(bench.time_it(run, repeats, max_seconds=cfg.max_seconds)["median_ms"])
     timings = {k: v for k, v in timings.items() if k not in skipped}
     recorded = {}
     for fname in RECORDED:
@@ -67,7 +90,7 @@ def compute(ctx) -> dict:
                               for impl in ("ref", "numba", "cupy", "jax", "torch")
                               if any("median_ms" in r["timings"].get(impl, {}) for r in rows)},
             }
-    return {"config": {"B": B, "H": H, "d": d, "dtype": "float32", "backward": "store", "repeats": repeats,
+    return {"timing": {"B": B, "H": H, "d": d, "dtype": "float32", "backward": "store", "repeats": repeats,
                        "load_average": list(os.getloadavg())},
             "T": list(Ts), "median_ms": timings, "skipped": skipped, "recorded": recorded}
 
@@ -81,7 +104,8 @@ STYLE = {"ref": dict(color="k", marker="o", label="reference (NumPy)"),
 
 def plot(data):
     import matplotlib.pyplot as plt
-    panels = [("this run", data["T"], data["median_ms"], data["config"])]
+    sweep = data.get("timing") or data["config"]          # older JSON kept the sweep's shape under "config"
+    panels = [("this run", data["T"], data["median_ms"], sweep)]
     for fname, rec in data.get("recorded", {}).items():
         if rec["T"]:
             panels.append((f"recorded: {fname}", rec["T"], rec["median_ms"], {"date": rec.get("date")}))
@@ -104,6 +128,9 @@ def plot(data):
     return fig
 
 
+EXPERIMENT = Experiment(NAME, "Mesa-layer forward+backward time vs T for each backend (Fig. 9).", MODES, jobs,
+                        analyse, plot)
+
+
 def main(argv=None) -> int:
-    return run_figure("fig9_speed", compute, plot, "Mesa-layer forward+backward time vs T for each backend.",
-                      argv=argv)
+    return run_experiment(EXPERIMENT, argv)
