@@ -239,6 +239,7 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
     cost_path = work / "cost.json"
     cost = read_json(cost_path) if cost_path.exists() else {"cpu_seconds": 0.0, "wall_seconds": 0.0, "segments": 0}
     cost["segments"] += 1
+    cost["codes"] = cost.get("codes", []) + [code_version()]   # the code of every segment (a resume may use newer)
     if ckpt.exists():
         _, meta = load_checkpoint(ckpt)
         _emit(log, "resume", job, step=int(meta["step"]))
