@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
+from .ops._common import to_host
 from .runio import CLIError, _to_jsonable, atomic_write_bytes, load_checkpoint, read_json, save_checkpoint, write_json
 from .tasks import task_from_dict
 from .train import TrainConfig
@@ -264,8 +265,7 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
     with _limit_threads(threads, job.backend):
         res = train(Transformer(job.model, ops=ops), job.task, job.train, work, resume=True, progress=progress,
                     dtype=np.dtype(job.dtype), xp=xp, on_checkpoint=note_cost)
-    from .ops._common import array_module  # noqa: F401
-    params = {k: (v.get() if type(v).__module__.startswith("cupy") else np.asarray(v)) for k, v in res.params.items()}
+    params = {k: to_host(v) for k, v in res.params.items()}
     cost = {**base, "cpu_seconds": base["cpu_seconds"] + time.process_time() - cpu0,
             "wall_seconds": base["wall_seconds"] + time.perf_counter() - wall0, "steps": job.train.steps,
             "threads": threads, "host": socket.gethostname(), "cpu": _cpu_name(), "code": code_version(),
