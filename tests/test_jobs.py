@@ -224,3 +224,15 @@ def test_a_failing_job_fails_the_sweep_with_its_error(tmp_path, cluster):
     with pytest.raises(JobFailed, match="tiny20.*corrupt"):
         run_jobs([good, bad], tmp_path, scheduler=address, progress=False, log=None)
     assert time.time() - t0 < 120
+
+
+def test_scheduler_from_dasks_environment_variable(tmp_path, cluster):
+    """A figure script sends its jobs to the scheduler named by DASK_SCHEDULER_ADDRESS, as Dask's own tools do."""
+    address, _ = cluster
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "fig3_depth.py"), "--smoke", "--backend", "ref",
+                        "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "DASK_SCHEDULER_ADDRESS": address})
+    assert r.returncode == 0, r.stderr
+    assert f"at {address}" in r.stdout and "dashboard" in r.stdout
+    assert sum(ln.startswith("finish") for ln in r.stdout.splitlines()) == 2     # the two smoke depths
