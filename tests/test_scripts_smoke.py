@@ -136,3 +136,19 @@ def test_full_figures_without_results_ask_for_training(tmp_path):
     assert r.returncode != 0
     assert "missing" in r.stderr and "--train" in r.stderr and "fig3_depth/linear_L6" in r.stderr
     assert not (tmp_path / "fig3_depth.json").exists()
+
+
+def test_partial_analyses_stored_jobs_only_and_says_so(tmp_path):
+    from mesa_ref.experiments import depth
+    from mesa_ref.experiments.common import figure_jobs, experiment_parser
+    from mesa_ref.jobs import run_jobs
+    args = experiment_parser(depth.EXPERIMENT).parse_args(["--smoke"])
+    jobs = figure_jobs(depth.EXPERIMENT, args, "ref")
+    run_jobs([jobs["linear_L1"]], tmp_path / ".cache" / "jobs", workers=0, progress=False, log=None)
+    rc = depth.main(["--smoke", "--backend", "ref", "--out", str(tmp_path), "--partial", "--no-progress"])
+    assert rc == 0
+    d = json.loads((tmp_path / "partial" / "fig3_depth.json").read_text())
+    assert d["complete"] is False and d["missing_jobs"] == ["linear_L2"]
+    assert "linear_L1" in d["per_step_loss"] and "linear_L2" not in d["per_step_loss"]
+    assert not (tmp_path / "fig3_depth.json").exists()               # nothing where a finished figure would be
+    assert not (tmp_path / ".cache" / "jobs" / f"{jobs['linear_L2'].key}.npz").exists()   # and nothing trained

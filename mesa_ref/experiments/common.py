@@ -23,6 +23,8 @@ Every script takes
     --store DIR        the job store (default DIR/jobs for full size, DIR/.cache/jobs otherwise)
     --no-train         fail, listing them, when job results are missing instead of training them
     --retrain          discard the stored results of this figure's jobs and train them again
+    --partial          no training: analyse the jobs already in the store, writing OUT/partial/<name>.json
+                       with "complete": false and the missing jobs listed (for looking at runs in progress)
     --smoke            (hidden) seconds-long sizes, for the tests
 
 Errors end with a one-line message and exit status 2.
@@ -193,6 +195,8 @@ def experiment_parser(exp: Experiment) -> argparse.ArgumentParser:
                                                  "for --quick)")
     p.add_argument("--no-train", action="store_true", help="fail instead of training missing job results")
     p.add_argument("--retrain", action="store_true", help="train this figure's jobs again, ignoring stored results")
+    p.add_argument("--partial", action="store_true",
+                   help="analyse only the jobs whose results are stored, into OUT/partial/ (marked incomplete)")
     if exp.add_arguments is not None:
         exp.add_arguments(p)
     return p
@@ -225,7 +229,10 @@ def run_experiment(exp: Experiment, argv=None) -> int:
     try:
         if args.workers is not None and args.workers < 0:
             raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
-        out = ensure_writable_dir(args.out if args.out is not None else default_out(mode))
+        if args.partial and (args.retrain or args.replot):
+            raise CLIError("--partial analyses the stored results only: it does not go with --retrain or --replot")
+        base_out = ensure_writable_dir(args.out if args.out is not None else default_out(mode))
+        out = ensure_writable_dir(base_out / "partial") if args.partial else base_out
         json_path, png_path = out / f"{exp.name}.json", out / f"{exp.name}.png"
         if args.replot:
             data = read_json(json_path)
@@ -235,13 +242,21 @@ def run_experiment(exp: Experiment, argv=None) -> int:
             ops, xp = resolve_backend(backend)
             cfg = exp.config(mode, args)
             jobs = figure_jobs(exp, args, backend)
-            store = Path(args.store) if args.store else default_store(out, mode)
+            store = Path(args.store) if args.store else default_store(base_out, mode)
+            missing = []
+            if args.partial:
+                from ..jobs import Store
+                missing = [k for k, j in jobs.items() if not Store(store).finished(j)]
+                jobs = {k: j for k, j in jobs.items() if k not in missing}
+                if not jobs:
+                    raise CLIError(f"--partial: none of this figure's job results is in {store}")
             t0 = time.perf_counter()
             workers = args.workers
             if workers is None and mode == "smoke" and args.scheduler is None:
                 workers = 0             # seconds-long test sizes: a cluster would cost more than the jobs
             by_key = run_jobs(list(jobs.values()), store, scheduler=args.scheduler, workers=workers,
-                              train=not args.no_train, retrain=args.retrain, progress=not args.no_progress)
+                              train=not (args.no_train or args.partial), retrain=args.retrain,
+                              progress=not args.no_progress)
             results = {k: by_key[j.key] for k, j in jobs.items()}
             ctx = Context(name=exp.name, quick=mode != "full", seed=args.seed, out=out, backend=backend, ops=ops,
                           xp=xp, progress=not args.no_progress, args=args)
@@ -251,7 +266,8 @@ def run_experiment(exp: Experiment, argv=None) -> int:
             for k, j in jobs.items():
                 cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_hours(j.record())
             full = exp.modes["full"]
-            data = {"figure": exp.name, **data,
+            data = {"figure": exp.name, **data, "complete": not missing,
+                    **({"missing_jobs": missing} if missing else {}),
                     "config": {"mode": mode, "values": dataclasses.asdict(cfg),
                                    "deviations": deviations(cfg, full) if mode != "full" else [],
                                    "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},

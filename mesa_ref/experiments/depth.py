@@ -53,7 +53,8 @@ def jobs(cfg: DepthConfig, seed: int, backend: str) -> dict:
 
 
 def analyse(ctx, cfg: DepthConfig, results) -> dict:
-    depths, task, seeds, B = cfg.depths, cfg.linear_task(), cfg.eval_seeds, cfg.eval_batch
+    depths = [L for L in cfg.depths if f"linear_L{L}" in results]     # all of them unless --partial
+    task, seeds, B = cfg.linear_task(), cfg.eval_seeds, cfg.eval_batch
     trained = {k: trained_model(ctx, r) for k, r in results.items()}
     metrics = {k: train_summary(r) for k, r in results.items()}
     tune = task.batch(ctx.rng(7), cfg.tune_batch, np.float64)
