@@ -10,7 +10,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: venv reproduce test test-fast bench clean
+.PHONY: venv reproduce figures-full train-full test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ venv: $(STAMP)
 # Quick (CPU, minutes) versions of every figure script, written to figures/.
 reproduce: $(STAMP)
 	$(PY) scripts/make_figures.py --quick --out figures
+
+# Full-size figures redrawn from the shipped results in figures/full/ (no training; minutes).
+figures-full: $(STAMP)
+	$(PY) scripts/make_figures.py --full
+
+# Full-size figures, training every job whose result is missing (CPU hours; resumable; see README).
+train-full: $(STAMP)
+	$(PY) scripts/make_figures.py --full --train
 
 # The whole test suite (what CI runs).
 test: $(STAMP)
