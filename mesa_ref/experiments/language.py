@@ -27,10 +27,11 @@ own size: character level, width 64, 4 heads of key size 16, 4 layers with MLPs,
 Why this size: each job has to train on a 2-core CPU in two hours or less with the fast backend and one
 thread per job.  benchmarks/bench_lm_cost.py measures the single-threaded training step of each kind at
 exactly this size (benchmarks/results/bench_lm_cost_cpu.json, ``train_step`` rows of the fast backend,
-and ``full_job_hours``: steps x measured step time); the slowest kind, softmax, fits with room to spare
-even on the loaded machine of that measurement, and the evaluations add about 1%.  Width 128 with 8
-heads at batch 32 (the earlier full setting) would need several times longer.  ``QUICK`` (a few CPU
-minutes per job) shrinks everything further; the JSON lists every field where it differs from ``FULL``.
+and ``full_job_hours``: steps x measured step time + the evaluations).  The slowest kind, softmax, fits
+even at the wall-clock step time of that measurement, which was made while two other training processes
+shared the two cores (its CPU time was about half its wall time); the held-out evaluations add about 1%.
+``QUICK`` (a few CPU minutes per job) shrinks everything further; the JSON lists every field where it
+differs from ``FULL`` (the harness words them "paper:", which for this figure means our ``FULL``).
 """
 from __future__ import annotations
 
