@@ -157,19 +157,20 @@ class Experiment:
     plot: object                      # (data) -> Figure
     add_arguments: object = None      # optional (parser) -> None: extra flags
     configure: object = None          # optional (cfg, args) -> cfg: apply those flags
+    full_is_paper: bool = True        # False: FULL is our own choice (fig8), so deviations name it "full size"
 
     def config(self, mode: str, args=None):
         cfg = self.modes[mode]
         return self.configure(cfg, args) if (self.configure is not None and args is not None) else cfg
 
 
-def deviations(cfg, full) -> list[str]:
+def deviations(cfg, full, reference: str = "paper") -> list[str]:
     """The fields where ``cfg`` differs from ``full``, as "field = value (paper: value)" lines."""
     out = []
     for f in dataclasses.fields(full):
         a, b = getattr(cfg, f.name), getattr(full, f.name)
         if a != b:
-            out.append(f"{f.name} = {_fmt(a)} (paper: {_fmt(b)})")
+            out.append(f"{f.name} = {_fmt(a)} ({reference}: {_fmt(b)})")
     return out
 
 
@@ -269,7 +270,8 @@ def run_experiment(exp: Experiment, argv=None) -> int:
             data = {"figure": exp.name, **data, "complete": not missing,
                     **({"missing_jobs": missing} if missing else {}),
                     "config": {"mode": mode, "values": dataclasses.asdict(cfg),
-                                   "deviations": deviations(cfg, full) if mode != "full" else [],
+                                   "deviations": deviations(cfg, full, "paper" if exp.full_is_paper else "full size")
+                                   if mode != "full" else [],
                                    "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
                                    "store": _relative(store)},
                     "cost": {"cpu_hours": cost["cpu_hours"],
