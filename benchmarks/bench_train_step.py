@@ -1,22 +1,27 @@
-"""Median time of one training step, mesa_ref vs mesa_fast, on the CPU.
+"""Median time of one training step per model family: mesa_ref, mesa_fast and the authors' JAX step, on the CPU.
 
 A step is what ``mesa_ref.train.train`` does per batch: ``loss_and_grads`` + gradient clipping
-+ the AdamW update (the batch is drawn beforehand and not timed). Models: the authors' default
-(``ModelConfig()``: 2 layers of causal linear attention, 4 heads, width 40, key 20, clip 1.5,
-constructed tokens) and a one-layer mesa model (``ModelConfig(layers=("mesa",))``); batch 256,
-T 50, float32.
++ the AdamW update (the batch is drawn beforehand and not timed). The model families are those of
+``benchmarks/families.py`` (the authors' default 2-layer linear model, 6 linear layers, one mesa layer,
+the 6-layer softmax Transformer with MLP, LayerNorm, embedding and positional encoding, fig5's 2-layer
+softmax Transformer and fig8's language model), float32, each at its own batch and T.
 
 The backends are timed in alternating blocks of steps, each block in a fresh process (after
-warm-up), so that a change in the machine's load hits both alike and OpenBLAS threads left
+warm-up), so that a change in the machine's load hits all alike and OpenBLAS threads left
 spinning by one backend are not billed to the other. Wall-clock and process-CPU medians are both reported: on a machine shared with
 other processes the CPU time is the steadier number. Timing is never asserted anywhere.
 
-    python benchmarks/bench_train_step.py                  # full run, writes benchmarks/results/
-    python benchmarks/bench_train_step.py --quick          # a few steps, nothing written
-    python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
+The authors' jitted JAX/Flax step (``jax_peer_step.py``: their ``Training.fast_train_step`` through their
+``FullTransformerModel`` built at each family's sizes) is one more backend of the alternation when
+``--jax-python`` names a Python that has jax, flax, optax and ml_collections (a virtual environment of its own:
+none of them is a dependency of this toolkit) and their repository is checked out at ``--authors`` (default
+``.peers/authors``, ignored by git); otherwise the table says "not installed". Its compiled steps are kept in
+``--jax-cache`` (JAX's persistent compilation cache), so a block after the first does not compile again.
 
-JAX / PyTorch peers are timed only if installed; neither is a dependency (docs/design.md), and without
-them the table says "not installed". The authors' jitted JAX step on a 2-core CPU: ~108 ms (docs/design.md).
+    python benchmarks/bench_train_step.py                              # every family, writes benchmarks/results/
+    python benchmarks/bench_train_step.py --quick --models softmax6    # a few steps, nothing written
+    python benchmarks/bench_train_step.py --models softmax6 --backends mesa_fast,jax --jax-python /work/jaxenv/bin/python
+    python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
 """
 from __future__ import annotations
 
@@ -32,7 +37,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-JAX_REFERENCE_MS = 108.0   # authors' jitted JAX training step, default model, 2-core CPU (docs/design.md)
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from families import FAMILIES  # noqa: E402
+
+BACKENDS = ("mesa_ref", "mesa_fast", "jax")
+DEFAULT_MODELS = "linear2,linear6,mesa1,softmax6,softmax2_fig5,lm_fig8"
 
 
 NOTES = [
@@ -46,19 +55,13 @@ NOTES = [
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
     "- Both backends run with mesa_fast's heap setting (every worker calls mesa_fast.keep_freed_memory(); "
     "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
-    "do not page-fault every step. It speeds up both (measured 2026-11-29: mesa_fast 56-69 -> 41-43 ms, mesa_ref "
-    "106-118 -> 93-96 ms); run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
+    "do not page-fault every step; run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
     "- loss_and_grads skips the gradient w.r.t. the model input (Model.backward(input_grad=False)): one product "
-    "fewer in block 0's QKV backward, for both backends.",
-    "- Where the fast linear2 step's time goes (`python benchmarks/profile_train_step.py --backend fast`, "
-    "2026-11-29, two runs, 27.7 and 28.5 ms steps): dense backward 8.5-8.9 ms and forward 6.3-6.4 ms (BLAS, "
-    "rows split over both cores), linear-attention backward 7.4-7.6 ms and forward 3.0-3.1 ms (2 layers), clip "
-    "1.4, gradient clipping + AdamW 0.5, MSE 0.5, Python between the ops 1.8-1.9 ms. The reference's step (90 ms "
-    "in the same session): linear attention 43.6 ms, dense 25.4 ms, head split/merge copies 12.1 ms (QKV "
-    "split and merge alone). Earlier in the day, before the 16-lane FMA attention kernels, the guided thread "
-    "pool, the one-pass MSE and the threaded clip, the fast step was 40-49 ms.",
-    "- No JAX/PyTorch peer is installed here; the 108 ms of the authors' jitted JAX step is the figure "
-    "quoted in docs/design.md, not a measurement on this machine under the same load.",
+    "fewer in block 0's QKV backward for constructed tokens, for both backends.",
+    "- jax: the authors' own jitted training step (benchmarks/jax_peer_step.py has what is built and how it "
+    "differs: no biases and no final LayerNorm in their model, element-wise gradient clipping, and for the "
+    "language model a one-hot dense embedding and a cross-entropy loss in place of their MSE). XLA runs with its "
+    "default threads on all cores.",
     "",
 ]
 
@@ -66,17 +69,25 @@ NOTES = [
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30, help="timed steps per backend and model (default 30)")
+    p.add_argument("--ref-steps", type=int, default=None, help="timed steps of mesa_ref (default: --steps)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (after compilation)")
     p.add_argument("--block", type=int, default=10, help="steps per alternating block (one process each)")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--models", default="linear2,mesa1", help="comma list of linear2, mesa1")
+    p.add_argument("--batch", type=int, default=None, help="default: each family's own batch")
+    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list of {', '.join(FAMILIES)}")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of mesa_ref, mesa_fast, jax")
+    p.add_argument("--jax-python", default=None, metavar="PATH",
+                   help="a Python with jax, flax, optax, ml_collections: times the authors' step (jax_peer_step.py)")
+    p.add_argument("--authors", default=str(ROOT / ".peers" / "authors"),
+                   help="checkout of the authors' repository (mtavit/transformers_mesa_optimization_paper)")
+    p.add_argument("--jax-cache", default=str(ROOT / ".peers" / "jax-cache"),
+                   help="JAX's persistent compilation cache directory")
     p.add_argument("--numba-threads", type=int, default=None, help="numba.set_num_threads (default: all cores)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="set OPENBLAS/OMP/MKL_NUM_THREADS before NumPy is imported (default: untouched)")
     p.add_argument("--quick", action="store_true", help="4 steps, nothing written")
     p.add_argument("--out", default=str(RESULTS), help="directory for bench_train_step_cpu.{json,md}")
     p.add_argument("--tag", default="", help="suffix for the output file names")
-    p.add_argument("--no-ops", action="store_true", help="skip the per-op table (each op at the default model's shapes)")
+    p.add_argument("--ops", action="store_true", help="also time each op at the default model's shapes")
     return p.parse_args(argv)
 
 
@@ -147,7 +158,7 @@ def time_ops(np, ref_ops, fast_ops, reps):
 
 
 def worker(model_name, backend, batch, warmup, steps, numba_threads):
-    """Run in a subprocess: time ``steps`` training steps of one backend; print JSON.
+    """Run in a subprocess: time ``steps`` training steps of one backend on one family; print JSON.
 
     One process per backend and round: OpenBLAS's threads keep busy-waiting for a while after a
     multi-threaded product, and in a shared process that CPU time would be billed to whichever
@@ -158,16 +169,17 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     import mesa_fast
     import mesa_fast.ops as fast_ops
     import mesa_ref.ops as ref_ops
-    from mesa_ref.config import ModelConfig
+    from families import build
     from mesa_ref.model import Transformer
-    from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients
+    from mesa_ref.train import AdamW, TrainConfig, clip_gradients
 
     mesa_fast.keep_freed_memory()            # both backends, as the training entry point does for fast (NOTES)
     if numba_threads:
         numba.set_num_threads(numba_threads)
-    cfg = {"linear2": ModelConfig(), "mesa1": ModelConfig(layers=("mesa",))}[model_name]
+    cfg, task, fam_batch = build(model_name)
+    batch = batch or fam_batch
     tcfg = TrainConfig(batch=batch)
-    x, y = DynamicsTask().batch(np.random.default_rng(0), batch, np.float32)
+    x, y = task.batch(np.random.default_rng(0), batch, np.float32)
     model = Transformer(cfg, ops=fast_ops if backend == "mesa_fast" else ref_ops)
     params = model.init(0, dtype=np.float32)
     opt = AdamW(params, tcfg)
@@ -191,6 +203,51 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     print(json.dumps({"wall": wall, "cpu": cpu, "first": first, "numba_threads": numba.get_num_threads()}))
 
 
+def family_shape(name, batch):
+    """(ModelConfig dict, batch, T) of a family, for the JAX peer."""
+    import numpy as np
+
+    from families import build
+    cfg, task, fam_batch = build(name)
+    batch = batch or fam_batch
+    x, _ = task.batch(np.random.default_rng(0), 1, np.float32)
+    return cfg.to_dict(), batch, int(x.shape[1])
+
+
+def run_block(name, backend, args, n):
+    """One block of n timed steps of one backend in a fresh process: the worker's JSON dict."""
+    if backend == "jax":
+        cfg, batch, T = family_shape(name, args.batch)
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=args.jax_cache)
+        cmd = [args.jax_python, str(ROOT / "benchmarks" / "jax_peer_step.py"), "--authors", args.authors,
+               "--config", json.dumps(cfg), "--batch", str(batch), "--T", str(T), "--steps", str(n),
+               "--warmup", str(args.warmup), "--cache", args.jax_cache]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    else:
+        code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+                f"import bench_train_step as m; "
+                f"m.worker({name!r}, {backend!r}, {args.batch or 0}, {args.warmup}, {n}, {args.numba_threads or 0})")
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: worker {name}/{backend} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def jax_status(args):
+    """'' when the JAX peer can run, else why not (printed in the table)."""
+    if not args.jax_python:
+        return "not installed (no --jax-python given)"
+    if not Path(args.jax_python).exists():
+        return f"not installed ({args.jax_python} does not exist)"
+    if not (Path(args.authors) / "src" / "models" / "full_fledged_transformer.py").exists():
+        return f"not installed (no checkout of the authors' repository at {args.authors})"
+    r = subprocess.run([args.jax_python, "-c", "import jax, flax, optax, ml_collections; print(jax.__version__)"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"not installed ({args.jax_python} lacks jax, flax, optax or ml_collections)"
+    return ""
+
+
 def main(argv=None):
     args = parse(argv)
     if args.blas_threads is not None:          # must happen before NumPy loads its BLAS (here and in workers)
@@ -198,70 +255,68 @@ def main(argv=None):
             os.environ[var] = str(args.blas_threads)
     if args.numba_threads is not None:
         os.environ["NUMBA_NUM_THREADS"] = str(args.numba_threads)
-    sys.path.insert(0, str(ROOT))
     import numpy as np
     import numba
 
-    import mesa_fast.ops as fast_ops
-    import mesa_ref.ops as ref_ops
-    from mesa_ref.train import DynamicsTask
-
-    steps = 4 if args.quick else args.steps
-    models = ("linear2", "mesa1")
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in wanted:
-        if m not in models:
-            sys.exit(f"error: --models: unknown model {m!r}; expected a comma list of {list(models)}")
-    task = DynamicsTask()
+        if m not in FAMILIES:
+            sys.exit(f"error: --models: unknown model {m!r}; expected a comma list of {list(FAMILIES)}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        if b not in BACKENDS:
+            sys.exit(f"error: --backends: unknown backend {b!r}; expected a comma list of {list(BACKENDS)}")
+    jax_why = jax_status(args) if "jax" in backends else "not requested"
+    if jax_why and "jax" in backends:
+        backends.remove("jax")
+    steps = 4 if args.quick else args.steps
+    want_steps = {b: (args.ref_steps if (b == "mesa_ref" and args.ref_steps and not args.quick) else steps)
+                  for b in backends}
 
     load_before = loadavg()
+    t_start = time.time()
     rows = []
     for name in wanted:
-        wall = {"mesa_ref": [], "mesa_fast": []}
-        cpu = {"mesa_ref": [], "mesa_fast": []}
+        wall = {b: [] for b in backends}
+        cpu = {b: [] for b in backends}
         first = {}
-        done = 0
-        while done < steps:                  # alternate the backends, a fresh process per block
-            n = min(args.block, steps - done)
-            for b in wall:
-                code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
-                        f"import bench_train_step as m; "
-                        f"m.worker({name!r}, {b!r}, {args.batch}, {args.warmup}, {n}, {args.numba_threads or 0})")
-                r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-                if r.returncode != 0:
-                    sys.exit(f"error: worker {name}/{b} failed:\n{r.stderr[-2000:]}")
-                res = json.loads(r.stdout.strip().splitlines()[-1])
+        while any(len(wall[b]) < want_steps[b] for b in backends):   # alternate, a fresh process per block
+            for b in backends:
+                n = min(args.block, want_steps[b] - len(wall[b]))
+                if n <= 0:
+                    continue
+                res = run_block(name, b, args, n)
                 wall[b] += res["wall"]
                 cpu[b] += res["cpu"]
                 first.setdefault(b, res["first"])
-            done += n
-        for b in wall:
-            rows.append({"model": name, "backend": b, "steps": steps,
+                if b == "jax":
+                    first["jax_version"] = res.get("jax")
+        for b in backends:
+            rows.append({"model": name, "backend": b, "steps": len(wall[b]),
                          "wall_ms_median": 1e3 * float(np.median(wall[b])), "wall_ms_min": 1e3 * float(np.min(wall[b])),
                          "cpu_ms_median": 1e3 * float(np.median(cpu[b])), "cpu_ms_min": 1e3 * float(np.min(cpu[b])),
                          "first_step_s": first[b]})
-    op_rows = [] if args.no_ops else time_ops(np, ref_ops, fast_ops, 5 if args.quick else 15)
+        print(f"{name}: " + ", ".join(f"{b} {1e3 * float(np.median(wall[b])):.1f} ms" for b in backends), flush=True)
+    op_rows = time_ops(np, *_namespaces(), 5 if args.quick else 15) if args.ops else []
     load_after = loadavg()
-
-    peers = {}
-    for mod in ("jax", "torch"):
-        try:
-            __import__(mod)
-            peers[mod] = "installed, but no peer implementation of the model is timed here"
-        except ImportError:
-            peers[mod] = "not installed"
+    elapsed = time.time() - t_start
 
     by = {(r["model"], r["backend"]): r for r in rows}
-    lines = [f"{'model':8s} {'backend':10s} {'wall ms (median)':>17s} {'cpu ms (median)':>16s} "
-             f"{'wall ref/fast':>14s} {'cpu ref/fast':>13s} {'vs JAX 108 ms':>14s}"]
     for r in rows:
-        ref = by[(r["model"], "mesa_ref")]
-        wr = ref["wall_ms_median"] / r["wall_ms_median"]
-        cr = ref["cpu_ms_median"] / r["cpu_ms_median"]
-        vj = f"{JAX_REFERENCE_MS / r['wall_ms_median']:.2f}x" if r["model"] == "linear2" else "-"
-        r["ratio_ref_over_this_wall"], r["ratio_ref_over_this_cpu"] = wr, cr
-        lines.append(f"{r['model']:8s} {r['backend']:10s} {r['wall_ms_median']:17.1f} {r['cpu_ms_median']:16.1f} "
-                     f"{wr:13.2f}x {cr:12.2f}x {vj:>14s}")
+        for other, key in (("mesa_ref", "ref"), ("jax", "jax")):
+            o = by.get((r["model"], other))
+            if o is not None:
+                r[f"ratio_{key}_over_this_wall"] = o["wall_ms_median"] / r["wall_ms_median"]
+                r[f"ratio_{key}_over_this_cpu"] = o["cpu_ms_median"] / r["cpu_ms_median"]
+    lines = [f"{'model':14s} {'backend':10s} {'steps':>5s} {'wall ms':>9s} {'CPU ms':>9s} {'ref/this':>9s} "
+             f"{'JAX/this':>9s} {'JAX/this CPU':>12s}"]
+    for r in rows:
+        def ratio(k):
+            v = r.get(k)
+            return f"{v:.2f}x" if v is not None else "-"
+        lines.append(f"{r['model']:14s} {r['backend']:10s} {r['steps']:5d} {r['wall_ms_median']:9.1f} "
+                     f"{r['cpu_ms_median']:9.1f} {ratio('ratio_ref_over_this_wall'):>9s} "
+                     f"{ratio('ratio_jax_over_this_wall'):>9s} {ratio('ratio_jax_over_this_cpu'):>12s}")
     table = "\n".join(lines)
     print(table)
     op_table = ""
@@ -272,7 +327,10 @@ def main(argv=None):
                       f"{r['ref_bwd_cpu_ms']:8.2f} {r['fast_bwd_cpu_ms']:9.2f}")
         op_table = "\n".join(ol)
         print(op_table)
-    print(f"load average before {load_before}, after {load_after}; peers: {peers}")
+    jax_line = (f"the authors' JAX step: {jax_why}" if jax_why else
+                f"the authors' JAX step: jax {first.get('jax_version')} via {args.jax_python}, their code at "
+                f"{_authors_commit(args.authors)}")
+    print(f"load average before {load_before}, after {load_after}; {elapsed:.0f} s; {jax_line}")
 
     if args.quick:
         return 0
@@ -283,13 +341,13 @@ def main(argv=None):
         "git_commit": git_commit(),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-                    "numba_threads": numba.get_num_threads(),
+                    "numba_threads": args.numba_threads or numba.get_num_threads(),
                     "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")},
-        "load_average_before": load_before, "load_average_after": load_after,
-        "shape": {"batch": args.batch, "T": task.T, "dtype": "float32"},
-        "step": "loss_and_grads + global-norm gradient clipping + AdamW update (batch drawn beforehand)",
-        "jax_reference_ms": JAX_REFERENCE_MS,
-        "peers": peers,
+        "load_average_before": load_before, "load_average_after": load_after, "elapsed_s": elapsed,
+        "families": {m: FAMILIES[m].describe for m in wanted},
+        "shape": {"batch": args.batch or "each family's own", "dtype": "float32"},
+        "step": "loss_and_grads + gradient clipping + AdamW update (batch drawn beforehand)",
+        "jax": jax_line,
         "results": rows,
         "ops": op_rows,
     }
@@ -298,20 +356,20 @@ def main(argv=None):
     stem = "bench_train_step_cpu" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     busy = load_before and max(load_before[0], (load_after or [0])[0]) > 0.5 * (os.cpu_count() or 1)
-    md = ["# Training step, mesa_ref vs mesa_fast (CPU)", "",
+    md = ["# Training step per model family: mesa_ref, mesa_fast and the authors' JAX step (CPU)", "",
           f"- date: {meta['date']}; commit {meta['git_commit']}",
           f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; numpy {np.__version__}, "
-          f"numba {numba.__version__} ({numba.get_num_threads()} threads), OPENBLAS_NUM_THREADS="
+          f"numba {numba.__version__} ({meta['machine']['numba_threads']} threads), OPENBLAS_NUM_THREADS="
           f"{meta['machine']['blas_threads_env']}",
           f"- command: `{meta['command']}`",
-          f"- step: {meta['step']}; batch {args.batch}, T {task.T}, float32; {steps} timed steps per row, "
-          f"medians, backends alternating in blocks of {args.block} steps, each block in a fresh process",
+          f"- step: {meta['step']}; float32; medians of the timed steps, backends alternating in blocks of "
+          f"{args.block} steps, each block in a fresh process",
           f"- load average (1, 5, 15 min) before: {load_before}, after: {load_after}"
           + (" -- **other processes shared the CPU while this ran**; wall-clock numbers are inflated and "
              "noisy, the CPU-time column is the steadier comparison" if busy else ""),
-          f"- peers: JAX {peers['jax']}, PyTorch {peers['torch']}; the authors' jitted JAX step is "
-          f"~{JAX_REFERENCE_MS:.0f} ms on a 2-core CPU (docs/design.md)", "",
-          "```", table, "```", ""]
+          f"- {jax_line}", "", "Families:", ""]
+    md += [f"- {m}: {FAMILIES[m].describe}" for m in wanted]
+    md += ["", "```", table, "```", ""]
     if op_table:
         md += ["Per op at the default model's shapes (numba threads as above; the fast dense op sets OpenBLAS to "
                "one thread while it runs and splits its products over its own threads):", "", "```", op_table,
@@ -320,6 +378,20 @@ def main(argv=None):
     (out / f"{stem}.md").write_text("\n".join(md))
     print(f"wrote {out / (stem + '.json')} and .md")
     return 0
+
+
+def _namespaces():
+    import mesa_fast.ops as fast_ops
+    import mesa_ref.ops as ref_ops
+    return ref_ops, fast_ops
+
+
+def _authors_commit(path):
+    try:
+        return "commit " + subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True, timeout=5).stdout.strip()
+    except Exception:  # pragma: no cover
+        return "an unknown commit"
 
 
 if __name__ == "__main__":

@@ -205,6 +205,139 @@ def vsqrt(typingctx, a):
     return a(a), codegen
 
 
+def _unop_intrinsic(name, doc):
+    @intrinsic
+    def unop(typingctx, a):
+        if not isinstance(a, LaneVec):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.call(_llvm_vector_fn(builder, name, args[0].type, 1), [args[0]])
+
+        return a(a), codegen
+
+    unop.__doc__ = doc
+    return unop
+
+
+vabs = _unop_intrinsic("fabs", "Lane-wise |a| (llvm.fabs).")
+
+
+@intrinsic
+def vcopysign(typingctx, a, b):
+    """Lane-wise |a| with the sign bit of b (llvm.copysign)."""
+    if not (isinstance(a, LaneVec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_llvm_vector_fn(builder, "copysign", args[0].type, 2), list(args))
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """Lane-wise a if a > b else b (so b where either is NaN; the kernels check for NaN separately)."""
+    if not (isinstance(a, LaneVec) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """The sum of a's lanes as a scalar, added in lane order (llvm.vector.reduce.fadd without reassociation)."""
+    if not isinstance(a, LaneVec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = args[0].type
+        elem = "f32" if isinstance(vt.element, ir.FloatType) else "f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt.element, [vt.element, vt]),
+                                            f"llvm.vector.reduce.fadd.v{vt.count}{elem}")
+        return builder.call(fn, [ir.Constant(vt.element, -0.0), args[0]])
+
+    return a.dtype(a), codegen
+
+
+def _splat_const(vec_type, value):
+    return ir.Constant(vec_type, [ir.Constant(vec_type.element, value)] * vec_type.count)
+
+
+# exp: Cephes' expf (float32) and exp (float64): x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so that n *
+# ln2_hi is exact), exp(r) by a polynomial (float32) or a Pade form (float64), times 2**n built from exponent bits
+# in two halves (so that results near the overflow bound and gradual underflow come out right).
+_EXP = {
+    32: dict(c1=0.693359375, c2=-2.12194440e-4, lo=-104.0, hi=89.0, mbits=23, bias=127,
+             p=(1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)),
+    64: dict(c1=6.93145751953125e-1, c2=1.42860682030941723212e-6, lo=-746.0, hi=710.0, mbits=52, bias=1023,
+             P=(1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1),
+             Q=(3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1,
+                2.00000000000000000009e0)),
+}
+_LOG2E = 1.4426950408889634
+
+
+def _poly(builder, x, coeffs):
+    acc = _splat_const(x.type, coeffs[0])
+    for c in coeffs[1:]:
+        acc = builder.fadd(builder.fmul(acc, x), _splat_const(x.type, c))
+    return acc
+
+
+def _exp_ir(builder, x):
+    vt = x.type
+    bits = 32 if isinstance(vt.element, ir.FloatType) else 64
+    k = _EXP[bits]
+    ity = ir.VectorType(ir.IntType(bits), vt.count)
+    one = _splat_const(vt, 1.0)
+    minnum = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
+                                            f"llvm.minnum.v{vt.count}f{bits}")
+    maxnum = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
+                                            f"llvm.maxnum.v{vt.count}f{bits}")
+    xc = builder.call(maxnum, [builder.call(minnum, [x, _splat_const(vt, k["hi"])]), _splat_const(vt, k["lo"])])
+    n = builder.call(_llvm_vector_fn(builder, "floor", vt, 1),
+                     [builder.fadd(builder.fmul(xc, _splat_const(vt, _LOG2E)), _splat_const(vt, 0.5))])
+    r = builder.fsub(xc, builder.fmul(n, _splat_const(vt, k["c1"])))
+    r = builder.fsub(r, builder.fmul(n, _splat_const(vt, k["c2"])))
+    if bits == 32:
+        z = builder.fmul(r, r)
+        p = builder.fadd(builder.fadd(builder.fmul(_poly(builder, r, k["p"]), z), r), one)
+    else:
+        xx = builder.fmul(r, r)
+        px = builder.fmul(r, _poly(builder, xx, k["P"]))
+        q = _poly(builder, xx, k["Q"])
+        p = builder.fadd(one, builder.fmul(_splat_const(vt, 2.0), builder.fdiv(px, builder.fsub(q, px))))
+    ni = builder.fptosi(n, ity)
+    n1 = builder.ashr(ni, ir.Constant(ity, [ir.Constant(ity.element, 1)] * vt.count))
+    n2 = builder.sub(ni, n1)
+
+    def pow2(m):
+        e = builder.shl(builder.add(m, ir.Constant(ity, [ir.Constant(ity.element, k["bias"])] * vt.count)),
+                        ir.Constant(ity, [ir.Constant(ity.element, k["mbits"])] * vt.count))
+        return builder.bitcast(e, vt)
+
+    y = builder.fmul(builder.fmul(p, pow2(n1)), pow2(n2))
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, y)     # NaN in, NaN out
+
+
+@intrinsic
+def vexp(typingctx, a):
+    """Lane-wise exp(a), within ~1-2 ulp of the correctly rounded result over the whole range (Cephes' expf / exp
+    polynomials, no table), 0 below the underflow bound, inf above the overflow bound, NaN for NaN.
+    (Numba without Intel's SVML compiles ``np.exp`` in a loop to one scalar call per element.)"""
+    if not isinstance(a, LaneVec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _exp_ir(builder, args[0])
+
+    return a(a), codegen
+
+
 _TRANSPOSE_STAGES = (
     # (pairs of register indices, low mask, high mask): three butterfly stages turn 8 rows into
     # 8 columns (checked against numpy in tests/test_fast_mesa.py through the gathers).

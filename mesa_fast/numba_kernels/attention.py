@@ -53,8 +53,8 @@ import numpy as np
 from numba import njit
 
 from ._pool import contiguous_writeable, run_groups
-from ._simd import (WIDE, aligned_empty, aligned_zeros, vadd, vfma, vmul, vstore, vsub, vtranspose_from_rows,
-                    vtranspose_to_rows, wload, wsplat, wzeros)
+from ._simd import (WIDE, aligned_empty, aligned_zeros, vadd, vdiv, vexp, vfma, vmax, vmul, vstore, vsub,
+                    vtranspose_from_rows, vtranspose_to_rows, wload, wsplat, wzeros)
 
 L = WIDE
 H8 = WIDE // 8        # 8 x 8 transposes per block of 8 features in a gather or scatter
@@ -63,20 +63,6 @@ H8 = WIDE // 8        # 8 x 8 transposes per block of 8 features in a gather or 
 # --------------------------------------------------------------------------------------------
 # gather / scatter between (B, H, T, w) arrays and a lane-laid-out (T, w, L) buffer
 # --------------------------------------------------------------------------------------------
-
-@njit(cache=True, nogil=True)
-def _gather_seq(x, n0, nl, buf):
-    """buf[e*L + l] = x[n0 + l, e] (x: (N, E), one row per sequence); padding lanes = 0."""
-    E = x.shape[1]
-    if nl == L:
-        for e in range(E):
-            for l in range(L):
-                buf[e * L + l] = x[n0 + l, e]
-    else:
-        for e in range(E):
-            for l in range(L):
-                buf[e * L + l] = x[n0 + l, e] if l < nl else 0.0
-
 
 @njit(cache=True, nogil=True)
 def _lane_view(xs, n0, nl, H, w):
@@ -492,14 +478,61 @@ def linear_backward(q, k, v, dout):
 
 
 # --------------------------------------------------------------------------------------------
-# softmax attention [L3]: 16 sequences per group in SIMD lanes, like linear attention; the row
-# max / exp / normalisation is a scalar loop per lane over one row buffer
+# softmax attention [L3]: 16 sequences per group in SIMD lanes, like linear attention, the row max, exp
+# and normalisation included (``_simd.vexp``); the (T, T) map moves to and from the cache by 8 x 8
+# register transposes
 # --------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _rows_view(n0, nl, E):
+    """Offsets of rows n0 .. n0+nl-1 of an (N, E) array (one per lane, 0 for padding lanes), and whether they move
+    by 8 x 8 register transposes (all L lanes live, E >= 8)."""
+    base = np.zeros(L, np.int64)
+    for l in range(nl):
+        base[l] = (n0 + l) * E
+    return base, nl == L and E >= 8
+
+
+@njit(cache=True, nogil=True)
+def _gather_rows(x, n0, nl, E, buf):
+    """buf[e*L + l] = x[(n0 + l)*E + e] (x: an (N, E) array given as its flat memory); padding lanes = 0. Blocks of
+    8 x 8 register transposes where all lanes are live (the last block of a row overlaps the one before it)."""
+    base, full = _rows_view(n0, nl, E)
+    if full:
+        e0 = 0
+        while e0 < E:
+            e0 = min(e0, E - 8)
+            for h in range(H8):
+                vtranspose_from_rows(x, base[8 * h:], e0, buf, e0 * L + 8 * h, L)
+            e0 += 8
+        return
+    for e in range(E):
+        for l in range(L):
+            buf[e * L + l] = x[base[l] + e] if l < nl else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rows(buf, x, n0, nl, E):
+    """The inverse of ``_gather_rows``: x[(n0 + l)*E + e] = buf[e*L + l] for the nl live lanes."""
+    base, full = _rows_view(n0, nl, E)
+    if full:
+        e0 = 0
+        while e0 < E:
+            e0 = min(e0, E - 8)
+            for h in range(H8):
+                vtranspose_to_rows(buf, e0 * L + 8 * h, L, x, base[8 * h:], e0)
+            e0 += 8
+        return
+    for e in range(E):
+        for l in range(nl):
+            x[base[l] + e] = buf[e * L + l]
+
 
 @njit(cache=True, nogil=True)
 def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g):
     """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s.  [L3]
-    q, k, v, out strided (see ``_gather4``); P (N, T*T) rows (zero above the diagonal)."""
+    q, k, v, out strided (see ``_gather4``); P the flat memory of the (N, T, T) map (zero above the diagonal).
+    The row max, exp and normalisation run on lane vectors (``_simd.vmax``, ``vexp``), as the products do."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)
@@ -539,17 +572,16 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
                 a0 = vfma(wload(qg, td + i * L), wload(kg, s * dL + i * L), a0)
             vstore(Pg, row + s * L, vmul(a0, sc))
             s += 1
-        for l in range(L):                              # softmax of the row, per lane
-            m = Pg[row + l]
-            for s in range(1, t + 1):
-                m = max(m, Pg[row + s * L + l])
-            tot = Pg[row + l] * 0.0
-            for s in range(t + 1):
-                e = np.exp(Pg[row + s * L + l] - m)
-                Pg[row + s * L + l] = e
-                tot += e
-            for s in range(t + 1):
-                Pg[row + s * L + l] = Pg[row + s * L + l] / tot
+        m = wload(Pg, row)                              # softmax of the row, every lane at once
+        for s in range(1, t + 1):
+            m = vmax(m, wload(Pg, row + s * L))
+        tot = wzeros(qg)
+        for s in range(t + 1):
+            e = vexp(vsub(wload(Pg, row + s * L), m))
+            vstore(Pg, row + s * L, e)
+            tot = vadd(tot, e)
+        for s in range(t + 1):
+            vstore(Pg, row + s * L, vdiv(wload(Pg, row + s * L), tot))
         tv = t * vL
         j = 0
         while j + 4 <= dv:                              # out_t = sum_s P[t, s] v_s, 4 columns at a time
@@ -575,7 +607,7 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
                 a0 = vfma(wload(Pg, row + s * L), wload(vg, s * vL + j * L), a0)
             vstore(og, tv + j * L, a0)
             j += 1
-    _scatter_rows(Pg, P, n0, nl)
+    _scatter_rows(Pg, P, n0, nl, T * T)
     _scatter4(og, out, os, n0, nl, H, T, dv)
     return ok
 
@@ -590,9 +622,42 @@ def _softmax_forward_range(g0, g1, q, qs, k, ks, v, vs, scale, P, out, os, N, H,
 
 
 @njit(cache=True, nogil=True)
+def _column_sums(A, T, s, x, w, gx, like):
+    """gx[(s*w + i)*L] = sum_{t >= s} A[(t*T + s)*L] x[(t*w + i)*L] for i < w, 4 columns i at a time (lane vectors;
+    A a (T, T) lane-laid-out matrix, x a (T, w) one)."""
+    wL = w * L
+    i = 0
+    while i + 4 <= w:
+        a0 = wzeros(like)
+        a1 = wzeros(like)
+        a2 = wzeros(like)
+        a3 = wzeros(like)
+        for t in range(s, T):
+            p = wload(A, (t * T + s) * L)
+            o = t * wL + i * L
+            a0 = vfma(p, wload(x, o), a0)
+            a1 = vfma(p, wload(x, o + L), a1)
+            a2 = vfma(p, wload(x, o + 2 * L), a2)
+            a3 = vfma(p, wload(x, o + 3 * L), a3)
+        o = s * wL + i * L
+        vstore(gx, o, a0)
+        vstore(gx, o + L, a1)
+        vstore(gx, o + 2 * L, a2)
+        vstore(gx, o + 3 * L, a3)
+        i += 4
+    while i < w:
+        a0 = wzeros(like)
+        for t in range(s, T):
+            a0 = vfma(wload(A, (t * T + s) * L), wload(x, t * wL + i * L), a0)
+        vstore(gx, s * wL + i * L, a0)
+        i += 1
+
+
+@njit(cache=True, nogil=True)
 def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
-    """One group: dv_s = sum_t P[t,s] dout_t; dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale;
-    dq_t = sum_s dS[t,s] k_s; dk_s = sum_t dS[t,s] q_t.  [L3]"""
+    """One group: dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale (the whole lower triangle kept);
+    dq_t = sum_s dS[t,s] k_s by rows; then by columns dk_s = sum_t dS[t,s] q_t, dv_s = sum_t P[t,s] dout_t.  [L3]
+    Every sum runs in registers (4 columns at a time), none through memory."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)
@@ -603,11 +668,11 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     _gather_qkv(q, qs, k, ks, v, vs, n0, nl, H, T, d, dv, qg, kg, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
     ok = _lanes_finite(dog, T * dv)
-    _gather_seq(P, n0, nl, Pg)
-    gq = aligned_zeros(T * d * L, q)
-    gk = aligned_zeros(T * d * L, q)
-    gv = aligned_zeros(T * dv * L, q)
-    dS = aligned_empty(T * L, q)
+    _gather_rows(P, n0, nl, T * T, Pg)
+    gq = aligned_empty(T * d * L, q)
+    gk = aligned_empty(T * d * L, q)
+    gv = aligned_empty(T * dv * L, q)
+    dS = aligned_empty(T * T * L, q)                  # dS[t, s] at (t*T + s)*L, s <= t
     sc = wsplat(qg, scale)
     dL = d * L
     vL = dv * L
@@ -628,30 +693,50 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
                 a1 = vfma(dj, wload(vg, o + vL), a1)
                 a2 = vfma(dj, wload(vg, o + 2 * vL), a2)
                 a3 = vfma(dj, wload(vg, o + 3 * vL), a3)
-            vstore(dS, s * L, a0)
-            vstore(dS, (s + 1) * L, a1)
-            vstore(dS, (s + 2) * L, a2)
-            vstore(dS, (s + 3) * L, a3)
+            vstore(dS, row + s * L, a0)
+            vstore(dS, row + (s + 1) * L, a1)
+            vstore(dS, row + (s + 2) * L, a2)
+            vstore(dS, row + (s + 3) * L, a3)
             s += 4
         while s <= t:
             a0 = wzeros(qg)
             for j in range(dv):
                 a0 = vfma(wload(dog, tv + j * L), wload(vg, s * vL + j * L), a0)
-            vstore(dS, s * L, a0)
+            vstore(dS, row + s * L, a0)
             s += 1
         rd = wzeros(qg)                                 # sum_s dP[t, s] P[t, s]
         for s in range(t + 1):
-            rd = vfma(wload(dS, s * L), wload(Pg, row + s * L), rd)
+            rd = vfma(wload(dS, row + s * L), wload(Pg, row + s * L), rd)
         for s in range(t + 1):
-            p = wload(Pg, row + s * L)
-            ds = vmul(vmul(p, vsub(wload(dS, s * L), rd)), sc)      # dS[t, s]
-            sv = s * vL
-            for j in range(dv):                         # dv_s += P[t, s] dout_t
-                vstore(gv, sv + j * L, vfma(p, wload(dog, tv + j * L), wload(gv, sv + j * L)))
-            sd = s * dL
-            for i in range(d):                          # dq_t += dS k_s; dk_s += dS q_t
-                vstore(gq, td + i * L, vfma(ds, wload(kg, sd + i * L), wload(gq, td + i * L)))
-                vstore(gk, sd + i * L, vfma(ds, wload(qg, td + i * L), wload(gk, sd + i * L)))
+            o = row + s * L
+            vstore(dS, o, vmul(vmul(wload(Pg, o), vsub(wload(dS, o), rd)), sc))      # dS[t, s]
+        i = 0
+        while i + 4 <= d:                               # dq_t = sum_s dS[t, s] k_s, 4 columns at a time
+            a0 = wzeros(qg)
+            a1 = wzeros(qg)
+            a2 = wzeros(qg)
+            a3 = wzeros(qg)
+            for s in range(t + 1):
+                p = wload(dS, row + s * L)
+                o = s * dL + i * L
+                a0 = vfma(p, wload(kg, o), a0)
+                a1 = vfma(p, wload(kg, o + L), a1)
+                a2 = vfma(p, wload(kg, o + 2 * L), a2)
+                a3 = vfma(p, wload(kg, o + 3 * L), a3)
+            vstore(gq, td + i * L, a0)
+            vstore(gq, td + (i + 1) * L, a1)
+            vstore(gq, td + (i + 2) * L, a2)
+            vstore(gq, td + (i + 3) * L, a3)
+            i += 4
+        while i < d:
+            a0 = wzeros(qg)
+            for s in range(t + 1):
+                a0 = vfma(wload(dS, row + s * L), wload(kg, s * dL + i * L), a0)
+            vstore(gq, td + i * L, a0)
+            i += 1
+    for s in range(T):                                  # by columns: dk_s, dv_s
+        _column_sums(dS, T, s, qg, d, gk, qg)
+        _column_sums(Pg, T, s, dog, dv, gv, qg)
     _scatter_qkv(gq, dq, dqs, gk, dk, dks, gv, dvv, dvs, n0, nl, H, T, d, dv)
     return ok
 
@@ -666,15 +751,6 @@ def _softmax_backward_range(g0, g1, q, qs, k, ks, v, vs, P, scale, dout, dos, dq
     return ok
 
 
-@njit(cache=True, nogil=True)
-def _scatter_rows(buf, x, n0, nl):
-    """x[n0 + l, e] = buf[e*L + l] for the nl live lanes (x: (N, E) rows)."""
-    E = x.shape[1]
-    for e in range(E):
-        for l in range(nl):
-            x[n0 + l, e] = buf[e * L + l]
-
-
 def softmax_forward(q, k, v, scale):
     """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T), finite) for numpy inputs of one dtype, any strides
     (validated by the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v.  [L3]"""
@@ -683,7 +759,7 @@ def softmax_forward(q, k, v, scale):
     out = merged_empty(B, H, T, dv, v.dtype)
     P = np.empty((B, H, T, T), q.dtype)
     ok = run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    q.dtype.type(scale), P.reshape(B * H, T * T), *_strided(out), B * H, H, T, d, dv)
+                    q.dtype.type(scale), P.reshape(-1), *_strided(out), B * H, H, T, d, dv)
     return out, P, all(ok)
 
 
@@ -694,7 +770,7 @@ def softmax_backward(q, k, v, P, scale, dout):
     dv = v.shape[3]
     dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
     ok = run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    contiguous_writeable(P).reshape(B * H, T * T), q.dtype.type(scale), *_strided(dout),
+                    contiguous_writeable(P).reshape(-1), q.dtype.type(scale), *_strided(dout),
                     *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
     return (dq, dk, dvv), all(ok)
 

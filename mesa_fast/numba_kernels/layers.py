@@ -204,35 +204,61 @@ def dense_backward(dy, cache, *, input_grad=True):
 # [L4] LayerNorm (the reference's cache type: xhat, rstd, w keep their meaning)
 # --------------------------------------------------------------------------------------------
 
+LN_MIN_ROWS = 256          # LayerNorm rows per thread below which a call runs on the calling thread alone
+
+
 def layernorm_forward(x, w, b, *, eps=1e-5):
-    """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis."""
+    """[L4] y = (x - mean(x)) / sqrt(var(x) + eps) * w + b over the last axis.  Rows shared out to the thread pool;
+    NaN/inf in x: found by the kernel in its row sums (a NaN or inf entry makes its row's sum NaN or inf), then
+    reported by the reference's check (same message)."""
     if not _numpy(x, w, b):
         return _ref_ln.layernorm_forward(x, w, b, eps=eps)
-    _ref_ln.check_layernorm_inputs(x, w, b, eps)  # the reference's checks (same ValueErrors)
+    _ref_ln.check_layernorm_inputs(x, w, b, eps, finite=False)   # the reference's checks (same ValueErrors) ...
+    if not (all_finite(w) and all_finite(b)):
+        _ref_ln.check_layernorm_inputs(x, w, b, eps)               # ... NaN/inf in w, b (small): the reference's
     D = x.shape[-1]
-    x2 = _k().flat(x).reshape(-1, D)                                        # (M, D)
-    y = np.empty(x2.shape, x.dtype)
-    xhat = np.empty(x2.shape, x.dtype)
-    rstd = np.empty(x2.shape[0], x.dtype)
-    _e().layernorm_fwd(x2, _k().flat(w), _k().flat(b), x.dtype.type(eps), y, xhat, rstd)
+    xf, wf, bf = _k().flat(x), _k().flat(w), _k().flat(b)
+    M = xf.size // D if D else 0
+    y = np.empty(xf.shape, x.dtype)
+    xhat = np.empty(xf.shape, x.dtype)
+    rstd = np.empty(M, x.dtype)
+    e = x.dtype.type(eps)
+    ok = map_chunks(lambda lo, hi: _e().layernorm_fwd(xf[lo * D:hi * D], wf, bf, e, D, y[lo * D:hi * D],
+                                                      xhat[lo * D:hi * D], rstd[lo:hi]), M, min_chunk=LN_MIN_ROWS)
+    if not all(ok):
+        _ref_ln.check_layernorm_inputs(x, w, b, eps)
     return y.reshape(x.shape), _ref_ln.LayerNormCache(xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
 
 def layernorm_backward(dy, cache):
-    """Returns (dx (..., D), dw (D,), db (D,))."""
+    """Returns (dx (..., D), dw (D,), db (D,)).  Rows shared out to the thread pool, each range's dw, db partial sums
+    (float64) added in range order, so the result does not depend on the threads. NaN/inf in dy is found in db (a
+    non-finite dy[m, j] leaves db[j] non-finite), then reported by the reference's check of dy (same message)."""
     xhat, rstd, w = cache
     if not _numpy(xhat):
         return _ref_ln.layernorm_backward(dy, cache)
-    check_dout(dy, xhat.shape, xhat.dtype)
+    check_dout(dy, xhat.shape, xhat.dtype, finite=False)
     if not _numpy(dy):
         raise ValueError("dout: lives on a different device/array module than the forward's input")
     D = xhat.shape[-1]
-    dx = np.empty(xhat.shape, xhat.dtype)
-    dw = np.empty(D, xhat.dtype)
-    db = np.empty(D, xhat.dtype)
-    _e().layernorm_bwd(_k().flat(dy).reshape(-1, D), _k().flat(xhat).reshape(-1, D), _k().flat(rstd),
-                       _k().flat(w), dx.reshape(-1, D), dw, db)
-    return dx, dw, db
+    dyf, xf, rf, wf = _k().flat(dy), _k().flat(xhat), _k().flat(rstd), _k().flat(w)
+    M = rf.size
+    dx = np.empty(xf.shape, xhat.dtype)
+
+    def rows(lo, hi):
+        sw, sb = np.zeros(D), np.zeros(D)
+        _e().layernorm_bwd(dyf[lo * D:hi * D], xf[lo * D:hi * D], rf[lo:hi], wf, D, dx[lo * D:hi * D], sw, sb)
+        return sw, sb
+
+    parts = map_chunks(rows, M, min_chunk=LN_MIN_ROWS)
+    sw, sb = parts[0]
+    for pw, pb in parts[1:]:
+        sw += pw
+        sb += pb
+    dw, db = sw.astype(xhat.dtype), sb.astype(xhat.dtype)
+    if not all_finite(db):
+        check_dout(dy, xhat.shape, xhat.dtype)
+    return dx.reshape(xhat.shape), dw, db
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,28 +270,34 @@ class GeluFastCache(NamedTuple):
     t: np.ndarray   # (...) tanh(sqrt(2/pi) (x + 0.044715 x^3)), kept so the backward needs no tanh
 
 
+GELU_MIN_CHUNK = 1 << 15     # elements per thread below which GELU runs on the calling thread alone
+
+
 def gelu_forward(x):
-    """[L5] gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """[L5] gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  Ranges shared out to the thread pool; NaN/inf
+    in x: found by the kernel, then reported by the reference's check (same message)."""
     if not _numpy(x):
         return _ref_act.gelu_forward(x)
-    check_float_array("x", x)
+    check_float_array("x", x, finite=False)
     xf = _k().flat(x)
     y = np.empty(xf.shape, x.dtype)
     t = np.empty(xf.shape, x.dtype)
-    _e().gelu_fwd(xf, y, t)
+    if not _elementwise_split(_e().gelu_fwd, xf.size, GELU_MIN_CHUNK, xf, y, t):
+        check_float_array("x", x)
     return y.reshape(x.shape), GeluFastCache(x, t.reshape(x.shape))
 
 
 def gelu_backward(dy, cache):
-    """Returns dx (...)."""
+    """Returns dx (...).  NaN/inf in dy: found by the kernel, reported by the reference's check."""
     if not isinstance(cache, GeluFastCache):
         return _ref_act.gelu_backward(dy, cache)
     x, t = cache
-    check_dout(dy, x.shape, x.dtype)
+    check_dout(dy, x.shape, x.dtype, finite=False)
     if not _numpy(dy):
         raise ValueError("dout: lives on a different device/array module than the forward's input")
     dx = np.empty(x.size, x.dtype)
-    _e().gelu_bwd(_k().flat(dy), _k().flat(x), _k().flat(t), dx)
+    if not _elementwise_split(_e().gelu_bwd, dx.size, GELU_MIN_CHUNK, _k().flat(dy), _k().flat(x), _k().flat(t), dx):
+        check_dout(dy, x.shape, x.dtype)
     return dx.reshape(x.shape)
 
 
@@ -280,10 +312,11 @@ class ClipFastCache(NamedTuple):
 CLIP_MIN_CHUNK = 1 << 16     # elements per thread below which clipping runs on the calling thread alone
 
 
-def _elementwise_split(kernel, n, *arrays):
+def _elementwise_split(kernel, n, min_chunk, *arrays):
     """all(kernel(*(a[lo:hi] for a in arrays)) over ranges of 0..n-1 shared out to the thread pool) for 1-D
-    arrays of length n (``_pool.map_chunks``; the kernels release the GIL)."""
-    return all(map_chunks(lambda lo, hi: kernel(*(a[lo:hi] for a in arrays)), n, min_chunk=CLIP_MIN_CHUNK))
+    arrays of length n (``_pool.map_chunks``, at least ``min_chunk`` elements per range; the kernels release the
+    GIL)."""
+    return all(map_chunks(lambda lo, hi: kernel(*(a[lo:hi] for a in arrays)), n, min_chunk=min_chunk))
 
 
 def clip_forward(x, *, c):
@@ -298,7 +331,7 @@ def clip_forward(x, *, c):
     y = np.empty(xf.shape, x.dtype)
     inside = np.empty(xf.shape, np.uint8)
     cc = x.dtype.type(c)
-    if not _elementwise_split(lambda a, b, m: _k().clip_fwd(a, cc, b, m), xf.size, xf, y, inside):
+    if not _elementwise_split(lambda a, b, m: _k().clip_fwd(a, cc, b, m), xf.size, CLIP_MIN_CHUNK, xf, y, inside):
         check_float_array("x", x)
     return y.reshape(x.shape), ClipFastCache(inside.reshape(x.shape))
 
@@ -312,7 +345,7 @@ def clip_backward(dy, cache):
     if not _numpy(dy):
         raise ValueError("dy: lives on a different device/array module than the forward's input")
     dx = np.empty(dy.size, dy.dtype)
-    if not _elementwise_split(_k().clip_bwd, dx.size, _k().flat(dy), cache.inside.reshape(-1), dx):
+    if not _elementwise_split(_k().clip_bwd, dx.size, CLIP_MIN_CHUNK, _k().flat(dy), cache.inside.reshape(-1), dx):
         check_dout(dy, cache.inside.shape, dy.dtype)
     return dx.reshape(dy.shape)
 

@@ -16,11 +16,12 @@ class LayerNormCache(NamedTuple):
     w: object      # (D,)
 
 
-def check_layernorm_inputs(x, w, b, eps):
-    """The checks of layernorm_forward (shared with mesa_fast's LayerNorm): ValueError naming the argument."""
-    check_float_array("x", x)
-    check_float_array("w", w, ndim=1)
-    check_float_array("b", b, ndim=1)
+def check_layernorm_inputs(x, w, b, eps, *, finite=True):
+    """The checks of layernorm_forward (shared with mesa_fast's LayerNorm): ValueError naming the argument.
+    ``finite=False`` leaves out the NaN/inf checks (for a caller that checks them another way)."""
+    check_float_array("x", x, finite=finite)
+    check_float_array("w", w, ndim=1, finite=finite)
+    check_float_array("b", b, ndim=1, finite=finite)
     check_same_dtype(x=x, w=w, b=b)
     D = x.shape[-1]
     if w.shape != (D,) or b.shape != (D,):
