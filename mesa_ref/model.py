@@ -166,8 +166,7 @@ class Transformer:
                 m = h
                 if c.layernorm:
                     m, lc["ln2"] = ops.layernorm_forward(h, params[f"l{i}.ln2.w"], params[f"l{i}.ln2.b"])
-                z, lc["fc1"] = ops.dense_forward(m, params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"])  # [B,T,M]
-                g, lc["gelu"] = ops.gelu_forward(z)
+                g, lc["fc1"] = ops.dense_gelu_forward(m, params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"])  # [B,T,M]
                 delta, lc["fc2"] = ops.dense_forward(g, params[f"l{i}.mlp.w2"], params[f"l{i}.mlp.b2"])  # [B,T,D]
                 h = h + delta
                 if c.clip is not None:
@@ -214,8 +213,7 @@ class Transformer:
                 if c.clip is not None:
                     dh = ops.clip_backward(dh, lc["clip2"])
                 dg, grads[f"l{i}.mlp.w2"], grads[f"l{i}.mlp.b2"] = ops.dense_backward(dh, lc["fc2"])
-                dz = ops.gelu_backward(dg, lc["gelu"])
-                dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"] = ops.dense_backward(dz, lc["fc1"])
+                dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"] = ops.dense_gelu_backward(dg, lc["fc1"])
                 if c.layernorm:
                     dm, grads[f"l{i}.ln2.w"], grads[f"l{i}.ln2.b"] = ops.layernorm_backward(dm, lc["ln2"])
                 dh = dh + dm                                                 # residual branch

@@ -109,3 +109,66 @@ def backward(dy2, x2, W, has_bias, input_grad=True):
         dW += p
     db = dy2.sum(axis=0) if has_bias else None                    # (Dout,)
     return dx, dW, db
+
+
+SUB_ROWS = 128      # rows per block of the fused dense + GELU ops: the block's (rows, M) activations stay in cache
+
+
+def forward_gelu(x2, W, b, gelu_fwd):
+    """(g, z, t, finite): z (N, M) = x2 (N, Din) @ W + b, g = gelu(z), t = tanh(...) (``elementwise.bias_gelu_fwd``,
+    passed in), block of SUB_ROWS rows by block, each block's GELU right after its product (while z is in cache);
+    ``finite``: no NaN/inf in z.  [L1] + [L5]"""
+    N, M = x2.shape[0], W.shape[1]
+    dt = np.result_type(x2, W)
+    z = np.empty((N, M), dt)
+    g = np.empty((N, M), dt)
+    t = np.empty((N, M), dt)
+    bb = b if b is not None else np.zeros(M, dt)
+
+    def rows(lo, hi):
+        ok = True
+        for s0 in range(lo, hi, SUB_ROWS):
+            s1 = min(hi, s0 + SUB_ROWS)
+            np.matmul(x2[s0:s1], W, out=z[s0:s1])
+            ok &= gelu_fwd(z[s0:s1].reshape(-1), bb, M, g[s0:s1].reshape(-1), t[s0:s1].reshape(-1))
+        return ok
+
+    with one_blas_thread():
+        finite = map_chunks(rows, N, min_chunk=MIN_ROWS)
+    return g, z, t, all(finite)
+
+
+def backward_gelu(dg2, x2, W, z, t, has_bias, input_grad, gelu_bwd):
+    """(dx or None, dW, db or None, finite) of g = gelu(x2 W + b) for C-contiguous dg2, z, t (N, M), x2 (N, Din):
+    per block of SUB_ROWS rows dz = dg gelu'(z) (``elementwise.gelu_bwd_rows``, passed in, with the bias gradient's
+    float64 column sums), then its products dx = dz W^T and dW += x^T dz while dz is in cache; partial dW, db
+    summed in range order.  ``finite``: no NaN/inf in dg.  [L1] + [L5]"""
+    N, M = dg2.shape
+    dt = np.result_type(dg2, W)
+    dx = np.empty((N, W.shape[0]), dt) if input_grad else None
+
+    def rows(lo, hi):
+        dz = np.empty((min(SUB_ROWS, hi - lo), M), dt)
+        part = np.zeros((W.shape[0], M), dt)
+        tmp = np.empty((W.shape[0], M), dt)
+        sb = np.zeros(M)
+        ok = True
+        for s0 in range(lo, hi, SUB_ROWS):
+            s1 = min(hi, s0 + SUB_ROWS)
+            d = dz[:s1 - s0]
+            ok &= gelu_bwd(dg2[s0:s1].reshape(-1), z[s0:s1].reshape(-1), t[s0:s1].reshape(-1), M, d.reshape(-1), sb)
+            if input_grad:
+                np.matmul(d, W.T, out=dx[s0:s1])
+            np.matmul(x2[s0:s1].T, d, out=tmp)
+            part += tmp
+        return part, sb, ok
+
+    with one_blas_thread():
+        parts = map_chunks(rows, N, min_chunk=MIN_ROWS)
+    dW, sb, ok = parts[0]
+    finite = ok
+    for p, s, o in parts[1:]:
+        dW += p
+        sb += s
+        finite &= o
+    return dx, dW, (sb.astype(dt) if has_bias else None), finite

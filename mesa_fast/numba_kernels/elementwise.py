@@ -77,6 +77,65 @@ def gelu_fwd(x, y, t):
 
 
 @njit(cache=True, nogil=True)
+def bias_gelu_fwd(z, b, M, g, t):
+    """For rows of M values (z, g, t flat (R*M,), C-contiguous): z += b (in place), then g = gelu(z) and
+    t = tanh(...) as in ``gelu_fwd``, 16 columns at a time (the last < 16 of a row through a padded buffer).  [L5]
+    Returns False when some z (after the bias) is NaN or inf."""
+    R = z.shape[0] // M if M else 0
+    fin = wzeros(z)
+    buf = np.zeros(4 * WIDE, z.dtype)
+    for r in range(R):
+        o = r * M
+        j = 0
+        while j + WIDE <= M:
+            zi = vadd(wload(z, o + j), wload(b, j))
+            vstore(z, o + j, zi)
+            fin = vadd(fin, vsub(zi, zi))
+            gi, ti = _gelu_vec(zi, z)
+            vstore(g, o + j, gi)
+            vstore(t, o + j, ti)
+            j += WIDE
+        if j < M:
+            for e in range(M - j):
+                buf[e] = z[o + j + e] + b[j + e]
+            zi = wload(buf, 0)
+            fin = vadd(fin, vsub(zi, zi))
+            gi, ti = _gelu_vec(zi, z)
+            vstore(buf, WIDE, gi)
+            vstore(buf, 2 * WIDE, ti)
+            for e in range(M - j):
+                z[o + j + e] = buf[e]
+                g[o + j + e] = buf[WIDE + e]
+                t[o + j + e] = buf[2 * WIDE + e]
+    return vsum(fin) == 0
+
+
+@njit(cache=True, nogil=True)
+def gelu_bwd_rows(dg, z, t, M, dz, sb):
+    """dz = dg gelu'(z) as in ``gelu_bwd`` for rows of M values (flat (R*M,) arrays), and sb += the column sums of
+    dz (float64 (M,) accumulators: the bias gradient).  [L5]  Returns False when some dg is NaN or inf."""
+    c = z.dtype.type(_C)
+    a3 = z.dtype.type(3 * _A)
+    one = z.dtype.type(1.0)
+    half = z.dtype.type(0.5)
+    R = z.shape[0] // M if M else 0
+    bad = 0
+    for r in range(R):
+        o = r * M
+        for j in range(M):
+            xi = z[o + j]
+            ti = t[o + j]
+            d = dg[o + j]
+            dt = (one - ti * ti) * c * (one + a3 * xi * xi)
+            v = d * (half * (one + ti) + half * xi * dt)
+            dz[o + j] = v
+            bad |= (d - d) != 0
+        for j in range(M):
+            sb[j] += float(dz[o + j])
+    return bad == 0
+
+
+@njit(cache=True, nogil=True)
 def gelu_bwd(dy, x, t, dx):
     """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2)).  [L5]  Returns False when some dy
     is NaN or inf."""

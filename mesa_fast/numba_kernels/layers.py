@@ -11,9 +11,9 @@ and runs on CuPy as it is. NumPy arrays always run the Numba kernels, whatever
 ``mesa_fast.set_backend`` says: these ops have no CUDA twin, so copying NumPy input to the GPU
 would buy nothing.
 
-Ops here: dense [L1] (BLAS, threads run by ``dense.py``), causal linear attention [L2] and
-softmax attention [L3] (``attention.py``), LayerNorm [L4] and GELU [L5] (``elementwise.py``),
-clipping [L6] (``attention.py``); the head layout ops split_qkv / split_heads (views) and merge_qkv.
+Ops here: dense [L1] (BLAS, threads run by ``dense.py``), the MLP's dense + GELU [L1] + [L5] fused block by
+block of rows, causal linear attention [L2] and softmax attention [L3] (``attention.py``), LayerNorm [L4] and
+GELU [L5] (``elementwise.py``), clipping [L6] (``attention.py``); the head layout ops split_qkv / split_heads (views) and merge_qkv.
 Attention outputs come back as (B, H, T, w) arrays laid out in memory as (B, T, H, w), and attention
 gradients as views of one buffer in the fused QKV layout, so the model's merges cost no copy.
 
@@ -35,6 +35,7 @@ from mesa_ref.ops import activations as _ref_act
 from mesa_ref.ops import attention_linear as _ref_lin
 from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops import dense as _ref_dense
+from mesa_ref.ops import dense_gelu as _ref_dg
 from mesa_ref.ops import heads as _ref_heads
 from mesa_ref.ops import layernorm as _ref_ln
 from mesa_ref.ops import loss as _ref_loss
@@ -197,6 +198,57 @@ def dense_backward(dy, cache, *, input_grad=True):
     # then is dy itself checked, for the reference's message; a finite dy whose dW overflows passes, as there.
     if dW.size == 0 or not all_finite(dW):
         check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
+    return (dx.reshape(x_shape) if input_grad else None), dW, db
+
+
+# --------------------------------------------------------------------------------------------
+# [L1] + [L5] the MLP's first layer, dense and GELU fused (numba_kernels/dense.py)
+# --------------------------------------------------------------------------------------------
+
+class DenseGeluFastCache(NamedTuple):
+    x2: np.ndarray   # (N, Din) the input, rows flattened, C-contiguous
+    W: np.ndarray    # (Din, M)
+    has_bias: bool
+    x_shape: tuple   # the input's shape (..., Din)
+    z: np.ndarray    # (N, M) x W + b
+    t: np.ndarray    # (N, M) tanh(sqrt(2/pi) (z + 0.044715 z^3))
+
+
+def dense_gelu_forward(x, W, b=None):
+    """[L1] + [L5] g = gelu(x W + b).  x (..., Din), W (Din, M), b (M,) or None -> (g (..., M), cache).
+
+    One pass: each block of rows gets its GELU right after its product, while z is in cache (``dense.forward_gelu``).
+    NaN/inf: W and b (small) are checked first; a non-finite x[n, j] makes every z[n, k] non-finite (as in
+    ``dense_forward``), which the GELU kernel sees; then x is checked for the reference's message, and a finite x
+    whose product overflows raises gelu_forward's ValueError on z, as the reference composition does."""
+    if not _numpy(x, W, b):
+        return _ref_dg.dense_gelu_forward(x, W, b)
+    _ref_dense.check_dense_inputs(x, W, b, finite=False)
+    if not (all_finite(W) and (b is None or all_finite(b))):
+        _ref_dense.check_dense_inputs(x, W, b)
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))                  # (N, Din)
+    g, z, t, finite = _dense.forward_gelu(x2, W, b, _e().bias_gelu_fwd)
+    shape = x.shape[:-1] + (W.shape[1],)
+    if not finite and z.size:
+        _ref_dense.check_dense_inputs(x, W, b)
+        check_float_array("x", z)
+    return g.reshape(shape), DenseGeluFastCache(x2, W, b is not None, tuple(x.shape), z, t)
+
+
+def dense_gelu_backward(dg, cache, *, input_grad=True):
+    """Returns (dx (..., Din) or None with ``input_grad=False``, dW (Din, M), db (M,) or None).  Block by block of
+    rows: dz = dg gelu'(z), then its products, while dz is in cache (``dense.backward_gelu``). NaN/inf in dg: found
+    by the GELU kernel, then reported by the reference's check (same message)."""
+    if not isinstance(cache, DenseGeluFastCache):
+        return _ref_dg.dense_gelu_backward(dg, cache, input_grad=input_grad)
+    x2, W, has_bias, x_shape, z, t = cache
+    check_dout(dg, x_shape[:-1] + (W.shape[1],), z.dtype, finite=False)
+    if not _numpy(dg):
+        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    dg2 = np.ascontiguousarray(dg.reshape(-1, dg.shape[-1]))
+    dx, dW, db, finite = _dense.backward_gelu(dg2, x2, W, z, t, has_bias, input_grad, _e().gelu_bwd_rows)
+    if not finite:
+        check_dout(dg, x_shape[:-1] + (W.shape[1],), z.dtype)
     return (dx.reshape(x_shape) if input_grad else None), dW, db
 
 
@@ -421,8 +473,8 @@ def mse_forward(pred, target):
 
 
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
-FAST_OPS = ("dense_forward", "dense_backward", "linear_attention_forward", "linear_attention_backward",
-            "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
+FAST_OPS = ("dense_forward", "dense_backward", "dense_gelu_forward", "dense_gelu_backward",
+            "linear_attention_forward", "linear_attention_backward", "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
             "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv",
             "mse_forward")
 __all__ = list(FAST_OPS)

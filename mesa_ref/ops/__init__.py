@@ -1,6 +1,7 @@
 """mesa_ref.ops: every primitive as a NAME_forward / NAME_backward pair (plain NumPy).
 
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
+dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition of the two; a backend may fuse it).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. Layout helpers (no arithmetic): split_qkv,
@@ -10,6 +11,7 @@ from .activations import ClipCache, GeluCache, clip_backward, clip_forward, gelu
 from .attention_linear import LinearAttentionCache, linear_attention_backward, linear_attention_forward
 from .attention_softmax import SoftmaxAttentionCache, softmax_attention_backward, softmax_attention_forward
 from .dense import DenseCache, dense_backward, dense_forward
+from .dense_gelu import DenseGeluCache, dense_gelu_backward, dense_gelu_forward
 from .heads import merge_heads, merge_qkv, split_heads, split_qkv
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
@@ -20,6 +22,7 @@ from .posenc import sinusoidal_positional_encoding
 
 __all__ = [
     "dense_forward", "dense_backward",
+    "dense_gelu_forward", "dense_gelu_backward",
     "linear_attention_forward", "linear_attention_backward",
     "softmax_attention_forward", "softmax_attention_backward",
     "layernorm_forward", "layernorm_backward",
@@ -31,6 +34,6 @@ __all__ = [
     "split_qkv", "merge_qkv", "split_heads", "merge_heads",
     "mse_forward", "mse_backward",
     "cross_entropy_forward", "cross_entropy_backward",
-    "DenseCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
+    "DenseCache", "DenseGeluCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
     "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",
 ]
