@@ -1,0 +1,25 @@
+"""docs/reproduction.md's numbers are the full-size figure JSON's, and the report script notices a change."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "report_full.py"
+
+
+def test_generated_block_matches_the_shipped_json():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_changed_number_changes_the_block(tmp_path):
+    src = ROOT / "figures" / "full" / "fig2_one_layer_gd.json"
+    d = json.loads(src.read_text())
+    (tmp_path / "fig2_one_layer_gd.json").write_text(json.dumps({**d, "model_vs_gd_ratio_t10": 123.0}))
+    out = subprocess.run([sys.executable, str(SCRIPT), "--print", "--dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "| fig2_one_layer_gd | model / one tuned GD step, mean over t >= 10 | 123 | full |" in out
+    assert "| fig3_depth | - | not run yet | - |" in out
+    shutil.rmtree(tmp_path)
