@@ -498,3 +498,95 @@ ts = [threading.Thread(target=lambda: [F.dense_forward(x, W) for _ in range(20)]
 assert blas() == start, blas()
 print("ok")
 ''')
+
+
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+def test_layernorm_and_gelu_find_every_non_finite_input(bad, monkeypatch):
+    """The NaN/inf checks made inside the LayerNorm and GELU passes (row sums, the GELU kernels, the bias sums of the
+    LayerNorm backward), rows and elements split over the pool: the reference's message for x, w, b and dout."""
+    from mesa_fast.numba_kernels import layers as fast_layers
+    monkeypatch.setattr(fast_layers, "LN_MIN_ROWS", 2)
+    monkeypatch.setattr(fast_layers, "GELU_MIN_CHUNK", 3)
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        x = rng.standard_normal((3, 7, 19)).astype(np.float32)
+        w, b = np.ones(19, np.float32), np.zeros(19, np.float32)
+        pos = tuple(int(rng.integers(n)) for n in x.shape)
+        for name in ("x", "w", "b"):
+            args = [x.copy(), w.copy(), b.copy()]
+            target = args[("x", "w", "b").index(name)]
+            target[pos if name == "x" else pos[-1]] = bad
+            for ns in (F, R):
+                with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
+                    ns.layernorm_forward(*args)
+        xb = x.copy()
+        xb[pos] = bad
+        for ns in (F, R):
+            with pytest.raises(ValueError, match="^x: contains non-finite values"):
+                ns.gelu_forward(xb)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        dy[pos] = bad
+        for op in ("layernorm", "gelu"):
+            fwd_args = (x, w, b) if op == "layernorm" else (x,)
+            for ns in (F, R):
+                _, c = getattr(ns, op + "_forward")(*fwd_args)
+                with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+                    getattr(ns, op + "_backward")(dy, c)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
+@pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
+def test_dense_gelu_finds_every_non_finite_input(bad, split, monkeypatch):
+    """dense_gelu_forward finds NaN/inf in x through z = x W + b (every z of the row), in W and b up front, and in dg in
+    the GELU backward; the reference composition's messages. "split": rows in ranges and blocks of 2 and 3."""
+    if split:
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
+        monkeypatch.setattr(fast_dense, "SUB_ROWS", 2)
+    rng = np.random.default_rng(12)
+    for trial in range(6):
+        x = rng.standard_normal((3, 11, 5)).astype(np.float32)
+        W = rng.standard_normal((5, 18)).astype(np.float32)
+        bias = rng.standard_normal(18).astype(np.float32)
+        n, t, j, k = (int(rng.integers(m)) for m in (3, 11, 5, 18))
+        if trial % 2:
+            W[:, k] = 0.0
+        for name in ("x", "W", "b"):
+            args = [x.copy(), W.copy(), bias.copy()]
+            if name == "x":
+                args[0][n, t, j] = bad
+            elif name == "W":
+                args[1][j, k] = bad
+            else:
+                args[2][k] = bad
+            for ns in (F, R):
+                with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
+                    ns.dense_gelu_forward(*args)
+        dg = rng.standard_normal((3, 11, 18)).astype(np.float32)
+        dg[n, t, k] = bad
+        for ns in (F, R):
+            _, c = ns.dense_gelu_forward(x, W, bias)
+            with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+                ns.dense_gelu_backward(dg, c)
+
+
+def test_dense_gelu_overflow_raises_as_in_reference():
+    """A finite x W + b that overflows: the reference composition's gelu_forward raises on z; so does the fused op."""
+    x = np.full((2, 3, 6), 1e30, np.float32)
+    W = np.full((6, 2), 1e30, np.float32)
+    for ns in (F, R):
+        with np.errstate(all="ignore"), pytest.raises(ValueError, match="^x: contains non-finite values"):
+            ns.dense_gelu_forward(x, W)
+
+
+def test_softmax_attention_full_group_with_a_tiny_map():
+    """A full group of 16 sequences whose (T, T) map has fewer than 8 entries (T = 2): P moves element by element,
+    not by 8 x 8 transposes; against the reference."""
+    rng = np.random.default_rng(13)
+    q, k, v, dout = (rng.standard_normal((4, 4, 2, 3)) for _ in range(4))
+    out, c = F.softmax_attention_forward(q, k, v)
+    tout, tc = R.softmax_attention_forward(q, k, v)
+    np.testing.assert_allclose(out, tout, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(c.P, tc.P, rtol=1e-12, atol=1e-14)
+    for g, t in zip(F.softmax_attention_backward(dout, c), R.softmax_attention_backward(dout, tc)):
+        np.testing.assert_allclose(g, t, rtol=1e-11, atol=1e-13)

@@ -410,3 +410,125 @@ def test_numba_cache_guard_drops_kernels_compiled_from_other_sources(tmp_path, m
     nk_pkg._drop_stale_cache()                       # an inlined file changed: the cache goes
     assert cached() == []
     assert (cache / nk_pkg._STAMP).read_text().strip() == nk_pkg._sources_digest()
+
+
+# ------------------------------------------------------------------------------- lane-vector exp, GELU, LayerNorm
+def test_vector_exp_within_two_ulp_over_the_whole_range():
+    """_simd.vexp (the exp of the softmax and GELU kernels) against float64 exp: within 2 ulp of every result in
+    the normal range, exact specials (0, inf, NaN), 0 or the right subnormal below the normal range."""
+    from numba import njit
+
+    from mesa_fast.numba_kernels._simd import WIDE, vexp, vstore, wload
+
+    @njit
+    def vexp_all(x, y):
+        for i in range(0, x.shape[0], WIDE):
+            vstore(y, i, vexp(wload(x, i)))
+
+    rng = np.random.default_rng(0)
+    for dtype, lo, hi in ((np.float32, -110.0, 95.0), (np.float64, -750.0, 715.0)):
+        special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 88.72, 709.78, -87.3, -745.1, -1e4]
+        x = np.concatenate([np.linspace(lo, hi, 4000), rng.uniform(-12, 2, 4000), special]).astype(dtype)
+        x = np.concatenate([x, np.zeros(-x.size % WIDE, dtype)])
+        y = np.empty_like(x)
+        vexp_all(x, y)
+        with np.errstate(over="ignore", under="ignore"):
+            truth = np.exp(x.astype(np.float64))
+        fi = np.finfo(dtype)
+        normal = np.isfinite(truth) & (truth >= fi.tiny) & (truth <= fi.max)
+        ulp = np.abs(y[normal] - truth[normal]) / (truth[normal] * fi.eps)
+        assert ulp.max() <= 2.0, (dtype, ulp.max())
+        assert np.isnan(y[np.isnan(x)]).all()
+        assert (y[x == np.inf] == np.inf).all() and (y[truth > fi.max] == np.inf).all()
+        small = truth < fi.tiny
+        assert (np.abs(y[small] - truth[small]) <= 2 * fi.smallest_subnormal).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(2, 3, 40), (7, 13), (5, 11, 17), (4, 3, 64), (1, 8)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_layernorm_and_gelu_split_over_threads_match_reference(shape, dtype, monkeypatch):
+    """Row and element ranges shared out to the pool in small pieces (LN_MIN_ROWS = 2, GELU_MIN_CHUNK = 5), widths
+    that are not multiples of the 8 / 16 lanes, and the ranges' dw, db partial sums added in order."""
+    from mesa_fast.numba_kernels import layers as fast_layers
+    monkeypatch.setattr(fast_layers, "LN_MIN_ROWS", 2)
+    monkeypatch.setattr(fast_layers, "GELU_MIN_CHUNK", 5)
+    rng = np.random.default_rng(shape[-1])
+    x = (3 * rng.standard_normal(shape)).astype(dtype)
+    D = shape[-1]
+    w, b = rng.standard_normal(D).astype(dtype), rng.standard_normal(D).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    f64 = (lambda a: a.astype(np.float64))
+    y, cache = F.layernorm_forward(x, w, b)
+    ty, tcache = R.layernorm_forward(f64(x), f64(w), f64(b))
+    assert_close("ln.y", y, ty, dtype)
+    grads, tgrads = F.layernorm_backward(dy, cache), R.layernorm_backward(f64(dy), tcache)
+    for name, g, t in zip(("ln.dx", "ln.dw", "ln.db"), grads, tgrads):
+        assert_close(name, g, t, dtype)
+    y, cache = F.gelu_forward(x)
+    ty, tcache = R.gelu_forward(f64(x))
+    assert_close("gelu.y", y, ty, dtype)
+    assert_close("gelu.dx", F.gelu_backward(dy, cache), R.gelu_backward(f64(dy), tcache), dtype)
+    big = np.array([-40.0, -9.0, -1e-20, 0.0, 1e-20, 9.0, 40.0], dtype)       # tanh saturated, and its sign at 0
+    np.testing.assert_allclose(F.gelu_forward(big)[0], R.gelu_forward(f64(big))[0], rtol=TOL[(dtype, "gelu.y")],
+                               atol=0)
+
+
+# ------------------------------------------------------------------------------- dense + GELU (the MLP's first layer)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", ["mlp", "odd", "nobias", "tiny", "row-blocks", "no-input-grad"])
+def test_dense_gelu_matches_reference(case, dtype, monkeypatch):
+    """dense_gelu against the reference composition (dense then gelu) in float64: the model's MLP shape, widths that
+    are not multiples of 16, no bias, one row, rows in many ranges and blocks (MIN_ROWS = 3, SUB_ROWS = 2), and
+    input_grad=False."""
+    from mesa_fast.numba_kernels import dense as fast_dense
+    rng = np.random.default_rng(17)
+    shape, M, bias = {"mlp": ((8, 50, 40), 160, True), "odd": ((3, 7, 5), 19, True), "nobias": ((600, 9), 13, False),
+                      "tiny": ((1, 1, 3), 2, True), "row-blocks": ((5, 9, 6), 21, True),
+                      "no-input-grad": ((4, 5, 7), 33, True)}[case]
+    if case == "row-blocks":
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
+        monkeypatch.setattr(fast_dense, "SUB_ROWS", 2)
+    x = rng.standard_normal(shape).astype(dtype)
+    W = (rng.standard_normal((shape[-1], M)) / np.sqrt(shape[-1])).astype(dtype)
+    b = rng.standard_normal(M).astype(dtype) if bias else None
+    g, cache = F.dense_gelu_forward(x, W, b)
+    dg = rng.standard_normal(g.shape).astype(dtype)
+    grads = F.dense_gelu_backward(dg, cache, input_grad=case != "no-input-grad")
+    f64 = (lambda a: None if a is None else a.astype(np.float64))
+    tg, tcache = R.dense_gelu_forward(f64(x), f64(W), f64(b))
+    tgrads = R.dense_gelu_backward(f64(dg), tcache)
+    assert_close("gelu.y", g, tg, dtype)
+    if case == "no-input-grad":
+        assert grads[0] is None
+    else:
+        assert_close("dx", grads[0], tgrads[0], dtype)
+    assert_close("dW", grads[1], tgrads[1], dtype)
+    if b is None:
+        assert grads[2] is None
+    else:
+        assert_close("db", grads[2], tgrads[2], dtype)
+
+
+def test_dense_gelu_gradients_by_finite_differences():
+    from mesa_ref.gradcheck import numerical_gradient, rel_error
+    rng = np.random.default_rng(23)
+    x, W, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    dg = rng.standard_normal((2, 3, 5))
+    _, cache = F.dense_gelu_forward(x, W, b)
+    dx, dW, db = F.dense_gelu_backward(dg, cache)
+    for arr, grad in ((x, dx), (W, dW), (b, db)):
+        num = numerical_gradient(lambda: F.dense_gelu_forward(x, W, b)[0], arr, dg)
+        assert rel_error(grad, num) < 1e-7
+
+
+def test_dense_gelu_validation_matches_reference():
+    rng = np.random.default_rng(2)
+    x, W, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    cases = [(x, W[:3], b), (x, W, b[:4]), (x, W.astype(np.float32), b), (x.astype(np.int64), W, b), (x[0, 0], W[0], b)]
+    for args in cases:
+        assert _message(F.dense_gelu_forward, *args) == _message(R.dense_gelu_forward, *args)
+    _, fc = F.dense_gelu_forward(x, W, b)
+    _, rc = R.dense_gelu_forward(x, W, b)
+    for bad in (np.ones((2, 3, 4)), np.ones((2, 3, 5), np.float32)):
+        assert _message(F.dense_gelu_backward, bad, fc) == _message(R.dense_gelu_backward, bad, rc)

@@ -13,7 +13,8 @@ would buy nothing.
 
 Ops here: dense [L1] (BLAS, threads run by ``dense.py``), the MLP's dense + GELU [L1] + [L5] fused block by
 block of rows, causal linear attention [L2] and softmax attention [L3] (``attention.py``), LayerNorm [L4] and
-GELU [L5] (``elementwise.py``), clipping [L6] (``attention.py``); the head layout ops split_qkv / split_heads (views) and merge_qkv.
+GELU [L5] (``elementwise.py``), clipping [L6] (``attention.py``); the head layout ops split_qkv / split_heads
+(views) and merge_qkv.
 Attention outputs come back as (B, H, T, w) arrays laid out in memory as (B, T, H, w), and attention
 gradients as views of one buffer in the fused QKV layout, so the model's merges cost no copy.
 
@@ -474,7 +475,8 @@ def mse_forward(pred, target):
 
 # the op names this module provides (mesa_fast.ops imports exactly these, overriding the reference's)
 FAST_OPS = ("dense_forward", "dense_backward", "dense_gelu_forward", "dense_gelu_backward",
-            "linear_attention_forward", "linear_attention_backward", "softmax_attention_forward", "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
+            "linear_attention_forward", "linear_attention_backward", "softmax_attention_forward",
+            "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
             "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv",
             "mse_forward")
 __all__ = list(FAST_OPS)
