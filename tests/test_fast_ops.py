@@ -293,6 +293,9 @@ def test_reference_cache_goes_to_reference_backward():
         np.testing.assert_array_equal(g, t)
     _, rc = R.clip_forward(q, c=0.5)
     np.testing.assert_array_equal(F.clip_backward(dout[..., :3], rc), R.clip_backward(dout[..., :3], rc))
+    _, rc = R.softmax_attention_forward(q, k, v)
+    for g, t in zip(F.softmax_attention_backward(dout, rc), R.softmax_attention_backward(dout, rc)):
+        np.testing.assert_array_equal(g, t)
 
 
 # ------------------------------------------------------------------------------- whole model

@@ -52,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._pool import contiguous_writeable, run_groups
+from ._pool import run_groups
 from ._simd import (WIDE, aligned_empty, aligned_zeros, vadd, vdiv, vexp, vfma, vmax, vmul, vstore, vsub,
                     vtranspose_from_rows, vtranspose_to_rows, wload, wsplat, wzeros)
 
@@ -479,67 +479,24 @@ def linear_backward(q, k, v, dout):
 
 # --------------------------------------------------------------------------------------------
 # softmax attention [L3]: 16 sequences per group in SIMD lanes, like linear attention, the row max, exp
-# and normalisation included (``_simd.vexp``); the (T, T) map moves to and from the cache by 8 x 8
-# register transposes
+# and normalisation included (``_simd.vexp``); the (T, T) maps stay in the lane layout between the
+# forward and the backward
 # --------------------------------------------------------------------------------------------
-
-@njit(cache=True, nogil=True)
-def _rows_view(n0, nl, E):
-    """Offsets of rows n0 .. n0+nl-1 of an (N, E) array (one per lane, 0 for padding lanes), and whether they move
-    by 8 x 8 register transposes (all L lanes live, E >= 8)."""
-    base = np.zeros(L, np.int64)
-    for l in range(nl):
-        base[l] = (n0 + l) * E
-    return base, nl == L and E >= 8
-
-
-@njit(cache=True, nogil=True)
-def _gather_rows(x, n0, nl, E, buf):
-    """buf[e*L + l] = x[(n0 + l)*E + e] (x: an (N, E) array given as its flat memory); padding lanes = 0. Blocks of
-    8 x 8 register transposes where all lanes are live (the last block of a row overlaps the one before it)."""
-    base, full = _rows_view(n0, nl, E)
-    if full:
-        e0 = 0
-        while e0 < E:
-            e0 = min(e0, E - 8)
-            for h in range(H8):
-                vtranspose_from_rows(x, base[8 * h:], e0, buf, e0 * L + 8 * h, L)
-            e0 += 8
-        return
-    for e in range(E):
-        for l in range(L):
-            buf[e * L + l] = x[base[l] + e] if l < nl else 0.0
-
-
-@njit(cache=True, nogil=True)
-def _scatter_rows(buf, x, n0, nl, E):
-    """The inverse of ``_gather_rows``: x[(n0 + l)*E + e] = buf[e*L + l] for the nl live lanes."""
-    base, full = _rows_view(n0, nl, E)
-    if full:
-        e0 = 0
-        while e0 < E:
-            e0 = min(e0, E - 8)
-            for h in range(H8):
-                vtranspose_to_rows(buf, e0 * L + 8 * h, L, x, base[8 * h:], e0)
-            e0 += 8
-        return
-    for e in range(E):
-        for l in range(nl):
-            x[base[l] + e] = buf[e * L + l]
-
 
 @njit(cache=True, nogil=True)
 def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g):
     """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s.  [L3]
-    q, k, v, out strided (see ``_gather4``); P the flat memory of the (N, T, T) map (zero above the diagonal).
-    The row max, exp and normalisation run on lane vectors (``_simd.vmax``, ``vexp``), as the products do."""
+    q, k, v, out strided (see ``_gather4``); P the lane-laid-out maps of all groups (``softmax_forward``): this
+    group's P[t, s] for s <= t at P[g*T*T*L + (t*T + s)*L + lane], written in place (the entries above the diagonal
+    are left as they are: nothing reads them). The row max, exp and normalisation run on lane vectors
+    (``_simd.vmax``, ``vexp``), as the products do."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)
     kg = aligned_empty(T * d * L, q)
     vg = aligned_empty(T * dv * L, q)
     og = aligned_empty(T * dv * L, q)
-    Pg = aligned_zeros(T * T * L, q)                   # P[t, s] at (t*T + s)*L
+    Pg = P[g * T * T * L:(g + 1) * T * T * L]        # P[t, s] at (t*T + s)*L
     _gather_qkv(q, qs, k, ks, v, vs, n0, nl, H, T, d, dv, qg, kg, vg)
     ok = _lanes_finite(qg, T * d) & _lanes_finite(kg, T * d) & _lanes_finite(vg, T * dv)
     sc = wsplat(qg, scale)
@@ -607,7 +564,6 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
                 a0 = vfma(wload(Pg, row + s * L), wload(vg, s * vL + j * L), a0)
             vstore(og, tv + j * L, a0)
             j += 1
-    _scatter_rows(Pg, P, n0, nl, T * T)
     _scatter4(og, out, os, n0, nl, H, T, dv)
     return ok
 
@@ -664,11 +620,10 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     kg = aligned_empty(T * d * L, q)
     vg = aligned_empty(T * dv * L, q)
     dog = aligned_empty(T * dv * L, q)
-    Pg = aligned_empty(T * T * L, q)
+    Pg = P[g * T * T * L:(g + 1) * T * T * L]        # the forward's map of this group, lane-laid-out
     _gather_qkv(q, qs, k, ks, v, vs, n0, nl, H, T, d, dv, qg, kg, vg)
     _gather4(dout, dos, n0, nl, H, T, dv, dog)
     ok = _lanes_finite(dog, T * dv)
-    _gather_rows(P, n0, nl, T * T, Pg)
     gq = aligned_empty(T * d * L, q)
     gk = aligned_empty(T * d * L, q)
     gv = aligned_empty(T * dv * L, q)
@@ -752,27 +707,46 @@ def _softmax_backward_range(g0, g1, q, qs, k, ks, v, vs, P, scale, dout, dos, dq
 
 
 def softmax_forward(q, k, v, scale):
-    """(out (B,H,T,dv) in merged memory layout, P (B,H,T,T), finite) for numpy inputs of one dtype, any strides
-    (validated by the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v.  [L3]"""
+    """(out (B,H,T,dv) in merged memory layout, P lanes, finite) for numpy inputs of one dtype, any strides
+    (validated by the caller, NaN/inf aside); ``finite``: no NaN/inf in q, k, v. P lanes: the attention maps as the
+    kernels lay them out, one (T, T, L) block per group of L sequences (``lanes_to_map`` makes the (B, H, T, T)
+    map), so that the backward reads them with no transposition.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
-    P = np.empty((B, H, T, T), q.dtype)
+    P = _aligned_empty_np(_groups(B * H) * T * T * L, q.dtype)
     ok = run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    q.dtype.type(scale), P.reshape(-1), *_strided(out), B * H, H, T, d, dv)
+                    q.dtype.type(scale), P, *_strided(out), B * H, H, T, d, dv)
     return out, P, all(ok)
 
 
 def softmax_backward(q, k, v, P, scale, dout):
-    """((dq, dk, dv), finite) for numpy inputs of one dtype, any strides, laid out as in ``linear_backward``;
-    ``finite``: no NaN/inf in dout.  [L3]"""
+    """((dq, dk, dv), finite) for numpy inputs of one dtype, any strides, laid out as in ``linear_backward``; P: the
+    lanes ``softmax_forward`` returned; ``finite``: no NaN/inf in dout.  [L3]"""
     B, H, T, d = q.shape
     dv = v.shape[3]
     dq, dk, dvv = _grad_buffers(B, H, T, d, dv, q.dtype)
     ok = run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    contiguous_writeable(P).reshape(-1), q.dtype.type(scale), *_strided(dout),
+                    P, q.dtype.type(scale), *_strided(dout),
                     *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
     return (dq, dk, dvv), all(ok)
+
+
+def lanes_to_map(P, B, H, T):
+    """The (B, H, T, T) attention map (zero above the diagonal, as the reference's) from ``softmax_forward``'s
+    lanes."""
+    N = B * H
+    m = P.reshape(-1, T, T, L).transpose(0, 3, 1, 2).reshape(-1, T, T)[:N]
+    return np.tril(m).reshape(B, H, T, T)
+
+
+def _aligned_empty_np(n, dtype):
+    """An uninitialised 1-D NumPy array of n elements whose first element is 64-byte aligned (each group's block
+    of the softmax lanes then starts on a cache line, as ``_simd.aligned_empty`` buffers do)."""
+    item = np.dtype(dtype).itemsize
+    raw = np.empty(n + 64 // item, dtype)
+    o = ((-raw.ctypes.data) % 64) // item
+    return raw[o:o + n]
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,8 +117,23 @@ def linear_attention_backward(dout, cache):
 # --------------------------------------------------------------------------------------------
 # [L3] causal softmax attention
 # --------------------------------------------------------------------------------------------
-# The cache is the reference's own SoftmaxAttentionCache(q, k, v, P, scale): analyses read the
-# attention map P from it (e.g. the copy-layer experiment), so it keeps the reference's meaning.
+# The cache keeps the attention maps as the kernels lay them out (one (T, T, 16) block per group of 16
+# sequences), so the backward reads them with no transposition; ``cache.P`` makes the reference's (B, H, T, T)
+# map when an analysis asks for it (e.g. the copy-layer experiment).
+
+class SoftmaxAttentionFastCache(NamedTuple):
+    q: np.ndarray        # (B, H, T, d)
+    k: np.ndarray        # (B, H, T, d)
+    v: np.ndarray        # (B, H, T, dv)
+    lanes: np.ndarray    # the attention maps in the kernels' lane layout (``attention.softmax_forward``)
+    scale: float
+
+    @property
+    def P(self):
+        """(B, H, T, T) attention weights, rows sum to 1, zero above the diagonal (the reference cache's P)."""
+        B, H, T, _ = self.q.shape
+        return _k().lanes_to_map(self.lanes, B, H, T)
+
 
 def softmax_attention_forward(q, k, v, *, scale=None):
     """[L3] out = softmax(mask(q k^T * scale)) v.  q, k (B,H,T,d), v (B,H,T,dv) -> (out (B,H,T,dv), cache)."""
@@ -129,21 +144,21 @@ def softmax_attention_forward(q, k, v, *, scale=None):
         scale = 1.0 / math.sqrt(d)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
-    out, P, finite = _k().softmax_forward(q, k, v, scale)
+    out, lanes, finite = _k().softmax_forward(q, k, v, scale)
     if not finite:                      # found by the kernel as it loaded q, k, v; the reference's message
         check_qkv(q, k, v)
-    return out, _ref_sm.SoftmaxAttentionCache(q, k, v, P, float(scale))
+    return out, SoftmaxAttentionFastCache(q, k, v, lanes, float(scale))
 
 
 def softmax_attention_backward(dout, cache):
-    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv))."""
-    q, k, v, P, scale = cache
-    if not _numpy(q):
+    """Returns (dq (B,H,T,d), dk (B,H,T,d), dv (B,H,T,dv)).  A reference cache goes to the reference backward."""
+    if not isinstance(cache, SoftmaxAttentionFastCache):
         return _ref_sm.softmax_attention_backward(dout, cache)
+    q, k, v, lanes, scale = cache
     check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    grads, finite = _k().softmax_backward(q, k, v, P, scale, dout)
+    grads, finite = _k().softmax_backward(q, k, v, lanes, scale, dout)
     if not finite:
         check_dout(dout, v.shape, v.dtype)
     return grads
