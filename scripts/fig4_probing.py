@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Figure 4: probing across layers [P1] (deep linear and softmax models on [T1]); see mesa_ref/experiments/probing.py.
 
-    python scripts/fig4_probing.py --quick        # CPU, a few minutes; writes figures/fig4_probing.{png,json}
+    python scripts/fig4_probing.py --quick        # CPU, minutes; writes figures/fig4_probing.{png,json}
 """
 import os
 import sys

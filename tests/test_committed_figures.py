@@ -57,3 +57,30 @@ def test_fig7_one_mesa_layer_matches_least_squares():
     assert ratio == pytest.approx(d["mesa_vs_lsq_ratio_t10"], rel=1e-9)
     assert ratio <= 1.10
     assert mean_after(ps["mesa_L1"]) < mean_after(ps["linear_L1"])
+
+
+def test_fig4_inverse_curvature_probe_improves_with_depth():
+    d = load("fig4_probing")
+    ic = d["probe_error"]["linear"]["inverse_curvature"]
+    # layer 0 is the input token: the control; the deepest layers read the target best
+    assert ic[0] == pytest.approx(d["probe_error"]["linear"]["control"][0], rel=1e-6)
+    assert ic[-1] < ic[0] and ic[-1] <= min(ic) + 0.01
+    for r in d["linearisation"]["softmax"]:
+        assert r["loss_linearised"] == pytest.approx(r["loss_original"] + r["loss_change"], rel=1e-9)
+
+
+def test_fig5_first_layer_attends_to_the_previous_token():
+    d = load("fig5_copy_layer")
+    A = np.asarray(d["attention_map"])
+    assert d["prev_token_attention"] == pytest.approx(float(np.mean(np.diag(A, -1))), rel=1e-9)
+    assert d["prev_token_attention"] > 0.5
+    prev = d["probe_previous_error"]
+    assert prev[1] < 0.1 * prev[0]            # s_{t-1} becomes readable after layer 1
+
+
+def test_fig6_error_falls_with_examples_and_eos_helps():
+    d = load("fig6_icl")
+    ev = d["error_vs_examples"]
+    for m in ("no_eos", "eos", "eos_prompt", "lsq"):
+        assert ev[m][-1] < ev[m][0]
+    assert np.mean(ev["eos"]) < np.mean(ev["no_eos"])

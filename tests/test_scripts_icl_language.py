@@ -31,7 +31,7 @@ def test_fig6_smoke(tmp_path):
     data = json.loads((tmp_path / "fig6_icl.json").read_text())
     ev = data["error_vs_examples"]
     methods = ("no_eos", "eos", "eos_prompt", "lsq")
-    N = data["config"]["icl"]["N"]
+    N = data["config"]["values"]["N"]
     for m in methods:
         assert len(ev[m]) == N and all(math.isfinite(v) and v >= 0 for v in ev[m])
         assert len(ev["two_task"][m]) == N
@@ -41,9 +41,22 @@ def test_fig6_smoke(tmp_path):
                 "tuning_curves", "train_curve"):
         assert key in data
     assert data["seed"] == 1 and data["backend"] == "ref"
-    assert len(data["tuned_eos"]) == data["config"]["icl"]["n"]
+    assert len(data["tuned_eos"]) == data["config"]["values"]["n"]
+    assert len(data["tuned_prompt"]) == data["config"]["values"]["prompt_len"]
+    assert data["config"]["jobs"]["model"]["record"]["train"]["seed"] == 1      # the job seed is --seed
+    assert data["train_final_test_loss"] == data["train_curve"]["test_loss"][-1]
     assert (tmp_path / "fig6_icl.png").stat().st_size > 1000
     _replot_ok(mod, tmp_path, "fig6_icl")
+
+
+def test_fig6_full_job_is_fig3_two_layer_job():
+    from mesa_ref.experiments import depth, icl
+    for seed in (0, 2):
+        job = icl.jobs(icl.FULL, seed, "fast")["model"]
+        assert job.train.steps == 20000 and job.train.seed == seed and job.train.checkpoint_every == 500
+        # the default model trained on [T1] at the paper's length: the same job as fig3's two-layer model
+        assert job.key == depth.jobs(depth.FULL, seed, "fast")["linear_L2"].key
+    assert icl.jobs(icl.QUICK, 0, "fast")["model"].train.steps == 600
 
 
 def test_fig8_smoke_and_text_flag(tmp_path, capsys):

@@ -1,11 +1,13 @@
 """Figure 5: token construction by the first softmax layer on raw tokens [T1] (the "copy layer").
 
+von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
+
 The full softmax Transformer of figure 4 (softmax attention [L3], GELU MLP [L5], pre-LayerNorm [L4], linear
-embedding of the raw state s_t plus sinusoidal positional encoding [L7]; the sizes of
-mesa_ref.experiments.probing) but with two layers (``COPY_MODEL_LAYERS``) sees only s_t at position t.  To run a
-mesa-optimiser on the pairs (s_{t-1}, s_t) in its second layer, its first layer must fetch s_{t-1}.  (Our
-choice: in a deeper model the copy can happen in any early layer: in quick runs of figure 4's 3-layer model
-the previous-token layer was layer 1 for one seed and layer 2 for another.)  Evidence:
+embedding of the raw state s_t plus sinusoidal positional encoding [L7]) but with two layers sees only s_t at
+position t.  To run a mesa-optimiser on the pairs (s_{t-1}, s_t) in its second layer, its first layer must
+fetch s_{t-1}.  (Our choice of depth: in a deeper model the copy can happen in any early layer; in quick runs
+of figure 4's 3-layer model the previous-token layer was layer 1 for one seed and layer 2 for another.)
+Evidence, from one trained job (``model``):
 
 * ``prev_token_attention``: the first layer's attention weight on position t-1, averaged over held-out
   sequences, heads and positions t >= 2 (``prev_token_attention_per_head`` and ``..._per_t`` break it down);
@@ -14,21 +16,53 @@ the previous-token layer was layer 1 for one seed and layer 2 for another.)  Evi
   probe [P1] for s_{t-1} from the residual stream before the first block (layer 0) and after every block.
   It drops after layer 1 when the first layer has copied s_{t-1} into position t.
 
-Sizes (quick and full) are those of mesa_ref.experiments.probing's softmax model except the depth (2 layers;
-see that module's docstring for every deviation from the paper's configuration in quick mode); the JSON's config
-records them.
+Configurations: every mode uses figure 4's configuration of that mode (``probing.FULL``, ``QUICK``, ``SMOKE``:
+the paper's data and optimiser, 20000 steps, and the softmax sizes of our choosing at full size) with two
+layers instead of figure 4's depth; the JSON's ``config.deviations`` lists every field where a quick or smoke
+run differs from ``FULL``.
 """
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import linear_dynamics
 from ..probing import PROBE_LAM, probe_model
-from .probing import probe_sets, sizes_for, train_model
+from . import probing
+from .common import Experiment, run_experiment
+from .dynamics import train_summary
+from .probing import SoftmaxRunConfig, host_model, probe_sets
 
 NAME = "fig5_copy_layer"
-DESCRIPTION = ("Figure 5: the first softmax layer attends to the previous token and so builds (s_t, s_{t-1}) from "
-               "raw tokens [T1]; attention map and probes [P1] for s_{t-1} across layers.")
+DESCRIPTION = ("Fig. 5: the first softmax layer attends to the previous token and so builds (s_t, s_{t-1}) from raw "
+               "tokens [T1]; attention map and probes [P1] for s_{t-1} across layers")
+COPY_MODEL_LAYERS = 2
+DEPTH_CHOICE = (f"{COPY_MODEL_LAYERS} softmax layers (our choice: the second layer can regress only once the first has "
+                "built the pairs)")
+
+
+@dataclass(frozen=True)
+class CopyLayerConfig(SoftmaxRunConfig):
+    softmax_layers: int = COPY_MODEL_LAYERS
+
+
+def _from_probing(cfg: probing.ProbingConfig) -> CopyLayerConfig:
+    """Figure 4's shared fields of one mode, at two layers."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SoftmaxRunConfig)}
+    return CopyLayerConfig(**{**shared, "softmax_layers": COPY_MODEL_LAYERS})
+
+
+FULL = _from_probing(probing.FULL)
+QUICK = _from_probing(probing.QUICK)
+SMOKE = _from_probing(probing.SMOKE)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def jobs(cfg: CopyLayerConfig, seed: int, backend: str) -> dict:
+    """One job: the two-layer softmax model on raw tokens."""
+    return {"model": cfg.softmax_job(seed, backend)}
 
 
 def first_layer_attention(model, params, x) -> np.ndarray:
@@ -47,25 +81,21 @@ def prev_token_weights(P) -> np.ndarray:
     return P[:, :, t, t - 1].mean(axis=0)
 
 
-COPY_MODEL_LAYERS = 2
-
-
-def compute(ctx) -> dict:
-    mode, S = sizes_for(ctx)
-    S = {**S, "softmax": {**S["softmax"], "layers": COPY_MODEL_LAYERS}}
-    model, params, metrics, record = train_model(ctx, S, "softmax", 2, run_name=NAME)
-    ev = linear_dynamics(ctx.rng(200), S["probe_test"], S["T"], S["n"], S["sigma"], dtype=np.float32)
+def analyse(ctx, cfg: CopyLayerConfig, results) -> dict:
+    model, params = host_model(ctx, results["model"])
+    ev = linear_dynamics(ctx.rng(200), cfg.probe_test, cfg.T, cfg.n, cfg.sigma, dtype=np.float32)
     P = first_layer_attention(model, params, np.ascontiguousarray(ev.inputs))
     prev = prev_token_weights(P)                                               # (H, T-1)
-    tr, te = probe_sets(ctx, S, 100)
+    tr, te = probe_sets(ctx, cfg, 100)
     res = probe_model(model, params, tr, te, tokens="raw", lam=PROBE_LAM, targets=("previous", "current"))
     means = res.mean_over_t()
     ctrl = res.control_mean_over_t()
     return {
+        "choices": [DEPTH_CHOICE, probing.SOFTMAX_CHOICE],
         "prev_token_attention": float(prev.mean()),
         "prev_token_attention_per_head": prev.mean(axis=1).tolist(),
         "prev_token_attention_per_t": prev.tolist(),
-        "self_attention": float(np.mean([P[:, :, t, t].mean() for t in range(1, S["T"])])),
+        "self_attention": float(np.mean([P[:, :, t, t].mean() for t in range(1, cfg.T)])),
         "attention_map": P.mean(axis=(0, 1)).tolist(),
         "probe_previous_error": means["previous"],
         "probe_current_error": means["current"],
@@ -74,15 +104,8 @@ def compute(ctx) -> dict:
                          "over t = 2..T for s_{t-1}; layer 0 = after embedding and positional encoding",
         "attention_definition": "first layer's softmax weight on position t-1, mean over held-out sequences, heads "
                                 "and t = 2..T",
-        "training": {"initial_test_loss": metrics["initial_test_loss"], "final_test_loss": metrics["final_test_loss"],
-                     "step": metrics["step"], "test_loss": metrics["test_loss"]},
-        "config": {"mode": mode, "sizes": S, "model": record, "probe_train": S["probe_train"],
-                   "probe_test": S["probe_test"], "attention_sequences": S["probe_test"],
-                   "depth": f"{COPY_MODEL_LAYERS} softmax layers (our choice: the second layer can regress only once the "
-                            "first has built the pairs)",
-                   "deviations_from_paper": None if mode == "full" else
-                   "quick/smoke: smaller n, T, batch, width and heads; lr 3e-3 with short warm-up and cosine "
-                   "to lr/10; init N(0, 0.02^2); fewer steps and probe sequences (see sizes)"},
+        "probe_sequences": {"train": cfg.probe_train, "test": cfg.probe_test, "attention": cfg.probe_test},
+        "training": train_summary(results["model"]),
     }
 
 
@@ -119,11 +142,15 @@ def plot(data):
     ax.set_title("token construction: s_{t-1} becomes readable after layer 1", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle("The copy layer: softmax Transformer on raw tokens" + (" (quick run)" if data.get("quick") else ""))
+    fig.suptitle("Fig. 5 - the copy layer: softmax Transformer on raw tokens"
+                 + (" (quick run)" if data.get("quick") else ""))
     fig.tight_layout()
     return fig
 
 
+# FULL mixes the paper's settings with our choices, so deviations are named against "full size"
+EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
+
+
 def main(argv=None) -> int:
-    from .common import run_figure
-    return run_figure(NAME, compute, plot, DESCRIPTION, argv=argv)
+    return run_experiment(EXPERIMENT, argv)

@@ -2,9 +2,10 @@
 
 von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", arXiv 2309.05858.
 
-1. Train the default model family (2 layers of causal linear attention [L2], constructed tokens [T2],
-   clip 1.5) on [T1] linear dynamics.
-2. Run it, unchanged, on few-shot sequences x_1, y_1, x_2, y_2, ... (y = W x, W Haar-orthogonal,
+1. One job (``model``): the default model family (2 layers of causal linear attention [L2], constructed tokens
+   [T2], clip 1.5) trained on [T1] linear dynamics.  At full size it is exactly figure 3's two-layer job (same
+   model, task and optimiser), so the two figures share one training run.
+2. ``analyse`` runs it, unchanged, on few-shot sequences x_1, y_1, x_2, y_2, ... (y = W x, W Haar-orthogonal,
    x ~ U[-1, 1]^n), reading the prediction of y_i at the position of x_i (``mesa_ref.fewshot``).
 3. Methods, each scored per example i by 1/(2B) sum_b ||y_i - yhat_i||^2 on held-out sequences:
    ``no_eos``      the plain sequence;
@@ -17,14 +18,19 @@ von Oswald et al., "Uncovering mesa-optimization algorithms in Transformers", ar
    the single task; its lsq fits all earlier examples (it does not know about the switch), with lam
    tuned on two-task sequences.
 
-Choices the official code leaves open (stated in the JSON config): EOS initialised as a data-like draw
-U[-1, 1]^n, prompt initialised U[-1, 1]^{P x n}; lam grid 1e-6..10 (4 per decade).
-
-Quick-mode deviations from the paper (CPU, a few minutes): batch 64 instead of 256, T = 46 instead of
-50, 600 training steps at peak lr 3e-3 (warm-up 60 steps, cosine to 3e-4) instead of the notebook's
-2,500 at 3e-4; EOS/prompt tuned for 200 steps at lr 1e-2 / 9e-3 (10x the official 1e-3 / 9e-4) on
-batches of 64; N = 14 examples and P = 4 prompt tokens (so the longest sequence, 4 + 3 * 14 = 46,
-matches the training length); evaluation on 512 sequences.
+Configurations: ``FULL`` trains for the paper's 20,000 steps with its optimiser (AdamW, lr 3e-4, 1000 warm-up
+steps, cosine decay to 1e-5 at step 20000, batch 256, T = 50), not the 2,500 steps of the authors' notebook, so
+that every full-size figure rests on models trained for the same length.  EOS and prompt are tuned with the
+official Adam learning rates (1e-3 and 9e-4).  Choices the official code leaves open (``CHOICES``, also in the
+JSON): EOS initialised as a data-like draw U[-1, 1]^n, prompt initialised U[-1, 1]^{P x n}; lam grid 1e-6..10 (4
+per decade); N = 15 examples, P = 5 prompt tokens, 2048 evaluation sequences; and the tuning length
+(``TUNE_NOTE``): EOS/prompt tuning is part of the analysis, which reruns whenever the figure is redrawn from
+stored results, so it is kept to 1000 steps on batches of 64 sequences.  On a model trained at the quick sizes
+(n = 10), the tuned EOS scored the same held-out error (to 4 digits) as after 2000 steps on batches of 256; the
+EOS + prompt stage ended 0.4% higher, still falling slowly.  ``QUICK`` (CPU, minutes) trains 600 steps at peak lr 3e-3
+on batches of 64 with T = 46 and tunes 200 steps at 10x the official rates, with N = 14 and P = 4 (so the longest
+few-shot sequence, 4 + 3 * 14 = 46, matches the training length); the JSON's ``config.deviations`` lists every
+field where it differs from ``FULL``.
 """
 from __future__ import annotations
 
@@ -36,8 +42,14 @@ import numpy as np
 from ..config import ModelConfig
 from ..data import fewshot_regression
 from ..fewshot import fewshot_errors, tune_tokens
-from ..train import DynamicsTask, TrainConfig, train
+from ..jobs import Job
+from ..tasks import LinearTask
+from ..train import TrainConfig
+from .common import Experiment, run_experiment
+from .probing import host_model
 
+NAME = "fig6_icl"
+DESCRIPTION = "Fig. 6: in-context few-shot regression with a tuned EOS token and prompt [T5]/[P5]"
 METHODS = ("no_eos", "eos", "eos_prompt", "lsq")
 LAM_GRID = np.logspace(-6, 1, 29)
 
@@ -47,32 +59,50 @@ class ICLConfig:
     n: int = 10                 # item size (state size of [T1])
     train_T: int = 50           # [T1] training sequence length
     train_batch: int = 256
-    train_steps: int = 2500     # authors' notebook run
+    train_steps: int = 20000    # the paper's run length
     lr: float = 3e-4
     warmup_steps: int = 1000
     decay_steps: int = 20000
     final_lr: float = 1e-5
-    N: int = 15                 # in-context examples per few-shot sequence
-    prompt_len: int = 5         # P
-    tune_steps: int = 2000      # EOS / prompt tuning steps (not fixed by the official code: our choice)
-    tune_batch: int = 256
+    eval_every: int = 100       # test loss every this many training steps
+    test_batches: int = 10
+    checkpoint_every: int = 500
+    N: int = 15                 # in-context examples per few-shot sequence (our choice)
+    prompt_len: int = 5         # P (our choice)
+    tune_steps: int = 1000      # EOS / prompt tuning steps, each (our choice, TUNE_NOTE)
+    tune_batch: int = 64        # few-shot sequences per tuning step (our choice, TUNE_NOTE)
     eos_lr: float = 1e-3        # official
     prompt_lr: float = 9e-4     # official
     eval_batch: int = 2048
     lam_batch: int = 512        # batch for the [A3] lam line search
 
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(width=4 * self.n, input_dim=self.n, output_dim=self.n, key_size=2 * self.n)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(steps=self.train_steps, batch=self.train_batch, lr=self.lr, warmup_steps=self.warmup_steps,
+                           decay_steps=self.decay_steps, final_lr=self.final_lr, eval_every=self.eval_every,
+                           test_batches=self.test_batches, checkpoint_every=self.checkpoint_every, seed=seed)
+
 
 FULL = ICLConfig()
-QUICK = ICLConfig(train_T=46, train_batch=64, train_steps=600, lr=3e-3, warmup_steps=60, decay_steps=600,
-                  final_lr=3e-4, N=14, prompt_len=4, tune_steps=200, tune_batch=64, eos_lr=1e-2, prompt_lr=9e-3,
-                  eval_batch=512)
-QUICK_DEVIATIONS = ("batch 64 (paper 256); training T 46 (50); 600 steps at peak lr 3e-3, warm-up 60, cosine to 3e-4 "
-                    "(notebook: 2,500 at 3e-4, warm-up 1000, cosine to 1e-5 at 20,000); EOS/prompt tuned 200 steps at "
-                    "lr 1e-2 / 9e-3 (official 1e-3 / 9e-4) on batches of 64; N = 14 examples, P = 4 prompt tokens; "
-                    "512 evaluation sequences")
-SMOKE = ICLConfig(n=3, train_T=12, train_batch=8, train_steps=6, lr=3e-3, warmup_steps=2, decay_steps=6,
-                  final_lr=3e-4, N=3, prompt_len=2, tune_steps=3, tune_batch=4, eos_lr=1e-2, prompt_lr=9e-3,
-                  eval_batch=16, lam_batch=16)
+QUICK = dataclasses.replace(FULL, train_T=46, train_batch=64, train_steps=600, lr=3e-3, warmup_steps=60,
+                            decay_steps=600, final_lr=3e-4, eval_every=60, test_batches=2, N=14, prompt_len=4,
+                            tune_steps=200, tune_batch=64, eos_lr=1e-2, prompt_lr=9e-3, eval_batch=512)
+SMOKE = dataclasses.replace(FULL, n=3, train_T=12, train_batch=8, train_steps=6, lr=3e-3, warmup_steps=2,
+                            decay_steps=6, final_lr=3e-4, eval_every=1, test_batches=2, N=3, prompt_len=2,
+                            tune_steps=3, tune_batch=4, eos_lr=1e-2, prompt_lr=9e-3, eval_batch=16, lam_batch=16)
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+TUNE_NOTE = ("EOS and prompt tuned 1000 Adam steps each on batches of 64 sequences (the official code does not fix "
+             "them): the tuning runs in analyse(), on every redraw from stored results, and must stay short; on a "
+             "trained model it reached the same held-out EOS error as 2000 steps on batches of 256")
+CHOICES = ["EOS initialised U[-1, 1]^n, prompt U[-1, 1]^(P x n)", "lam grid 1e-6..10, 4 per decade",
+           "N = 15 examples and P = 5 prompt tokens per few-shot sequence; 2048 evaluation sequences"]
+
+
+def jobs(cfg: ICLConfig, seed: int, backend: str) -> dict:
+    """One job: the default two-layer linear model on [T1] (at full size, figure 3's ``linear_L2``)."""
+    return {"model": Job(cfg.model_config(), LinearTask(n=cfg.n, T=cfg.train_T), cfg.train_config(seed), backend)}
 
 
 def lsq_errors(xs: np.ndarray, ys: np.ndarray, lam: float) -> np.ndarray:
@@ -108,23 +138,11 @@ def _subsample(curve, k=100):
     return {"step": [int(i) + 1 for i in idx], "loss": [float(curve[i]) for i in idx]}
 
 
-def compute(ctx, cfg: ICLConfig | None = None) -> dict:
-    """Train, tune, evaluate; returns the JSON payload of fig6_icl (``error_vs_examples`` etc.)."""
-    if cfg is None:
-        cfg = QUICK if ctx.quick else FULL
+def analyse(ctx, cfg: ICLConfig, results) -> dict:
+    """Tune EOS and prompt on the frozen trained model, tune [A3]'s lam, evaluate every method."""
     n = cfg.n
-    mcfg = ModelConfig(width=4 * n, input_dim=n, output_dim=n, key_size=2 * n)
-    model = ctx.model(mcfg)
-    tcfg = TrainConfig(steps=cfg.train_steps, batch=cfg.train_batch, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                       decay_steps=cfg.decay_steps, final_lr=cfg.final_lr, seed=ctx.seed,
-                       eval_every=max(1, cfg.train_steps // 10), test_batches=2 if ctx.quick else 10,
-                       checkpoint_every=cfg.train_steps)
-    task = DynamicsTask(n=n, T=cfg.train_T)
-    res = train(model, task, tcfg, None, progress=ctx.progress, xp=ctx.xp)
-    params = {k: (v.get() if hasattr(v, "get") and not isinstance(v, np.ndarray) else v) for k, v in res.params.items()}
-    if ctx.xp is not np:   # the few-shot evaluation runs on the host with the reference ops
-        from ..model import Transformer
-        model = Transformer(mcfg)
+    result = results["model"]
+    model, params = host_model(ctx, result)
 
     init_rng = ctx.rng(10)
     eos0 = init_rng.uniform(-1.0, 1.0, n)
@@ -157,6 +175,7 @@ def compute(ctx, cfg: ICLConfig | None = None) -> dict:
     error_vs_examples = {m: single[m] for m in METHODS}
     error_vs_examples["two_task"] = {m: two[m] for m in METHODS}
     return {
+        "choices": CHOICES + [TUNE_NOTE],
         "error_vs_examples": error_vs_examples,
         "examples": list(range(1, cfg.N + 1)),
         "switch_example": cfg.N // 2 + 1,          # 1-based index of the first example of the second task
@@ -167,17 +186,14 @@ def compute(ctx, cfg: ICLConfig | None = None) -> dict:
         "tuned_eos_with_prompt": tuned_both.eos.tolist(),
         "tuned_prompt": tuned_both.prompt.tolist(),
         "tuning_curves": {"eos": _subsample(tuned_eos.losses), "eos_prompt": _subsample(tuned_both.losses)},
-        "train_curve": {"step": res.metrics["step"], "test_loss": res.metrics["test_loss"]},
-        "train_final_test_loss": res.metrics["final_test_loss"],
-        "config": {"icl": dataclasses.asdict(cfg), "model": mcfg.to_dict(), "train": dataclasses.asdict(tcfg),
-                   "task": task.to_dict(), "eos_init": "U[-1,1]^n", "prompt_init": "U[-1,1]^(P x n)",
+        "train_curve": {"step": result.metrics["step"], "test_loss": result.metrics["test_loss"]},
+        "train_final_test_loss": result.metrics["final_test_loss"],
+        "method": {"eos_init": "U[-1,1]^n", "prompt_init": "U[-1,1]^(P x n)",
                    "lam_grid": [float(g) for g in LAM_GRID],
                    "error": "per example i: 1/(2B) sum_b ||y_i - yhat_i||^2 on held-out sequences",
                    "two_task": "task switches at example N//2+1 (1-based); EOS/prompt tuned on the single task, "
-                               "lsq lam tuned on two-task sequences (lsq fits all earlier examples, ignoring the switch)",
-                   "mode": "quick" if ctx.quick else "full",
-                   "deviations_from_paper": QUICK_DEVIATIONS if ctx.quick else
-                   "tuning steps (2000) and examples per sequence (N = 15, P = 5) are our choices"},
+                               "lsq lam tuned on two-task sequences (lsq fits all earlier examples, ignoring the "
+                               "switch)"},
     }
 
 
@@ -217,3 +233,11 @@ def plot(data: dict):
                  f"({'quick' if data.get('quick') else 'full'} mode)")
     fig.tight_layout()
     return fig
+
+
+# FULL mixes the paper's settings with our choices, so deviations are named against "full size"
+EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
+
+
+def main(argv=None) -> int:
+    return run_experiment(EXPERIMENT, argv)
