@@ -143,12 +143,18 @@ def test_linear_attention_lanes_are_independent():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small"])
+@pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small",
+                                  "narrow-dy"])
 def test_dense_matches_reference(case, dtype, monkeypatch):
     """Including products split by rows over the thread pool (numba_kernels/dense.py): 2103 rows with the default
-    MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces)."""
+    MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces); "narrow-dy": x^T dy through gemm.atb_rows (float32, 80
+    -> 37 columns) in uneven row ranges."""
     rng = np.random.default_rng(11)
-    if case == "row-split":
+    if case == "narrow-dy":
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        x, W, b = rng.standard_normal((3, 301, 80)), rng.standard_normal((80, 37)), rng.standard_normal(37)
+    elif case == "row-split":
         x, W, b = rng.standard_normal((3, 701, 9)), rng.standard_normal((9, 13)), rng.standard_normal(13)
     elif case == "row-split-small":
         from mesa_fast.numba_kernels import dense as fast_dense
@@ -475,6 +481,21 @@ def test_layernorm_and_gelu_split_over_threads_match_reference(shape, dtype, mon
     big = np.array([-40.0, -9.0, -1e-20, 0.0, 1e-20, 9.0, 40.0], dtype)       # tanh saturated, and its sign at 0
     np.testing.assert_allclose(F.gelu_forward(big)[0], R.gelu_forward(f64(big))[0], rtol=TOL[(dtype, "gelu.y")],
                                atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("IJ", [(4, 64), (7, 83), (1, 16), (9, 5), (12, 144)], ids=lambda s: "x".join(map(str, s)))
+def test_atb_rows_matches_numpy(IJ, dtype):
+    """gemm.atb_rows: out += a[lo:hi]^T b[lo:hi] with blocks of 4 x 64, 4 x 16, single rows and single columns, over
+    a row range longer than one pass of 256 rows, added to what out held."""
+    from mesa_fast.numba_kernels.gemm import atb_rows
+    I, J = IJ
+    rng = np.random.default_rng(I * J)
+    a, b = rng.standard_normal((700, I)).astype(dtype), rng.standard_normal((700, J)).astype(dtype)
+    out = rng.standard_normal(I * J).astype(dtype)
+    truth = out.astype(np.float64).reshape(I, J) + a[13:611].astype(np.float64).T @ b[13:611].astype(np.float64)
+    atb_rows(a.reshape(-1), b.reshape(-1), I, J, 13, 611, out)
+    assert rel(out.reshape(I, J), truth) <= (1e-13 if dtype == np.float64 else 1e-5)
 
 
 # ------------------------------------------------------------------------------- dense + GELU (the MLP's first layer)

@@ -16,7 +16,8 @@ same BLAS calls (a hand-written Numba product was slower at these sizes); what d
   one limit, and the counts come back when the last of them returns.
 * The products are split by rows over the package's thread pool (``_pool.map_chunks``), each piece a
   single-threaded BLAS call on its own thread; x^T dy sums the pieces' partial products in range order, so the
-  result is the same on every run. Fewer than ``MIN_ROWS`` rows per thread: no split. If process CPU time per
+  result is the same on every run. Where dy is narrow (the output projection, the MLP's second layer), x^T dy
+  runs in ``gemm.atb_rows`` instead of BLAS (``_use_gemm``; measured faster there). Fewer than ``MIN_ROWS`` rows per thread: no split. If process CPU time per
   training step grows far beyond 2 x wall time on a busy machine, BLAS worker threads are spinning: look here.
 
 A BLAS library that threadpoolctl does not know is left alone; the products then run with its own threading, as
@@ -92,6 +93,26 @@ def forward(x2, W, b, check=None):
     return y, all(finite)
 
 
+def _use_gemm(x2, dy2):
+    """Whether x^T dy goes to ``gemm.atb_rows`` (as (dy^T x)^T): float32 with a narrow dy (at most 64 columns) and
+    x's width a multiple of 16 and at least 64, the shapes where it measured faster than OpenBLAS (the output
+    projection and the MLP's second layer; docs/performance.md)."""
+    return (x2.dtype == np.float32 and dy2.dtype == np.float32 and dy2.shape[1] <= 64
+            and x2.shape[1] % 16 == 0 and x2.shape[1] >= 64)
+
+
+def xt_dy(x2, dy2, lo, hi):
+    """x2[lo:hi]^T dy2[lo:hi] (Din, Dout) for C-contiguous x2 (N, Din), dy2 (N, Dout): OpenBLAS, or
+    ``gemm.atb_rows`` where ``_use_gemm`` says so."""
+    if not _use_gemm(x2, dy2):
+        return x2[lo:hi].T @ dy2[lo:hi]
+    from . import gemm
+    Din, Dout = x2.shape[1], dy2.shape[1]
+    out = np.zeros(Dout * Din, x2.dtype)
+    gemm.atb_rows(dy2.reshape(-1), x2.reshape(-1), Dout, Din, lo, hi, out)
+    return out.reshape(Dout, Din).T
+
+
 def backward(dy2, x2, W, has_bias, input_grad=True):
     """(dx (N, Din) or None when not ``input_grad``, dW (Din, Dout), db (Dout,) or None) for C-contiguous
     dy2 (N, Dout), x2 (N, Din)."""
@@ -100,11 +121,11 @@ def backward(dy2, x2, W, has_bias, input_grad=True):
     def rows(lo, hi):
         if input_grad:
             np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                       # dx rows (hi-lo, Din)
-        return x2[lo:hi].T @ dy2[lo:hi]                                     # partial dW (Din, Dout)
+        return xt_dy(x2, dy2, lo, hi)                                       # partial dW (Din, Dout)
 
     with one_blas_thread():
         parts = map_chunks(rows, dy2.shape[0], min_chunk=MIN_ROWS)
-    dW = parts[0]
+    dW = np.array(parts[0], order="C")
     for p in parts[1:]:
         dW += p
     db = dy2.sum(axis=0) if has_bias else None                    # (Dout,)
