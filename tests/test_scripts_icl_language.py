@@ -72,7 +72,7 @@ def test_fig8_smoke_and_text_flag(tmp_path, capsys):
     kinds = ("softmax", "linear", "mesa", "hybrid")
     cfg = data["config"]["values"]
     T, steps = cfg["T"], cfg["steps"]
-    assert data["config"]["mode"] == "smoke" and "steps = 4 (paper: 8000)" in data["config"]["deviations"]
+    assert data["config"]["mode"] == "smoke" and "steps = 4 (full size: 8000)" in data["config"]["deviations"]
     for k in kinds:
         assert math.isfinite(data["heldout_loss"][k])
         assert len(data["loss_per_position"][k]) == T
@@ -113,7 +113,7 @@ def test_fig8_smoke_and_text_flag(tmp_path, capsys):
     task2 = d2["config"]["jobs"]["mesa"]["record"]["task"]
     assert task2["source"] == str(text) and task2["sha256"] != recs["mesa"]["task"]["sha256"]
     assert d2["config"]["jobs"]["mesa"]["key"] != data["config"]["jobs"]["mesa"]["key"]
-    assert f"text = {str(text)!r} (paper: None)" in d2["config"]["deviations"]
+    assert f"text = {str(text)!r} (full size: None)" in d2["config"]["deviations"]
     capsys.readouterr()
 
     for bad, msg in ((tmp_path / "nope.txt", "no such file"), (None, "NUL"), ("short", "too short")):
