@@ -7,17 +7,18 @@ Re-expresses ``mesa_ref.ops.activations.gelu_*`` and ``mesa_ref.ops.layernorm``;
   exp of ``_simd.vexp`` (Numba compiles ``np.exp`` in a loop to one scalar call per element), and the
   forward keeps t = tanh(u) in its cache, so the backward is pure arithmetic (the reference recomputes
   tanh and x**3). Both find NaN/inf in their input (x, dy) in the same pass.
-* LayerNorm. Per row of D values: one pass for the mean, one for the variance, one for xhat and y,
-  8 columns at a time in lane vectors (the reference's NumPy expression makes ~8 passes over the whole
-  array); the forward finds NaN/inf in x through the row sums.
+* LayerNorm. Per row of D values: one pass for the mean, one for the variance, one for xhat and y (the
+  reference's NumPy expression makes ~8 passes over the whole array), 16 rows at a time with one row per
+  lane (moved in and out by 8 x 8 register transposes), so a row's sums are lane-vector adds; leftover rows
+  one at a time with 8 columns per vector. The forward finds NaN/inf in x through the row sums.
 
 * MSE. One pass over pred and target (any strides) for diff = pred - target, the sum of squares and
   the NaN/inf check; the reference checks both inputs first (with pred a strided view of the
   residual stream, a pass of its own: docs/performance.md), then makes two temporaries.
 
 The callers (``layers.py``) share the rows / elements out to the thread pool. Arithmetic in the input dtype,
-IEEE operations without fast-math, except: row sums of 8 partial sums (lanes), then added in order; the
-variance's and backward's row sums fused multiply-adds (``_simd.vfma``); sums over all B*T rows (LayerNorm's
+IEEE operations without fast-math, except: the leftover LayerNorm rows' sums of 8 partial sums (lanes), then
+added in order; the variance's and backward's row sums fused multiply-adds (``_simd.vfma``); sums over all B*T rows (LayerNorm's
 dw, db, the MSE's sum of squares) accumulated in float64 and rounded once.
 Shapes: x, y, t: (n,) flat; LayerNorm rows: x, y, xhat, dy, dx flat (M*D,), w, b (D,), rstd (M,);
 MSE: pred, target, diff (M, n).
@@ -29,8 +30,8 @@ import math
 import numpy as np
 from numba import njit
 
-from ._simd import (LANES, WIDE, vabs, vadd, vcopysign, vdiv, vexp, vfma, vload, vmul, vsplat, vstore, vsub, vsum,
-                    vzeros, wload, wsplat, wzeros)
+from ._simd import (LANES, WIDE, aligned_empty, vabs, vadd, vcopysign, vdiv, vexp, vfma, vload, vmul, vsplat, vsqrt,
+                    vstore, vsub, vsum, vtranspose_copy, vzeros, wload, wsplat, wzeros)
 
 _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
@@ -170,12 +171,12 @@ def _row_sum(x, o, D):
 
 
 @njit(cache=True, nogil=True)
-def layernorm_fwd(x, w, b, eps, D, y, xhat, rstd):
-    """Per row m of D values (x, y, xhat flat (M*D,), C-contiguous): xhat = (x - mean) / sqrt(var + eps),
-    y = xhat w + b; 8 columns at a time.  [L4]  Returns False when some x is NaN or inf."""
+def _layernorm_fwd_rows(x, w, b, eps, D, y, xhat, rstd, m0):
+    """Rows m0.. of ``layernorm_fwd`` one at a time, 8 columns at a time in lane vectors (the rows that do not
+    fill a group of 16, and every row when D < 8).  Returns False when some x is NaN or inf."""
     M = rstd.shape[0]
     bad = 0
-    for m in range(M):
+    for m in range(m0, M):
         o = m * D
         s = _row_sum(x, o, D)
         mean = s / D
@@ -210,11 +211,11 @@ def layernorm_fwd(x, w, b, eps, D, y, xhat, rstd):
 
 
 @njit(cache=True, nogil=True)
-def layernorm_bwd(dy, xhat, rstd, w, D, dx, sw, sb):
-    """dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w, per row (flat (M*D,) arrays, 8 columns at a time);
-    sw += sum over rows of dy xhat, sb += sum of dy (float64 (D,) accumulators).  [L4]"""
+def _layernorm_bwd_rows(dy, xhat, rstd, w, D, dx, sw, sb, m0):
+    """Rows m0.. of ``layernorm_bwd`` one at a time, 8 columns at a time in lane vectors (as
+    ``_layernorm_fwd_rows``)."""
     M = rstd.shape[0]
-    for m in range(M):
+    for m in range(m0, M):
         o = m * D
         ag = vzeros(dy)
         agx = vzeros(dy)
@@ -248,6 +249,106 @@ def layernorm_bwd(dy, xhat, rstd, w, D, dx, sw, sb):
         for j in range(D):
             sw[j] += float(dy[o + j]) * float(xhat[o + j])
             sb[j] += float(dy[o + j])
+
+
+@njit(cache=True, nogil=True)
+def _rows_to_lanes(x, m0, D, buf):
+    """buf[j*WIDE + l] = x[(m0 + l)*D + j] for 16 rows m0.. of D >= 8 values (x flat): 8 x 8 register transposes,
+    the last block of columns overlapping the one before it."""
+    j0 = 0
+    while j0 < D:
+        j0 = min(j0, D - 8)
+        for h in range(WIDE // 8):
+            vtranspose_copy(x, (m0 + 8 * h) * D + j0, D, buf, j0 * WIDE + 8 * h, WIDE)
+        j0 += 8
+
+
+@njit(cache=True, nogil=True)
+def _lanes_to_rows(buf, x, m0, D):
+    """The inverse of ``_rows_to_lanes``: x[(m0 + l)*D + j] = buf[j*WIDE + l]."""
+    j0 = 0
+    while j0 < D:
+        j0 = min(j0, D - 8)
+        for h in range(WIDE // 8):
+            vtranspose_copy(buf, j0 * WIDE + 8 * h, WIDE, x, (m0 + 8 * h) * D + j0, D)
+        j0 += 8
+
+
+@njit(cache=True, nogil=True)
+def layernorm_fwd(x, w, b, eps, D, y, xhat, rstd):
+    """Per row m of D values (x, y, xhat flat (M*D,), C-contiguous): xhat = (x - mean) / sqrt(var + eps),
+    y = xhat w + b.  [L4]  16 rows at a time, one row per lane (moved in and out by register transposes): the
+    sums over a row are then plain lane-vector adds; the rows left over one at a time. Returns False when some x
+    is NaN or inf."""
+    M = rstd.shape[0]
+    m = 0
+    ok = True
+    if D >= 8:
+        xb = aligned_empty(D * WIDE, x)
+        yb = aligned_empty(D * WIDE, x)
+        hb = aligned_empty(D * WIDE, x)
+        fin = wzeros(x)
+        Dv = wsplat(x, D)
+        ev = wsplat(x, eps)
+        one = wsplat(x, 1.0)
+        while m + WIDE <= M:
+            _rows_to_lanes(x, m, D, xb)
+            sm = wzeros(x)
+            for j in range(D):
+                sm = vadd(sm, wload(xb, j * WIDE))
+            fin = vadd(fin, vsub(sm, sm))
+            mean = vdiv(sm, Dv)
+            acc = wzeros(x)
+            for j in range(D):
+                c = vsub(wload(xb, j * WIDE), mean)
+                acc = vfma(c, c, acc)
+            r = vdiv(one, vsqrt(vadd(vdiv(acc, Dv), ev)))
+            vstore(rstd, m, r)
+            for j in range(D):
+                xh = vmul(vsub(wload(xb, j * WIDE), mean), r)
+                vstore(hb, j * WIDE, xh)
+                vstore(yb, j * WIDE, vadd(vmul(xh, wsplat(x, w[j])), wsplat(x, b[j])))
+            _lanes_to_rows(hb, xhat, m, D)
+            _lanes_to_rows(yb, y, m, D)
+            m += WIDE
+        ok = vsum(fin) == 0
+    return _layernorm_fwd_rows(x, w, b, eps, D, y, xhat, rstd, m) & ok
+
+
+@njit(cache=True, nogil=True)
+def layernorm_bwd(dy, xhat, rstd, w, D, dx, sw, sb):
+    """dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w, per row (flat (M*D,) arrays); sw += sum over rows of
+    dy xhat, sb += sum of dy (float64 (D,) accumulators, each group's 16 lanes summed first).  [L4]  16 rows at a
+    time in lanes, as ``layernorm_fwd``; the rows left over one at a time."""
+    M = rstd.shape[0]
+    m = 0
+    if D >= 8:
+        db_ = aligned_empty(D * WIDE, dy)
+        hb = aligned_empty(D * WIDE, dy)
+        xb = aligned_empty(D * WIDE, dy)
+        Dv = wsplat(dy, D)
+        while m + WIDE <= M:
+            _rows_to_lanes(dy, m, D, db_)
+            _rows_to_lanes(xhat, m, D, hb)
+            sg = wzeros(dy)
+            sgx = wzeros(dy)
+            for j in range(D):
+                g = vmul(wload(db_, j * WIDE), wsplat(dy, w[j]))
+                sg = vadd(sg, g)
+                sgx = vfma(g, wload(hb, j * WIDE), sgx)
+            mg = vdiv(sg, Dv)
+            mgx = vdiv(sgx, Dv)
+            r = wload(rstd, m)
+            for j in range(D):
+                d = wload(db_, j * WIDE)
+                xh = wload(hb, j * WIDE)
+                g = vmul(d, wsplat(dy, w[j]))
+                vstore(xb, j * WIDE, vmul(r, vsub(vsub(g, mg), vmul(xh, mgx))))
+                sw[j] += float(vsum(vmul(d, xh)))
+                sb[j] += float(vsum(d))
+            _lanes_to_rows(xb, dx, m, D)
+            m += WIDE
+    _layernorm_bwd_rows(dy, xhat, rstd, w, D, dx, sw, sb, m)
 
 
 @njit(cache=True, nogil=True)
