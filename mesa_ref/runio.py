@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,22 @@ from .ops._common import is_cupy, to_host
 
 class CLIError(Exception):
     """An error a command-line entry point reports as one line (no traceback) with a non-zero exit."""
+
+
+def run_cli(body, *, interrupted: str) -> int:
+    """Run a command-line entry's ``body()`` (which returns its exit status): bad input and failed runs end
+    with one ``error:`` line and status 2, an interrupt with ``interrupted`` and status 130, never a traceback."""
+    try:
+        return body()
+    except (CLIError, ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, RuntimeError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
 
 
 def ensure_writable_dir(path) -> Path:

@@ -33,7 +33,7 @@ from .model import Transformer
 from .ops._common import array_module
 from .ops._common import to_host as _host  # noqa: F401  (old private name, kept for importers)
 from .optim import AdamW, check_lr_scale  # noqa: F401  (AdamW(params, tcfg): the one optimiser, mesa_ref/optim.py)
-from .runio import CLIError, ensure_writable_dir, load_checkpoint, save_checkpoint, write_json
+from .runio import CLIError, ensure_writable_dir, load_checkpoint, run_cli, save_checkpoint, write_json
 from .tasks import DynamicsTask  # noqa: F401  (the trainer's task; re-exported)
 
 
@@ -248,7 +248,8 @@ def main(argv=None, *, default_backend=None) -> int:
     if default_backend:
         parser.set_defaults(backend=default_backend)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.layers < 1:
             raise CLIError(f"--layers: expected a positive integer, got {args.layers}")
         lr = args.lr if args.lr is not None else (4e-4 if args.attention == "mesa" else 3e-4)
@@ -262,17 +263,12 @@ def main(argv=None, *, default_backend=None) -> int:
         out = ensure_writable_dir(args.out)
         res = train(Transformer(mcfg, ops=ops), DynamicsTask(), tcfg, out, resume=args.resume,
                     progress=not args.no_progress, dtype=np.dtype(args.dtype), xp=xp)
-    except (CLIError, ValueError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (the last checkpoint is intact; rerun with --resume)", file=sys.stderr)
-        return 130
-    m = res.metrics
-    print(f"test loss {m['initial_test_loss']:.4f} -> {m['final_test_loss']:.4f} after {tcfg.steps} steps; "
-          f"run directory {out}")
-    return 0
+        m = res.metrics
+        print(f"test loss {m['initial_test_loss']:.4f} -> {m['final_test_loss']:.4f} after {tcfg.steps} steps; "
+              f"run directory {out}")
+        return 0
 
+    return run_cli(body, interrupted="interrupted (the last checkpoint is intact; rerun with --resume)")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,16 +8,9 @@ See mesa_ref/experiments/icl.py for the method and the configurations.
 
     python scripts/fig6_icl.py --quick        # CPU, a few minutes; writes figures/fig6_icl.{png,json}
 """
-import os
 import sys
-from pathlib import Path
 
-# Small matrices: one BLAS thread is much faster than several fighting over a small machine.
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mesa_ref.experiments.icl import main  # noqa: E402
+from _figure import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("fig6_icl"))

@@ -7,15 +7,9 @@
 No training jobs: the figure is a timing sweep (the common flags --scheduler, --workers, --store are accepted
 and have nothing to do).
 """
-import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mesa_ref.experiments.speed import main  # noqa: E402
+from _figure import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("fig9_speed"))

@@ -1,9 +1,9 @@
 """Smoke tests of scripts/fig6_icl.py and scripts/fig8_language.py in their hidden --smoke mode
 (seconds): JSON keys, the PNG, --replot from the saved JSON, --text and its one-line errors."""
-import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The figure's entry point, as scripts/<name>.py runs it (through the registry of experiments)."""
+    from mesa_ref.experiments import experiment
+    from mesa_ref.experiments.common import run_experiment
+    return SimpleNamespace(main=lambda argv=None: run_experiment(experiment(name), argv))
 
 
 def _replot_ok(mod, out, name, extra=()):

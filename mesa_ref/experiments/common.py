@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
-from ..runio import CLIError, ensure_writable_dir, read_json, save_figure, write_json
+from ..runio import CLIError, ensure_writable_dir, read_json, run_cli, save_figure, write_json
 
 
 @dataclass
@@ -81,48 +81,6 @@ def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # tests only: tiny sizes, seconds
     return p
-
-
-def run_figure(name: str, compute, plot, description: str, argv=None, parser=None) -> int:
-    """Parse flags, run compute (unless --replot), write JSON then PNG atomically; one-line errors."""
-    parser = parser or figure_parser(name, description)
-    args = parser.parse_args(argv)
-    try:
-        out = ensure_writable_dir(args.out)
-        json_path, png_path = out / f"{name}.json", out / f"{name}.png"
-        if args.replot:
-            data = read_json(json_path)
-        else:
-            backend = args.backend or ("fast" if fast_available() else "ref")
-            ops, xp = resolve_backend(backend)
-            ctx = Context(name=name, quick=args.quick, seed=args.seed, out=out, backend=backend, ops=ops, xp=xp,
-                          progress=not args.no_progress, args=args)
-            t0 = time.perf_counter()
-            data = compute(ctx)
-            data = {"figure": name, **data, "seed": args.seed, "quick": bool(args.quick), "backend": backend,
-                    "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{name}.py",
-                                                                  *(sys.argv[1:] if argv is None else argv)]),
-                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": f"{platform.machine()} {platform.system()} python {platform.python_version()}",
-                    "seconds": round(time.perf_counter() - t0, 1)}
-            write_json(json_path, data)
-        import matplotlib
-        matplotlib.use("Agg")
-        fig = plot(data)
-        save_figure(fig, png_path, dpi=130, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, FloatingPointError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written for this figure", file=sys.stderr)
-        return 130
-    print(f"wrote {json_path} and {png_path}")
-    return 0
 
 
 def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dict | None = None, t0: int = 1,
@@ -227,7 +185,8 @@ def run_experiment(exp: Experiment, argv=None) -> int:
     parser = experiment_parser(exp)
     args = parser.parse_args(argv)
     mode = mode_of(args)
-    try:
+
+    def body() -> int:
         if args.workers is not None and args.workers < 0:
             raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
         if args.partial and (args.retrain or args.replot):
@@ -291,17 +250,11 @@ def run_experiment(exp: Experiment, argv=None) -> int:
         save_figure(fig, png_path, dpi=130, bbox_inches="tight")
         import matplotlib.pyplot as plt
         plt.close(fig)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, FloatingPointError, RuntimeError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written for this figure (finished jobs stay in the store)", file=sys.stderr)
-        return 130
-    print(f"wrote {json_path} and {png_path}")
-    return 0
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+
+    return run_cli(body, interrupted="interrupted; nothing was written for this figure (finished jobs stay in "
+                                     "the store)")
 
 
 def _relative(path: Path) -> str:
