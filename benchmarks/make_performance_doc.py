@@ -131,20 +131,41 @@ def render_bench_mesa(d, name):
 
 
 def render_bench_train_step(d, name):
-    """bench_train_step.py: one training step per model and backend, plus the per-op table."""
+    """bench_train_step.py: one training step per model family and backend (mesa_ref, mesa_fast, the authors' JAX
+    step where it was timed), plus the per-op table when there is one."""
     _need(d, ("date", "command", "machine", "results"), name)
     m = d["machine"]
     shape = d.get("shape", {})
-    lines = [f"#### `{name}`: training step, mesa_ref against mesa_fast", "",
+    has_jax = any(r["backend"] == "jax" for r in d["results"])
+    title = ("training step per model family" if d.get("families") else "training step") + \
+        (", with the authors' JAX step" if has_jax else ", mesa_ref against mesa_fast")
+    batch = shape.get("batch", "?")
+    lines = [f"#### `{name}`: {title}", "",
              f"- date: {d['date']}; {_commit(d, {})}", f"- machine: {_machine(m)}", f"- command: `{d['command']}`",
-             f"- step: {d.get('step', '?')}; batch {shape.get('batch', '?')}, T {shape.get('T', '?')}, "
-             f"{shape.get('dtype', '?')}; medians over the timed steps"]
+             f"- step: {d.get('step', '?')}; batch {batch}" + (f", T {shape['T']}" if "T" in shape else "")
+             + f", {shape.get('dtype', '?')}; medians over the timed steps"]
     lines += _load_line(d.get("load_average_before"), d.get("load_average_after"), m.get("cores"))
+    if d.get("jax"):
+        lines.append(f"- {d['jax']}")
+    for fam, what in d.get("families", {}).items():
+        lines.append(f"- {fam}: {what}")
     lines.append("")
-    rows = [[r["model"], r["backend"], r.get("steps", "?"), _fmt(r["wall_ms_median"]), _fmt(r["cpu_ms_median"]),
-             _fmt(r.get("ratio_ref_over_this_wall"), 2) + "x", _fmt(r.get("ratio_ref_over_this_cpu"), 2) + "x"]
-            for r in d["results"]]
-    lines += _table(["model", "backend", "steps", "wall ms", "CPU ms", "wall ref / this", "CPU ref / this"], rows)
+
+    def ratio(r, key):
+        v = r.get(key)
+        return "-" if v is None else _fmt(v, 2) + "x"
+
+    header = ["model", "backend", "steps", "wall ms", "CPU ms", "wall ref / this", "CPU ref / this"]
+    if has_jax:
+        header += ["wall JAX / this", "CPU JAX / this"]
+    rows = []
+    for r in d["results"]:
+        row = [r["model"], r["backend"], r.get("steps", "?"), _fmt(r["wall_ms_median"]), _fmt(r["cpu_ms_median"]),
+               ratio(r, "ratio_ref_over_this_wall"), ratio(r, "ratio_ref_over_this_cpu")]
+        if has_jax:
+            row += [ratio(r, "ratio_jax_over_this_wall"), ratio(r, "ratio_jax_over_this_cpu")]
+        rows.append(row)
+    lines += _table(header, rows)
     if d.get("ops"):
         lines += ["", "Per op at the default model's shapes (process-CPU ms, medians):", ""]
         rows = [[o["op"], _fmt(o["ref_fwd_cpu_ms"], 2), _fmt(o["fast_fwd_cpu_ms"], 2), _fmt(o["ref_bwd_cpu_ms"], 2),

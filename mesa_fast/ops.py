@@ -20,7 +20,8 @@ from .mesa import MesaFastCache, mesa_backward, mesa_forward  # noqa: E402
 
 MesaCache = MesaFastCache          # the cache type this namespace's mesa_forward returns
 
-# dense [L1], linear [L2] and softmax [L3] attention, layernorm [L4], gelu [L5], clip [L6], MSE, head layout:
+# dense [L1], the MLP's dense + gelu, linear [L2] and softmax [L3] attention, layernorm [L4], gelu [L5], clip [L6],
+# MSE, head layout:
 # Numba kernels for NumPy input (whatever the backend setting), the reference op for CuPy input
 # (mesa_fast/numba_kernels/layers.py; the names are its FAST_OPS).
 from .numba_kernels.layers import FAST_OPS as _LAYER_FAST_OPS  # noqa: E402
