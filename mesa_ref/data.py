@@ -85,6 +85,12 @@ def _check_nonneg(name: str, v) -> float:
     return f
 
 
+def _check_dynamics(rng, batch, T, n, sigma, clip, dtype):
+    """The arguments every dynamics generator shares, checked (ValueError naming the bad one) and normalised."""
+    return (as_rng(rng), _check_pos_int("batch", batch), _check_pos_int("T", T), _check_pos_int("n", n),
+            _check_nonneg("sigma", sigma), _check_clip(clip), _check_dtype(dtype))
+
+
 def _check_clip(clip):
     if clip is None:
         return None
@@ -166,13 +172,7 @@ def linear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float = 0.
 
     Returns a ``LinearDynamics`` with states (B, T+1, n), W (B, n, n), noise (B, T, n).
     """
-    rng = as_rng(rng)
-    batch = _check_pos_int("batch", batch)
-    T = _check_pos_int("T", T)
-    n = _check_pos_int("n", n)
-    sigma = _check_nonneg("sigma", sigma)
-    clip = _check_clip(clip)
-    dtype = _check_dtype(dtype)
+    rng, batch, T, n, sigma, clip, dtype = _check_dynamics(rng, batch, T, n, sigma, clip, dtype)
 
     W = haar_orthogonal(rng, batch, n)                          # (B, n, n)
     s1 = rng.uniform(-1.0, 1.0, size=(batch, n))                # (B, n)
@@ -382,13 +382,7 @@ def nonlinear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float =
 
     Returns a ``NonlinearDynamics``: states (B, T+1, n), W (B, n, n), A, Bm, noise (B, T, n).
     """
-    rng = as_rng(rng)
-    batch = _check_pos_int("batch", batch)
-    T = _check_pos_int("T", T)
-    n = _check_pos_int("n", n)
-    sigma = _check_nonneg("sigma", sigma)
-    clip = _check_clip(clip)
-    dtype = _check_dtype(dtype)
+    rng, batch, T, n, sigma, clip, dtype = _check_dynamics(rng, batch, T, n, sigma, clip, dtype)
     if (A is None) != (Bm is None):
         raise ValueError("A: give both A and Bm, or neither")
     if A is None:
