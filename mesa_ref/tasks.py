@@ -19,8 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class _Task:
+    """What every task's record is: its registry name and its dataclass fields."""
+    registry_name = ""
+
+    def to_dict(self):
+        return {"name": self.registry_name, **dataclasses.asdict(self)}
+
+
 @dataclass(frozen=True)
-class LinearTask:
+class LinearTask(_Task):
     """[T1] fully observed linear dynamics, as [T2] constructed tokens (B, T, 4n) or raw states (B, T, n);
     the target is s_{t+1} (B, T, n).  Baselines regress s_{t'} on s_{t'-1}."""
     n: int = 10
@@ -39,16 +47,13 @@ class LinearTask:
         s = x[..., self.n:2 * self.n] if self.tokens == "constructed" else x
         return np.ascontiguousarray(s), None
 
-    def to_dict(self):
-        return {"name": self.registry_name, **dataclasses.asdict(self)}
-
 
 #: the name the trainer has always used for [T1]
 DynamicsTask = LinearTask
 
 
 @dataclass(frozen=True)
-class PartialTask:
+class PartialTask(_Task):
     """[T3] partially observed linear dynamics: tokens = the last k observations (B, T, k*m), target o_{t+1}.
     Baselines: ridge regression of o_{t'} on the history token of t'-1 (``feats`` = the tokens)."""
     n: int = 10
@@ -68,12 +73,9 @@ class PartialTask:
         x = np.asarray(x)
         return np.ascontiguousarray(x[..., :self.m]), np.ascontiguousarray(x)
 
-    def to_dict(self):
-        return {"name": self.registry_name, **dataclasses.asdict(self)}
-
 
 @dataclass(frozen=True)
-class NonlinearTask:
+class NonlinearTask(_Task):
     """[T4] nonlinear dynamics s_{t+1} = W* phi(s_t) + eps with [T2] constructed tokens.  Baselines:
     ridge on the true features phi(s) (``feats``, an oracle the model does not have) and, under the
     name ``lsq_linear``, ridge on the raw states."""
@@ -94,9 +96,6 @@ class NonlinearTask:
         s = np.ascontiguousarray(x[..., self.n:2 * self.n])
         A, Bm = mlp_params(self.mlp_seed, self.n)
         return s, mlp_features(s, A, Bm)
-
-    def to_dict(self):
-        return {"name": self.registry_name, **dataclasses.asdict(self)}
 
 
 TASKS = {cls.registry_name: cls for cls in (LinearTask, PartialTask, NonlinearTask)}
@@ -124,7 +123,7 @@ def task_from_dict(d: dict):
 
 @register_task
 @dataclass(frozen=True)
-class LanguageTask:
+class LanguageTask(_Task):
     """[T6] next-token prediction on windows of T tokens of a text, at character or byte level.
 
     The record names the corpus, not its tokens: ``source`` is ``"pydoc_data.topics"`` (the text that ships
@@ -187,5 +186,3 @@ class LanguageTask:
         from .text import LMTask
         return LMTask(self.split_ids()[1], self.T, "heldout").batch(rng, batch)
 
-    def to_dict(self):
-        return {"name": self.registry_name, **dataclasses.asdict(self)}
