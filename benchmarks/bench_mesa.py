@@ -211,13 +211,9 @@ def estimate_ref_seconds(B, H, T, d, dtype, backward):
 
 
 def git_commit():
-    """The checkout's short commit hash ("" outside a git checkout), recorded with the results."""
-    import subprocess
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip()
-    except Exception:  # pragma: no cover - no git
-        return ""
+    """The checkout's commit ("+dirty" with local changes; "unknown" outside git), recorded with the results."""
+    from mesa_ref.runio import code_version
+    return code_version()
 
 
 def machine_info():

@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .ops._common import to_host
-from .runio import CLIError, _to_jsonable, atomic_write_bytes, load_checkpoint, read_json, save_checkpoint, write_json
+from .runio import CLIError, _to_jsonable, code_version, atomic_write_bytes, load_checkpoint, read_json, save_checkpoint, write_json
 from .tasks import task_from_dict
 from .train import TrainConfig
 
@@ -153,21 +152,6 @@ class Store:
 
 
 # ---------------------------------------------------------------------------------------------- one job
-def code_version() -> str:
-    """The git commit of the package's checkout (with "+dirty" for local changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
-                                "mesa_ref", "mesa_fast"], capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _emit(log, kind: str, job: Job, **info) -> None:
     """A progress event: to Dask's event log on a worker (the client prints it), else to ``log``."""
     msg = {"event": kind, "label": job.label, "key": job.key, "host": socket.gethostname(), "pid": os.getpid(),
