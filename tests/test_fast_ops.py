@@ -144,13 +144,18 @@ def test_linear_attention_lanes_are_independent():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small",
-                                  "narrow-dy"])
+                                  "narrow-dy", "narrow-dx"])
 def test_dense_matches_reference(case, dtype, monkeypatch):
     """Including products split by rows over the thread pool (numba_kernels/dense.py): 2103 rows with the default
     MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces); "narrow-dy": x^T dy through gemm.atb_rows (float32, 80
-    -> 37 columns) in uneven row ranges."""
+    -> 37 columns) in uneven row ranges; "narrow-dx": dx = dy W^T through gemm.ab_rows (float32, 130 -> 40
+    columns)."""
     rng = np.random.default_rng(11)
-    if case == "narrow-dy":
+    if case == "narrow-dx":
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        x, W, b = rng.standard_normal((3, 301, 40)), rng.standard_normal((40, 130)), rng.standard_normal(130)
+    elif case == "narrow-dy":
         from mesa_fast.numba_kernels import dense as fast_dense
         monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
         x, W, b = rng.standard_normal((3, 301, 80)), rng.standard_normal((80, 37)), rng.standard_normal(37)
@@ -496,6 +501,23 @@ def test_atb_rows_matches_numpy(IJ, dtype):
     truth = out.astype(np.float64).reshape(I, J) + a[13:611].astype(np.float64).T @ b[13:611].astype(np.float64)
     atb_rows(a.reshape(-1), b.reshape(-1), I, J, 13, 611, out)
     assert rel(out.reshape(I, J), truth) <= (1e-13 if dtype == np.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("KI", [(240, 40), (37, 40), (20, 32), (9, 48), (13, 24), (5, 8)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_ab_rows_matches_numpy(KI, dtype):
+    """gemm.ab_rows: out[lo:hi] = a[lo:hi] b in panels of 40, 32, 16 and 8 columns, 4 rows at a time and the rows
+    left over one at a time; rows outside [lo, hi) untouched."""
+    from mesa_fast.numba_kernels.gemm import ab_rows
+    K, I = KI
+    rng = np.random.default_rng(K * I)
+    a, b = rng.standard_normal((103, K)).astype(dtype), rng.standard_normal((K, I)).astype(dtype)
+    out = np.full((103, I), 7.0, dtype)
+    ab_rows(a.reshape(-1), b.reshape(-1), K, I, 5, 98, out.reshape(-1))
+    truth = a[5:98].astype(np.float64) @ b.astype(np.float64)
+    assert rel(out[5:98], truth) <= (1e-13 if dtype == np.float64 else 1e-5)
+    assert (out[:5] == 7.0).all() and (out[98:] == 7.0).all()
 
 
 # ------------------------------------------------------------------------------- dense + GELU (the MLP's first layer)

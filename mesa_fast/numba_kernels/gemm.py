@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._simd import WIDE, vadd, vfma, vstore, wload, wsplat, wzeros
+from ._simd import WIDE, vadd, vfma, vload, vsplat, vstore, vzeros, wload, wsplat, wzeros
 
 L = WIDE
 ROWS = 256          # rows of a and b per pass over the blocks of out
@@ -135,3 +135,155 @@ def atb_rows(a, b, I, J, lo, hi, out):
                 for n in range(c0, c1):
                     s += a[n * I + i] * b[n * J + j]
                 out[i * J + j] += s
+
+
+@njit(cache=True, nogil=True)
+def _ab_panel(a, b, K, I, n, rows, j, width, out):
+    """out[n:n+rows, j:j+width] = a[n:n+rows, :] b[:, j:j+width] for width 40, 32, 16 or 8 (two 16-lane vectors and
+    an 8-lane one, two, one, or one 8-lane vector per row) and rows 4 or 1."""
+    if rows == 4 and width == 40:
+        c00 = wzeros(out)
+        c01 = wzeros(out)
+        c02 = vzeros(out)
+        c10 = wzeros(out)
+        c11 = wzeros(out)
+        c12 = vzeros(out)
+        c20 = wzeros(out)
+        c21 = wzeros(out)
+        c22 = vzeros(out)
+        c30 = wzeros(out)
+        c31 = wzeros(out)
+        c32 = vzeros(out)
+        for k in range(K):
+            w0 = wload(b, k * I + j)
+            w1 = wload(b, k * I + j + L)
+            w2 = vload(b, k * I + j + 2 * L)
+            x = a[n * K + k]
+            s = wsplat(out, x)
+            c00 = vfma(s, w0, c00)
+            c01 = vfma(s, w1, c01)
+            c02 = vfma(vsplat(out, x), w2, c02)
+            x = a[(n + 1) * K + k]
+            s = wsplat(out, x)
+            c10 = vfma(s, w0, c10)
+            c11 = vfma(s, w1, c11)
+            c12 = vfma(vsplat(out, x), w2, c12)
+            x = a[(n + 2) * K + k]
+            s = wsplat(out, x)
+            c20 = vfma(s, w0, c20)
+            c21 = vfma(s, w1, c21)
+            c22 = vfma(vsplat(out, x), w2, c22)
+            x = a[(n + 3) * K + k]
+            s = wsplat(out, x)
+            c30 = vfma(s, w0, c30)
+            c31 = vfma(s, w1, c31)
+            c32 = vfma(vsplat(out, x), w2, c32)
+        o = n * I + j
+        vstore(out, o, c00)
+        vstore(out, o + L, c01)
+        vstore(out, o + 2 * L, c02)
+        vstore(out, o + I, c10)
+        vstore(out, o + I + L, c11)
+        vstore(out, o + I + 2 * L, c12)
+        vstore(out, o + 2 * I, c20)
+        vstore(out, o + 2 * I + L, c21)
+        vstore(out, o + 2 * I + 2 * L, c22)
+        vstore(out, o + 3 * I, c30)
+        vstore(out, o + 3 * I + L, c31)
+        vstore(out, o + 3 * I + 2 * L, c32)
+    elif rows == 4 and width == 32:
+        c00 = wzeros(out)
+        c01 = wzeros(out)
+        c10 = wzeros(out)
+        c11 = wzeros(out)
+        c20 = wzeros(out)
+        c21 = wzeros(out)
+        c30 = wzeros(out)
+        c31 = wzeros(out)
+        for k in range(K):
+            w0 = wload(b, k * I + j)
+            w1 = wload(b, k * I + j + L)
+            s = wsplat(out, a[n * K + k])
+            c00 = vfma(s, w0, c00)
+            c01 = vfma(s, w1, c01)
+            s = wsplat(out, a[(n + 1) * K + k])
+            c10 = vfma(s, w0, c10)
+            c11 = vfma(s, w1, c11)
+            s = wsplat(out, a[(n + 2) * K + k])
+            c20 = vfma(s, w0, c20)
+            c21 = vfma(s, w1, c21)
+            s = wsplat(out, a[(n + 3) * K + k])
+            c30 = vfma(s, w0, c30)
+            c31 = vfma(s, w1, c31)
+        o = n * I + j
+        vstore(out, o, c00)
+        vstore(out, o + L, c01)
+        vstore(out, o + I, c10)
+        vstore(out, o + I + L, c11)
+        vstore(out, o + 2 * I, c20)
+        vstore(out, o + 2 * I + L, c21)
+        vstore(out, o + 3 * I, c30)
+        vstore(out, o + 3 * I + L, c31)
+    elif rows == 4 and width == 16:
+        c0 = wzeros(out)
+        c1 = wzeros(out)
+        c2 = wzeros(out)
+        c3 = wzeros(out)
+        for k in range(K):
+            w0 = wload(b, k * I + j)
+            c0 = vfma(wsplat(out, a[n * K + k]), w0, c0)
+            c1 = vfma(wsplat(out, a[(n + 1) * K + k]), w0, c1)
+            c2 = vfma(wsplat(out, a[(n + 2) * K + k]), w0, c2)
+            c3 = vfma(wsplat(out, a[(n + 3) * K + k]), w0, c3)
+        o = n * I + j
+        vstore(out, o, c0)
+        vstore(out, o + I, c1)
+        vstore(out, o + 2 * I, c2)
+        vstore(out, o + 3 * I, c3)
+    elif rows == 4:
+        h0 = vzeros(out)
+        h1 = vzeros(out)
+        h2 = vzeros(out)
+        h3 = vzeros(out)
+        for k in range(K):
+            w0 = vload(b, k * I + j)
+            h0 = vfma(vsplat(out, a[n * K + k]), w0, h0)
+            h1 = vfma(vsplat(out, a[(n + 1) * K + k]), w0, h1)
+            h2 = vfma(vsplat(out, a[(n + 2) * K + k]), w0, h2)
+            h3 = vfma(vsplat(out, a[(n + 3) * K + k]), w0, h3)
+        o = n * I + j
+        vstore(out, o, h0)
+        vstore(out, o + I, h1)
+        vstore(out, o + 2 * I, h2)
+        vstore(out, o + 3 * I, h3)
+    else:
+        for jj in range(j, j + width, 8):
+            h = vzeros(out)
+            for k in range(K):
+                h = vfma(vsplat(out, a[n * K + k]), vload(b, k * I + jj), h)
+            vstore(out, n * I + jj, h)
+
+
+@njit(cache=True, nogil=True)
+def ab_rows(a, b, K, I, lo, hi, out):
+    """out[lo:hi] = a[lo:hi] b for a (N*K flat), b (K*I flat, I a multiple of 8), out (N*I flat): for a narrow
+    product (the dense backward's dx = dy W^T with x a few dozen columns wide, where OpenBLAS runs well below
+    the core's multiply-add rate). 4 rows of out at a time; their columns in panels of 32 (two 16-lane vectors),
+    16 and 8 (an 8-lane vector), or all 40 in one (the model's width), each panel summed over k in registers
+    (fused multiply-adds, in k order)."""
+    n = lo
+    while n < hi:
+        rows = 4 if n + 4 <= hi else 1
+        j = 0
+        if I == 40:
+            _ab_panel(a, b, K, I, n, rows, 0, 40, out)
+            j = 40
+        while j + 32 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 32, out)
+            j += 32
+        if j + 16 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 16, out)
+            j += 16
+        if j + 8 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 8, out)
+        n += rows
