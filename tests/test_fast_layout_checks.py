@@ -162,10 +162,12 @@ def test_linear_attention_overflow_passes_as_in_reference():
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("shape", [(3, 11, 8, 5), (3, 11, 5, 8), (3, 11, 64, 5)], ids=["check-y", "check-x", "gemm"])
+@pytest.mark.parametrize("shape", [(3, 11, 8, 5), (3, 11, 5, 8), (3, 11, 64, 5), (3, 11, 64, 40), (3, 11, 40, 130)],
+                         ids=["check-y", "check-x", "gemm", "gemm-y", "gemm-dx"])
 def test_dense_finds_every_non_finite_input(shape, bad, split, monkeypatch):
     """dense_forward checks y when y is the smaller array (8 -> 5) and x, W, b when x is (5 -> 8); dense_backward
-    finds NaN/inf in dy through dW (for 64 -> 5 computed by gemm.atb_rows). Positions drawn at random, with zero rows and columns around them; "split":
+    finds NaN/inf in dy through dW (for 64 -> 5 and 64 -> 40 computed by gemm.atb_rows; y for 64 -> 40 and dx for
+    40 -> 130 by gemm.ab_rows). Positions drawn at random, with zero rows and columns around them; "split":
     the 33 rows multiplied (and checked) in several ranges on the thread pool (MIN_ROWS = 4). When x and W are
     both bad, the message names x, as the reference's does."""
     if split:

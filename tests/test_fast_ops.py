@@ -144,14 +144,18 @@ def test_linear_attention_lanes_are_independent():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small",
-                                  "narrow-dy", "narrow-dx"])
+                                  "narrow-dy", "narrow-dx", "narrow-y"])
 def test_dense_matches_reference(case, dtype, monkeypatch):
     """Including products split by rows over the thread pool (numba_kernels/dense.py): 2103 rows with the default
     MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces); "narrow-dy": x^T dy through gemm.atb_rows (float32, 80
     -> 37 columns) in uneven row ranges; "narrow-dx": dx = dy W^T through gemm.ab_rows (float32, 130 -> 40
-    columns)."""
+    columns); "narrow-y": y = x W through gemm.ab_rows (float32, 80 -> 40)."""
     rng = np.random.default_rng(11)
-    if case == "narrow-dx":
+    if case == "narrow-y":
+        from mesa_fast.numba_kernels import dense as fast_dense
+        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        x, W, b = rng.standard_normal((3, 301, 80)), rng.standard_normal((80, 40)), rng.standard_normal(40)
+    elif case == "narrow-dx":
         from mesa_fast.numba_kernels import dense as fast_dense
         monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
         x, W, b = rng.standard_normal((3, 301, 40)), rng.standard_normal((40, 130)), rng.standard_normal(130)

@@ -17,8 +17,9 @@ same BLAS calls (a hand-written Numba product was slower at these sizes); what d
 * The products are split by rows over the package's thread pool (``_pool.map_chunks``), each piece a
   single-threaded BLAS call on its own thread; x^T dy sums the pieces' partial products in range order, so the
   result is the same on every run. Where dy is narrow (the output projection, the MLP's second layer), x^T dy
-  runs in ``gemm.atb_rows`` instead of BLAS (``_use_gemm``), and where x is 40 columns wide (the model's width)
-  dx = dy W^T runs in ``gemm.ab_rows`` (``_narrow_dx``): both measured faster there. Fewer than ``MIN_ROWS`` rows per thread: no split. If process CPU time per
+  runs in ``gemm.atb_rows`` instead of BLAS (``_use_gemm``), and a product with a 40-column output (the
+  model's width: y = x W into the residual stream, dx = dy W^T out of the QKV product and the MLP) runs in
+  ``gemm.ab_rows`` (``_narrow``): both measured faster there. Fewer than ``MIN_ROWS`` rows per thread: no split. If process CPU time per
   training step grows far beyond 2 x wall time on a busy machine, BLAS worker threads are spinning: look here.
 
 A BLAS library that threadpoolctl does not know is left alone; the products then run with its own threading, as
@@ -80,9 +81,15 @@ def forward(x2, W, b, check=None):
     ``check`` "x" or "y": ``finite`` says whether every entry of that array is finite, each range of rows checked
     by the thread that just multiplied it (so in parallel, and from cache); None: ``finite`` is True."""
     y = np.empty((x2.shape[0], W.shape[1]), dtype=np.result_type(x2, W))
+    Wf = _narrow(W, y.dtype)
+    if Wf is not None:
+        from . import gemm
 
     def rows(lo, hi):
-        np.matmul(x2[lo:hi], W, out=y[lo:hi])
+        if Wf is not None:
+            gemm.ab_rows(x2.reshape(-1), Wf, W.shape[0], W.shape[1], lo, hi, y.reshape(-1))
+        else:
+            np.matmul(x2[lo:hi], W, out=y[lo:hi])
         if b is not None:
             y[lo:hi] += b
         if check == "y":
@@ -114,12 +121,13 @@ def xt_dy(x2, dy2, lo, hi):
     return out.reshape(Dout, Din).T
 
 
-def _narrow_dx(W, dt):
-    """W^T as a C-contiguous array when dx = dy W^T goes to ``gemm.ab_rows`` (float32, x 40 columns wide, dy at least
-    128: the QKV product and the MLP's first layer at the model's width, where it measured faster than OpenBLAS;
+def _narrow(B, dt):
+    """B (K, 40) as a flat C-contiguous array when a product a @ B with this 40-column output goes to
+    ``gemm.ab_rows`` (float32, K >= 32: y = x W for the output projection and the MLP's second layer, dx = dy W^T for
+    the QKV product and the MLP's first layer, at the model's width 40, where it measured faster than OpenBLAS;
     docs/performance.md), else None."""
-    if dt == np.float32 and W.dtype == np.float32 and W.shape[0] == 40 and W.shape[1] >= 128:
-        return np.ascontiguousarray(W.T)
+    if dt == np.float32 and B.dtype == np.float32 and B.shape[1] == 40 and B.shape[0] >= 32:
+        return np.ascontiguousarray(B).reshape(-1)
     return None
 
 
@@ -127,13 +135,13 @@ def backward(dy2, x2, W, has_bias, input_grad=True):
     """(dx (N, Din) or None when not ``input_grad``, dW (Din, Dout), db (Dout,) or None) for C-contiguous
     dy2 (N, Dout), x2 (N, Din)."""
     dx = np.empty((dy2.shape[0], W.shape[0]), dtype=np.result_type(dy2, W)) if input_grad else None
-    Wt = _narrow_dx(W, dy2.dtype) if input_grad else None
+    Wt = _narrow(W.T, dy2.dtype) if input_grad else None
     if Wt is not None:
         from . import gemm
 
     def rows(lo, hi):
         if Wt is not None:
-            gemm.ab_rows(dy2.reshape(-1), Wt.reshape(-1), W.shape[1], W.shape[0], lo, hi, dx.reshape(-1))
+            gemm.ab_rows(dy2.reshape(-1), Wt, W.shape[1], W.shape[0], lo, hi, dx.reshape(-1))
         elif input_grad:
             np.matmul(dy2[lo:hi], W.T, out=dx[lo:hi])                       # dx rows (hi-lo, Din)
         return xt_dy(x2, dy2, lo, hi)                                       # partial dW (Din, Dout)
@@ -182,7 +190,7 @@ def backward_gelu(dg2, x2, W, z, t, has_bias, input_grad, gelu_bwd):
     N, M = dg2.shape
     dt = np.result_type(dg2, W)
     dx = np.empty((N, W.shape[0]), dt) if input_grad else None
-    Wt = _narrow_dx(W, dt) if input_grad else None
+    Wt = _narrow(W.T, dt) if input_grad else None
     if Wt is not None:
         from . import gemm
 
@@ -197,7 +205,7 @@ def backward_gelu(dg2, x2, W, z, t, has_bias, input_grad, gelu_bwd):
             d = dz[:s1 - s0]
             ok &= gelu_bwd(dg2[s0:s1].reshape(-1), z[s0:s1].reshape(-1), t[s0:s1].reshape(-1), M, d.reshape(-1), sb)
             if Wt is not None:
-                gemm.ab_rows(d.reshape(-1), Wt.reshape(-1), M, W.shape[0], 0, s1 - s0, dx[s0:s1].reshape(-1))
+                gemm.ab_rows(d.reshape(-1), Wt, M, W.shape[0], 0, s1 - s0, dx[s0:s1].reshape(-1))
             elif input_grad:
                 np.matmul(d, W.T, out=dx[s0:s1])
             np.matmul(x2[s0:s1].T, d, out=tmp)

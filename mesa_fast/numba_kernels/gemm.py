@@ -1,16 +1,23 @@
-"""A^T B over a range of rows, for the dense layer's weight gradient dW = x^T dy (float32, lane vectors).
+"""Two narrow matrix products of the dense layer [L1] on lane vectors (float32 at the model's shapes), where
+OpenBLAS runs well below the multiply-add rate the same core reaches on wider products (docs/performance.md):
 
-Why: at the model's shapes (N = B*T rows of a few dozen to a few hundred columns) OpenBLAS's x^T dy runs well
-below the multiply-add rate the same core reaches in ``dense.forward`` (docs/performance.md has the numbers);
-this kernel keeps a 4 x 64 block of the result in sixteen 16-lane registers while it streams the rows, 256 rows
-at a time (so they stay in cache for every block of the result).
+* ``atb_rows``: out += a^T b over a range of rows, for the weight gradient dW = x^T dy with a narrow dy (the dense
+  op calls it as (dy^T x)^T). A 4 x 64 block of the result stays in sixteen 16-lane registers while the rows
+  stream, 256 rows at a time (so they stay in cache for every block of the result).
 
-    out[i, j] += sum_{lo <= n < hi} a[n, i] b[n, j]      a (N, I), b (N, J) C-contiguous, out (I, J) C-contiguous
+      out[i, j] += sum_{lo <= n < hi} a[n, i] b[n, j]      a (N, I), b (N, J) C-contiguous, out (I, J) C-contiguous
 
-Blocks: 4 rows of out x 4 lane vectors (64 columns), then 4 rows x one vector for the columns left in whole
-vectors, then element by element for the last J mod 16 columns; rows of out left over after the blocks of 4 go
-one at a time. Arithmetic: fused multiply-adds (``_simd.vfma``) along n within a block of 256 rows, those sums
-added to out in row order: another order of the same sums than BLAS's, float32 rounding only.
+  Blocks: 4 rows of out x 4 lane vectors (64 columns), then 4 rows x one vector for the columns left in whole
+  vectors, then element by element for the last J mod 16 columns; rows of out left over after the blocks of 4
+  go one at a time.
+* ``ab_rows``: out[lo:hi] = a[lo:hi] b for a product with few output columns (a multiple of 8; 40, the model's
+  width, in one panel of two 16-lane vectors and one 8-lane vector): y = x W into the residual stream and
+  dx = dy W^T out of the wider products. 4 rows of out at a time, every output of the panel in a register,
+  b's rows (k) streamed from cache.
+
+Arithmetic: fused multiply-adds (``_simd.vfma``) along the summed index, in index order (within a block of 256
+rows for ``atb_rows``, those sums then added to out in row order): another order of the same sums than BLAS's,
+float32 rounding only.
 """
 from __future__ import annotations
 
