@@ -109,11 +109,9 @@ def cpu_name():
 
 
 def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-    except Exception:  # pragma: no cover
-        return ""
+    """The checkout's commit ("+dirty" with local changes; "unknown" outside git), recorded with the results."""
+    from mesa_ref.runio import code_version
+    return code_version()
 
 
 def time_ops(np, ref_ops, fast_ops, reps):
