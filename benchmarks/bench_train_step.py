@@ -13,14 +13,18 @@ other processes the CPU time is the steadier number. Timing is never asserted an
 
 The authors' jitted JAX/Flax step (``jax_peer_step.py``: their ``Training.fast_train_step`` through their
 ``FullTransformerModel`` built at each family's sizes) is one more backend of the alternation when
-``--jax-python`` names a Python that has jax, flax, optax and ml_collections (a virtual environment of its own:
-none of them is a dependency of this toolkit) and their repository is checked out at ``--authors`` (default
-``.peers/authors``, ignored by git); otherwise the table says "not installed". Its compiled steps are kept in
-``--jax-cache`` (JAX's persistent compilation cache), so a block after the first does not compile again.
+``--jax-python`` (or MESA_JAX_PYTHON) names a Python that has jax, flax, optax and ml_collections (a virtual
+environment of its own: none of them is a dependency of this toolkit) and their repository is checked out at
+``--authors`` (default ``.peers/authors``, ignored by git); otherwise the table says "not installed". Its
+compiled steps are kept in ``--jax-cache`` (JAX's persistent compilation cache), so a block after the first does
+not compile again. Setting the peer up:
+
+    git clone https://github.com/mtavit/transformers_mesa_optimization_paper .peers/authors
+    python3 -m venv JAXENV && JAXENV/bin/pip install jax jaxlib flax optax ml_collections
 
     python benchmarks/bench_train_step.py                              # every family, writes benchmarks/results/
     python benchmarks/bench_train_step.py --quick --models softmax6    # a few steps, nothing written
-    python benchmarks/bench_train_step.py --models softmax6 --backends mesa_fast,jax --jax-python /work/jaxenv/bin/python
+    python benchmarks/bench_train_step.py --models softmax6 --backends mesa_fast,jax --jax-python JAXENV/bin/python
     python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
 """
 from __future__ import annotations
@@ -75,8 +79,9 @@ def parse(argv):
     p.add_argument("--batch", type=int, default=None, help="default: each family's own batch")
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list of {', '.join(FAMILIES)}")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma list of mesa_ref, mesa_fast, jax")
-    p.add_argument("--jax-python", default=None, metavar="PATH",
-                   help="a Python with jax, flax, optax, ml_collections: times the authors' step (jax_peer_step.py)")
+    p.add_argument("--jax-python", default=os.environ.get("MESA_JAX_PYTHON"), metavar="PATH",
+                   help="a Python with jax, flax, optax, ml_collections: times the authors' step (jax_peer_step.py); "
+                        "default: $MESA_JAX_PYTHON")
     p.add_argument("--authors", default=str(ROOT / ".peers" / "authors"),
                    help="checkout of the authors' repository (mtavit/transformers_mesa_optimization_paper)")
     p.add_argument("--jax-cache", default=str(ROOT / ".peers" / "jax-cache"),
@@ -234,7 +239,7 @@ def run_block(name, backend, args, n):
 def jax_status(args):
     """'' when the JAX peer can run, else why not (printed in the table)."""
     if not args.jax_python:
-        return "not installed (no --jax-python given)"
+        return "not installed (no --jax-python given and MESA_JAX_PYTHON unset)"
     if not Path(args.jax_python).exists():
         return f"not installed ({args.jax_python} does not exist)"
     if not (Path(args.authors) / "src" / "models" / "full_fledged_transformer.py").exists():
