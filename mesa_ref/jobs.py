@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,11 +295,12 @@ def run_jobs(jobs, store_root, *, scheduler: str | None = None, workers: int | N
     if retrain:
         for j in jobs:
             store.discard(j)
-    pending = [j for j in jobs if not store.finished(j)]
+    done = {j.key: store.get(j) for j in jobs if store.finished(j)}     # read (and checked) once
+    pending = [j for j in jobs if j.key not in done]
     for j in jobs:
-        if j not in pending and log is not None:
+        if j.key in done and log is not None:
             log(format_event({"event": "cached", "label": j.label, "key": j.key,
-                              "loss": store.get(j).final_test_loss}))
+                              "loss": done[j.key].final_test_loss}))
     if pending and not train:
         names = ", ".join(j.name() for j in pending)
         raise MissingResults(f"{len(pending)} job result(s) missing from {store.root}: {names}; "
@@ -315,7 +315,7 @@ def run_jobs(jobs, store_root, *, scheduler: str | None = None, workers: int | N
                 run_job(j.record(), str(store.root), j.label, threads=threads, progress=progress, log=log)
         else:
             _run_on_dask(pending, store, address, workers, threads, log, progress)
-    return {j.key: store.get(j) for j in jobs}
+    return {j.key: done[j.key] if j.key in done else store.get(j) for j in jobs}
 
 
 def _configured_scheduler():
@@ -390,7 +390,3 @@ def cost_summary(results) -> dict:
                     "segments": r.cost.get("segments"), "cpu": r.cost.get("cpu"), "code": r.cost.get("code")}
             for r in results}
     return {"cpu_hours": sum(v["cpu_hours"] for v in rows.values()), "jobs": rows}
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use scripts/make_figures.py or a figure script")

@@ -197,7 +197,7 @@ def run_experiment(exp: Experiment, argv=None) -> int:
         if args.replot:
             data = read_json(json_path)
         else:
-            from ..jobs import cost_summary, run_jobs
+            from ..jobs import cost_summary, run_jobs, unique_jobs
             backend = args.backend or ("fast" if fast_available() else "ref")
             ops, xp = resolve_backend(backend)
             cfg = exp.config(mode, args)
@@ -235,7 +235,7 @@ def run_experiment(exp: Experiment, argv=None) -> int:
                                    "store": _relative(store)},
                     "cost": {"cpu_hours": cost["cpu_hours"],
                              "jax_hours_estimate": sum(cost["jobs"][j.key]["jax_hours_estimate"]
-                                                       for j in {j.key: j for j in jobs.values()}.values()),
+                                                       for j in unique_jobs(jobs.values())),
                              "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
                     "seed": args.seed, "quick": mode != "full", "backend": backend,
                     "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",
