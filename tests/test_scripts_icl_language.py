@@ -49,6 +49,30 @@ def test_fig6_smoke(tmp_path):
     _replot_ok(mod, tmp_path, "fig6_icl")
 
 
+def test_set_flag_changes_one_field_and_lists_it(tmp_path, capsys):
+    # --set tune_steps=5 tunes EOS and prompt for 5 steps instead of the mode's 3; the job (training) is the same
+    mod = _load("fig6_icl")
+    base = ["--smoke", "--backend", "ref", "--no-progress"]
+    assert mod.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert mod.main([*base, "--out", str(tmp_path / "b"), "--set", "tune_steps=5", "--set", "eos_lr=0.02"]) == 0
+    a, b = (json.loads((tmp_path / d / "fig6_icl.json").read_text()) for d in "ab")
+    assert a["config"]["values"]["tune_steps"] == 3 and b["config"]["values"]["tune_steps"] == 5
+    assert b["config"]["values"]["eos_lr"] == 0.02
+    assert len(b["tuning_curves"]["eos"]["step"]) > len(a["tuning_curves"]["eos"]["step"])
+    assert "tune_steps = 5 (full size: 1000)" in b["config"]["deviations"]
+    assert "tune_steps = 3 (full size: 1000)" in a["config"]["deviations"]
+    assert a["config"]["jobs"]["model"]["key"] == b["config"]["jobs"]["model"]["key"]
+    # bad uses: one line, exit 2, nothing written
+    capsys.readouterr()
+    for bad in (["--set", "nope=1"], ["--set", "tune_steps=1.5"], ["--set", "tune_steps"]):
+        assert mod.main([*base, "--out", str(tmp_path / "c"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--set" in err
+    assert mod.main([*base, "--set", "tune_steps=5"]) == 2                   # without --out
+    assert "--out" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "fig6_icl.json").exists()
+
+
 def test_fig6_full_job_is_fig3_two_layer_job():
     from mesa_ref.experiments import depth, icl
     for seed in (0, 2):

@@ -97,10 +97,18 @@ def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dic
                             alpha=0.2, linewidth=0)
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("time step t (context length)")
+    label_axes(ax, "time step t (context length)", ylabel)
+
+
+def label_axes(ax, xlabel: str, ylabel: str, title: str | None = None, *, title_size=None, **legend_kw) -> None:
+    """The figures' finish of a panel: axis labels, the title (at ``title_size`` when given), a light grid and a
+    small legend (``legend_kw``: its other options, e.g. ``loc``)."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, **legend_kw)
 
 
 # ---------------------------------------------------------------------------------------------- experiments as jobs
@@ -119,7 +127,13 @@ class Experiment:
 
     def config(self, mode: str, args=None):
         cfg = self.modes[mode]
-        return self.configure(cfg, args) if (self.configure is not None and args is not None) else cfg
+        if self.configure is not None and args is not None:
+            cfg = self.configure(cfg, args)
+        return override(cfg, getattr(args, "set", None) or [])
+
+    def main(self, argv=None) -> int:
+        """The figure's command line (``run_experiment``); what its scripts/fig*.py runs."""
+        return run_experiment(self, argv)
 
 
 def deviations(cfg, full, reference: str = "paper") -> list[str]:
@@ -130,6 +144,36 @@ def deviations(cfg, full, reference: str = "paper") -> list[str]:
         if a != b:
             out.append(f"{f.name} = {_fmt(a)} ({reference}: {_fmt(b)})")
     return out
+
+
+def override(cfg, settings: list[str]):
+    """``cfg`` with each "field=value" of ``settings`` replaced (the ``--set`` flag), the value parsed as the
+    field's current type (int, float, bool, str, or a tuple literal); an unknown field or a value of another type
+    is a CLIError.  What changed then shows in the figure JSON's config deviations, like a mode's."""
+    import ast
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise CLIError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(names))}")
+        old = getattr(cfg, name)
+        try:
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                new = text.lower() == "true"
+            elif isinstance(old, (int, float, str)):
+                new = type(old)(text)
+            else:
+                new = ast.literal_eval(text)
+                if type(new) is not type(old):
+                    raise ValueError
+        except (ValueError, SyntaxError):
+            raise CLIError(f"--set {item!r}: {name} takes a {type(old).__name__}, e.g. {name}={_fmt(old)}") from None
+        changes[name] = new
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _fmt(v):
@@ -156,6 +200,9 @@ def experiment_parser(exp: Experiment) -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train this figure's jobs again, ignoring stored results")
     p.add_argument("--partial", action="store_true",
                    help="analyse only the jobs whose results are stored, into OUT/partial/ (marked incomplete)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one field of the mode's config (repeatable); the change is listed in the JSON's "
+                        "deviations, and --out must be given so the mode's own figure is not overwritten")
     if exp.add_arguments is not None:
         exp.add_arguments(p)
     return p
@@ -191,6 +238,8 @@ def run_experiment(exp: Experiment, argv=None) -> int:
             raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
         if args.partial and (args.retrain or args.replot):
             raise CLIError("--partial analyses the stored results only: it does not go with --retrain or --replot")
+        if args.set and args.out is None:
+            raise CLIError("--set changes the config: give --out DIR so the mode's own figure is not overwritten")
         base_out = ensure_writable_dir(args.out if args.out is not None else default_out(mode))
         out = ensure_writable_dir(base_out / "partial") if args.partial else base_out
         json_path, png_path = out / f"{exp.name}.json", out / f"{exp.name}.png"
@@ -229,8 +278,7 @@ def run_experiment(exp: Experiment, argv=None) -> int:
             data = {"figure": exp.name, **data, "complete": not missing,
                     **({"missing_jobs": missing} if missing else {}),
                     "config": {"mode": mode, "values": dataclasses.asdict(cfg),
-                                   "deviations": deviations(cfg, full, "paper" if exp.full_is_paper else "full size")
-                                   if mode != "full" else [],
+                                   "deviations": deviations(cfg, full, "paper" if exp.full_is_paper else "full size"),
                                    "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
                                    "store": _relative(store)},
                     "cost": {"cpu_hours": cost["cpu_hours"],
