@@ -160,6 +160,25 @@ def test_linear_attention_overflow_passes_as_in_reference():
     assert not np.isfinite(out_f).any() and not np.isfinite(out_r).any()
 
 
+def _each_bad_input_is_named(op, x, W, bias, x_pos, k, bad):
+    """``bad`` at x[x_pos], then W[j, k] (j = x_pos[-1]), then b[k]: the fast and the reference ``op`` each raise
+    naming that argument."""
+    for i, (name, pos) in enumerate((("x", x_pos), ("W", (x_pos[-1], k)), ("b", k))):
+        args = [x.copy(), W.copy(), bias.copy()]
+        args[i][pos] = bad
+        for ns in (F, R):
+            with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
+                getattr(ns, op)(*args)
+
+
+def _bad_dout_is_named(op, x, W, bias, dout):
+    """``op``_backward of the fast and the reference ``op``_forward(x, W, bias) each raise naming dout."""
+    for ns in (F, R):
+        _, c = getattr(ns, op + "_forward")(x, W, bias)
+        with pytest.raises(ValueError, match="^dout: contains non-finite values"):
+            getattr(ns, op + "_backward")(dout, c)
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["one-range", "split"])
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("shape", [(3, 11, 8, 5), (3, 11, 5, 8), (3, 11, 64, 5), (3, 11, 64, 40), (3, 11, 40, 130)],
@@ -183,30 +202,16 @@ def test_dense_finds_every_non_finite_input(shape, bad, split, monkeypatch):
         if trial % 2:
             x[n] = 0.0
             W[:, k] = 0.0
-        for name in ("x", "W", "b"):
-            args = [x.copy(), W.copy(), bias.copy()]
-            if name == "x":
-                args[0][n, int(rng.integers(t0)), j] = bad
-            elif name == "W":
-                args[1][j, k] = bad
-            else:
-                args[2][k] = bad
-            for ns in (F, R):
-                with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
-                    ns.dense_forward(*args)
+        _each_bad_input_is_named("dense_forward", x, W, bias, (n, int(rng.integers(t0)), j), k, bad)
         both = [x.copy(), W.copy(), bias]
         both[0][int(rng.integers(b0)), int(rng.integers(t0)), int(rng.integers(din))] = bad
         both[1][int(rng.integers(din)), int(rng.integers(dout))] = bad
         for ns in (F, R):
             with pytest.raises(ValueError, match="^x: contains non-finite values"):
                 ns.dense_forward(*both)
-        _, fc = F.dense_forward(x, W, bias)
-        _, rc = R.dense_forward(x, W, bias)
         dy = rng.standard_normal((b0, t0, dout)).astype(np.float32)
         dy[n, int(rng.integers(t0)), k] = bad
-        for ns, c in ((F, fc), (R, rc)):
-            with pytest.raises(ValueError, match="^dout: contains non-finite values"):
-                ns.dense_backward(dy, c)
+        _bad_dout_is_named("dense", x, W, bias, dy)
 
 
 def test_dense_overflow_passes_as_in_reference():
@@ -553,23 +558,10 @@ def test_dense_gelu_finds_every_non_finite_input(bad, split, monkeypatch):
         n, t, j, k = (int(rng.integers(m)) for m in (3, 11, 5, 18))
         if trial % 2:
             W[:, k] = 0.0
-        for name in ("x", "W", "b"):
-            args = [x.copy(), W.copy(), bias.copy()]
-            if name == "x":
-                args[0][n, t, j] = bad
-            elif name == "W":
-                args[1][j, k] = bad
-            else:
-                args[2][k] = bad
-            for ns in (F, R):
-                with pytest.raises(ValueError, match=f"^{name}: contains non-finite values"):
-                    ns.dense_gelu_forward(*args)
+        _each_bad_input_is_named("dense_gelu_forward", x, W, bias, (n, t, j), k, bad)
         dg = rng.standard_normal((3, 11, 18)).astype(np.float32)
         dg[n, t, k] = bad
-        for ns in (F, R):
-            _, c = ns.dense_gelu_forward(x, W, bias)
-            with pytest.raises(ValueError, match="^dout: contains non-finite values"):
-                ns.dense_gelu_backward(dg, c)
+        _bad_dout_is_named("dense_gelu", x, W, bias, dg)
 
 
 def test_dense_gelu_overflow_raises_as_in_reference():
