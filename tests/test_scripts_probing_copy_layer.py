@@ -115,9 +115,9 @@ def test_fig5_job_serves_fig4_partial_run(tmp_path):
     # --partial finds that result in the shared store and analyses the softmax model alone.
     from mesa_ref.experiments import copy_layer, probing
     args = ["--smoke", "--backend", "ref", "--no-progress", "--out", str(tmp_path)]
-    assert copy_layer.main(args) == 0
+    assert copy_layer.EXPERIMENT.main(args) == 0
     f5 = json.loads((tmp_path / "fig5_copy_layer.json").read_text())
-    assert probing.main([*args, "--partial"]) == 0
+    assert probing.EXPERIMENT.main([*args, "--partial"]) == 0
     f4 = json.loads((tmp_path / "partial" / "fig4_probing.json").read_text())
     assert f4["complete"] is False and f4["missing_jobs"] == ["linear"]
     assert f4["config"]["jobs"]["softmax"]["key"] == f5["config"]["jobs"]["model"]["key"]

@@ -1,6 +1,6 @@
 """Smoke tests of the figure scripts fig1, fig2, fig3, fig7 and make_figures (tiny --smoke sizes, CPU, ref).
 
-Each script runs in-process through its ``main(argv)`` (the same code the scripts/ entry points call) with
+Each script runs in-process through its ``Experiment.main(argv)`` (the same code the scripts/ entry points call) with
 the hidden ``--smoke`` flag (seconds); the command-line behaviour (one-line error, non-zero exit) is
 checked once through a real subprocess.
 """
@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _mains():
     from mesa_ref.experiments import depth, mesa_vs_attention, one_layer
-    return {"fig1_weights": one_layer.main_fig1, "fig2_one_layer_gd": one_layer.main_fig2,
-            "fig3_depth": depth.main, "fig7_mesa_vs_attention": mesa_vs_attention.main}
+    return {"fig1_weights": one_layer.EXPERIMENT_FIG1.main, "fig2_one_layer_gd": one_layer.EXPERIMENT_FIG2.main,
+            "fig3_depth": depth.EXPERIMENT.main, "fig7_mesa_vs_attention": mesa_vs_attention.EXPERIMENT.main}
 
 
 def _check_per_step(d, T):
@@ -145,7 +145,7 @@ def test_partial_analyses_stored_jobs_only_and_says_so(tmp_path):
     args = experiment_parser(depth.EXPERIMENT).parse_args(["--smoke"])
     jobs = figure_jobs(depth.EXPERIMENT, args, "ref")
     run_jobs([jobs["linear_L1"]], tmp_path / ".cache" / "jobs", workers=0, progress=False, log=None)
-    rc = depth.main(["--smoke", "--backend", "ref", "--out", str(tmp_path), "--partial", "--no-progress"])
+    rc = depth.EXPERIMENT.main(["--smoke", "--backend", "ref", "--out", str(tmp_path), "--partial", "--no-progress"])
     assert rc == 0
     d = json.loads((tmp_path / "partial" / "fig3_depth.json").read_text())
     assert d["complete"] is False and d["missing_jobs"] == ["linear_L2"]

@@ -31,7 +31,7 @@ import numpy as np
 from ..data import linear_dynamics
 from ..probing import PROBE_LAM, probe_model
 from . import probing
-from .common import Experiment, run_experiment
+from .common import Experiment, label_axes
 from .dynamics import train_summary
 from .probing import SoftmaxRunConfig, host_model, probe_sets
 
@@ -125,11 +125,8 @@ def plot(data):
         ax.plot(range(2, len(ys) + 2), ys, marker="o", label=f"head {h}")
     ax.axhline(0.5, color="0.5", ls=":")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("query position t")
-    ax.set_ylabel("attention weight on t-1")
-    ax.set_title(f"weight on the previous token: mean {data['prev_token_attention']:.2f}", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    label_axes(ax, "query position t", "attention weight on t-1",
+               f"weight on the previous token: mean {data['prev_token_attention']:.2f}", title_size=10)
     ax = axes[2]
     ys = data["probe_previous_error"]
     ax.plot(range(len(ys)), ys, marker="s", color="C1", label="probe for s_{t-1}")
@@ -137,11 +134,8 @@ def plot(data):
             label="probe for s_t")
     ax.axhline(data["probe_previous_control"], color="0.4", ls="--", label="s_{t-1} from the input token")
     ax.set_xticks(range(len(ys)))
-    ax.set_xlabel("layer (0 = input)")
-    ax.set_ylabel("held-out probe error (normalised MSE)")
-    ax.set_title("token construction: s_{t-1} becomes readable after layer 1", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    label_axes(ax, "layer (0 = input)", "held-out probe error (normalised MSE)",
+               "token construction: s_{t-1} becomes readable after layer 1", title_size=10)
     fig.suptitle("Fig. 5 - the copy layer: softmax Transformer on raw tokens"
                  + (" (quick run)" if data.get("quick") else ""))
     fig.tight_layout()
@@ -150,7 +144,3 @@ def plot(data):
 
 # FULL mixes the paper's settings with our choices, so deviations are named against "full size"
 EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, plot_per_step, run_experiment
+from .common import Experiment, label_axes, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
                        trained_model, tune_baselines, tune_k_step)
 
@@ -110,11 +110,8 @@ def plot(data):
         ax2.axhline(fl[k], lw=1.2, label=styles[k]["label"], **st)
     ax2.set_yscale("log")
     ax2.set_xticks(depths)
-    ax2.set_xlabel("number of layers")
-    ax2.set_ylabel("test loss (MSE / 2, mean over t)")
-    ax2.set_title("mean loss vs depth (bars: std over seeds)", fontsize=10)
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8, loc="center right")
+    label_axes(ax2, "number of layers", "test loss (MSE / 2, mean over t)", "mean loss vs depth (bars: std over seeds)",
+               title_size=10, loc="center right")
     fig.suptitle("Fig. 3 - deeper linear self-attention models approach least squares", fontsize=11)
     fig.tight_layout()
     return fig
@@ -122,7 +119,3 @@ def plot(data):
 
 EXPERIMENT = Experiment(NAME, "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD "
                         "baselines", MODES, jobs, analyse, plot)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

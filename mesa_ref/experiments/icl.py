@@ -45,7 +45,7 @@ from ..fewshot import fewshot_errors, tune_tokens
 from ..jobs import Job
 from ..tasks import LinearTask
 from ..train import TrainConfig
-from .common import Experiment, run_experiment
+from .common import Experiment, label_axes
 from .probing import host_model
 
 NAME = "fig6_icl"
@@ -213,22 +213,15 @@ def plot(data: dict):
             kw = dict(STYLES[m])
             ax.plot(np.arange(1, len(ys) + 1), ys, markersize=3, **kw)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("number of in-context examples (i)")
-        ax.set_ylabel("error on y_i  (||y - yhat||^2 / 2)")
-        ax.set_title(f"few-shot regression [T5]: {title}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        label_axes(ax, "number of in-context examples (i)", "error on y_i  (||y - yhat||^2 / 2)",
+                   f"few-shot regression [T5]: {title}")
     if "switch_example" in data:
         axes[1].axvline(data["switch_example"] - 0.5, color="red", alpha=0.5, linestyle=":")
     ax = axes[2]
     for k, c in (("eos", "tab:blue"), ("eos_prompt", "tab:green")):
         cur = data["tuning_curves"][k]
         ax.plot(cur["step"], cur["loss"], color=c, label=f"tuning {k}")
-    ax.set_xlabel("tuning step")
-    ax.set_ylabel("training loss (x positions)")
-    ax.set_title("EOS / prompt tuning (Adam, frozen model)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    label_axes(ax, "tuning step", "training loss (x positions)", "EOS / prompt tuning (Adam, frozen model)")
     fig.suptitle(f"Fig. 6: in-context learning of an autoregressively trained model "
                  f"({'quick' if data.get('quick') else 'full'} mode)")
     fig.tight_layout()
@@ -237,7 +230,3 @@ def plot(data: dict):
 
 # FULL mixes the paper's settings with our choices, so deviations are named against "full size"
 EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

@@ -46,7 +46,7 @@ from ..ops._common import to_host
 from ..tasks import LanguageTask
 from ..text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
 from ..train import TrainConfig
-from .common import Experiment, run_experiment
+from .common import Experiment, label_axes
 
 NAME = "fig8_language"
 KINDS = ("softmax", "linear", "mesa", "hybrid")
@@ -208,21 +208,14 @@ def plot(data: dict):
         c = data["learning_curves"][k]
         ax.plot(c["step"], c["loss"], label=f"{k} ({data['param_count'][k]} params)", **STYLES[k])
     ax.axhline(H, color="gray", linestyle=":", label=f"unigram entropy {H:.2f}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out cross-entropy (nats / token)")
-    ax.set_title("learning curves")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    label_axes(ax, "training step", "held-out cross-entropy (nats / token)", "learning curves")
     ax = axes[1]
     for k in KINDS:
         ys = np.asarray(data["loss_per_position"][k], dtype=float)
         ax.plot(np.arange(1, len(ys) + 1), ys, label=f"{k}: {data['heldout_loss'][k]:.3f}", **STYLES[k])
     ax.axhline(H, color="gray", linestyle=":", label="unigram entropy")
-    ax.set_xlabel("position in the context window")
-    ax.set_ylabel("held-out cross-entropy (nats / token)")
-    ax.set_title("loss per position (held-out)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    label_axes(ax, "position in the context window", "held-out cross-entropy (nats / token)",
+               "loss per position (held-out)")
     corpus = data.get("corpus", {})
     source = corpus.get("source", "?")
     if source != DEFAULT_SOURCE:
@@ -236,7 +229,3 @@ def plot(data: dict):
 EXPERIMENT = Experiment(NAME, "Fig. 8: language modelling with softmax, linear, mesa and hybrid Transformers of "
                         "one size", MODES, jobs, analyse, plot, add_arguments=add_arguments, configure=configure,
                         full_is_paper=False)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

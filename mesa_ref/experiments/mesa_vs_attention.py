@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, plot_per_step, run_experiment
+from .common import Experiment, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, LinearTask, NonlinearTask, PartialTask, eval_batches,
                        evaluate_models, ratio_after, train_summary, trained_model, tune_baselines)
 
@@ -199,7 +199,3 @@ def plot(data):
 
 EXPERIMENT = Experiment(NAME, "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least "
                         "squares", MODES, jobs, analyse, plot)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

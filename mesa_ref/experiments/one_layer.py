@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import analysis, solvers
 from ..jobs import Job
-from .common import Experiment, plot_per_step, run_experiment
+from .common import Experiment, label_axes, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, baseline_predictions, eval_batches, model_predictions, ratio_after,
                        summarise, train_summary, trained_model, tune_baselines)
 
@@ -130,10 +130,6 @@ EXPERIMENT_FIG1 = Experiment(FIG1, "Fig. 1: weights W_K^T W_Q and P W_V of a tra
                              MODES, jobs, analyse_fig1, plot_fig1, add_arguments, configure)
 
 
-def main_fig1(argv=None) -> int:
-    return run_experiment(EXPERIMENT_FIG1, argv)
-
-
 # ---------------------------------------------------------------------------------------------- fig2
 def analyse_fig2(ctx, cfg, results) -> dict:
     model, params, metrics, notes = _setup(ctx, cfg, results)
@@ -204,11 +200,8 @@ def plot_fig2(data):
     ax2.plot(it["alpha"], it["to_gd"], "s-", color="C1", label="trained -> its [A1] GD component")
     ax2.axhline(data["final_loss"]["model"], color="C0", lw=1, ls=":", label="trained model")
     ax2.axhline(data["final_loss"]["gd"], color="C1", lw=1, ls=":", label="GD (tuned eta)")
-    ax2.set_xlabel("interpolation alpha (0: trained weights, 1: constructed)")
-    ax2.set_ylabel("test loss (MSE / 2, mean over t)")
-    ax2.set_title("[A5] loss along weight interpolation", fontsize=10)
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
+    label_axes(ax2, "interpolation alpha (0: trained weights, 1: constructed)", "test loss (MSE / 2, mean over t)",
+               "[A5] loss along weight interpolation", title_size=10)
     fig.suptitle("Fig. 2 - a trained one-layer linear self-attention layer implements one step of gradient "
                  "descent", fontsize=11)
     fig.tight_layout()
@@ -217,7 +210,3 @@ def plot_fig2(data):
 
 EXPERIMENT_FIG2 = Experiment(FIG2, "Fig. 2: per-time-step loss of a trained one-layer linear model vs one GD step, "
                              "[A5], least squares", MODES, jobs, analyse_fig2, plot_fig2, add_arguments, configure)
-
-
-def main_fig2(argv=None) -> int:
-    return run_experiment(EXPERIMENT_FIG2, argv)

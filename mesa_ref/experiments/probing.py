@@ -50,7 +50,7 @@ from ..probing import PROBE_LAM, linearise_layer, probe_model
 from ..tasks import LinearTask
 from ..train import TrainConfig
 from . import depth
-from .common import Experiment, run_experiment
+from .common import Experiment, label_axes
 from .dynamics import train_summary
 
 NAME = "fig4_probing"
@@ -246,23 +246,16 @@ def plot(data):
     for ax, m in zip(axes, models):
         for tname, ys in pe[m].items():
             ax.plot(range(len(ys)), ys, label=tname, **TARGET_STYLE.get(tname, {}))
-        ax.set_xlabel("layer (0 = input)")
-        ax.set_ylabel("held-out probe error (normalised MSE)")
-        ax.set_title(titles.get(m, m), fontsize=10)
         ax.set_xticks(range(len(next(iter(pe[m].values())))))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        label_axes(ax, "layer (0 = input)", "held-out probe error (normalised MSE)", titles.get(m, m), title_size=10)
     if per_t:
         ax = axes[len(models)]
         curves = data["probe_error_per_t"]["linear"]["inverse_curvature"]
         cmap = plt.get_cmap("viridis")
         for l, ys in enumerate(curves):
             ax.plot(range(1, len(ys) + 1), ys, color=cmap(l / max(1, len(curves) - 1)), label=f"layer {l}")
-        ax.set_xlabel("time step t")
-        ax.set_ylabel("inverse-curvature probe error")
-        ax.set_title("linear model: (X_t X_t^T + lam I)^-1 s_t per t", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        label_axes(ax, "time step t", "inverse-curvature probe error", "linear model: (X_t X_t^T + lam I)^-1 s_t per t",
+                   title_size=10)
     if lin:
         ax = axes[-1]
         idx = np.arange(len(lin))
@@ -281,7 +274,3 @@ def plot(data):
 
 # FULL mixes the paper's settings with our choices, so deviations are named against "full size"
 EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Experiment, run_experiment
+from .common import Experiment
 
 NAME = "fig9_speed"
 
@@ -130,7 +130,3 @@ def plot(data):
 
 EXPERIMENT = Experiment(NAME, "Mesa-layer forward+backward time vs T for each backend (Fig. 9).", MODES, jobs,
                         analyse, plot)
-
-
-def main(argv=None) -> int:
-    return run_experiment(EXPERIMENT, argv)
