@@ -28,12 +28,17 @@ class _Task:
 
 
 @dataclass(frozen=True)
-class LinearTask(_Task):
+class _DynamicsTask(_Task):
+    """The fields the dynamics tasks [T1], [T3], [T4] share (each adds its own after these)."""
+    n: int = 10                   # state size
+    T: int = 50                   # sequence length
+    sigma: float = 0.01           # transition noise
+
+
+@dataclass(frozen=True)
+class LinearTask(_DynamicsTask):
     """[T1] fully observed linear dynamics, as [T2] constructed tokens (B, T, 4n) or raw states (B, T, n);
     the target is s_{t+1} (B, T, n).  Baselines regress s_{t'} on s_{t'-1}."""
-    n: int = 10
-    T: int = 50
-    sigma: float = 0.01
     tokens: str = "constructed"   # "constructed" | "raw"
     registry_name = "linear_dynamics"
 
@@ -53,14 +58,11 @@ DynamicsTask = LinearTask
 
 
 @dataclass(frozen=True)
-class PartialTask(_Task):
+class PartialTask(_DynamicsTask):
     """[T3] partially observed linear dynamics: tokens = the last k observations (B, T, k*m), target o_{t+1}.
     Baselines: ridge regression of o_{t'} on the history token of t'-1 (``feats`` = the tokens)."""
-    n: int = 10
     m: int = 10
     k: int = 4
-    T: int = 50
-    sigma: float = 0.01
     obs_sigma: float = 0.0
     registry_name = "partially_observed"
 
@@ -75,13 +77,10 @@ class PartialTask(_Task):
 
 
 @dataclass(frozen=True)
-class NonlinearTask(_Task):
+class NonlinearTask(_DynamicsTask):
     """[T4] nonlinear dynamics s_{t+1} = W* phi(s_t) + eps with [T2] constructed tokens.  Baselines:
     ridge on the true features phi(s) (``feats``, an oracle the model does not have) and, under the
     name ``lsq_linear``, ridge on the raw states."""
-    n: int = 10
-    T: int = 50
-    sigma: float = 0.01
     mlp_seed: int = 0
     registry_name = "nonlinear_dynamics"
 
