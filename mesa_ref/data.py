@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ops._common import check_int, check_number
 from .ops.activations import gelu_forward
 
 __all__ = [
@@ -69,32 +70,16 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _check_pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
-
-
-def _check_nonneg(name: str, v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: expected a non-negative number, got {v!r}") from e
-    if not np.isfinite(f) or f < 0:
-        raise ValueError(f"{name}: expected a finite non-negative number, got {v!r}")
-    return f
-
-
 def _check_dynamics(rng, batch, T, n, sigma, clip, dtype):
     """The arguments every dynamics generator shares, checked (ValueError naming the bad one) and normalised."""
-    return (as_rng(rng), _check_pos_int("batch", batch), _check_pos_int("T", T), _check_pos_int("n", n),
-            _check_nonneg("sigma", sigma), _check_clip(clip), _check_dtype(dtype))
+    return (as_rng(rng), check_int("batch", batch), check_int("T", T), check_int("n", n),
+            check_number("sigma", sigma, nonneg=True), _check_clip(clip), _check_dtype(dtype))
 
 
 def _check_clip(clip):
     if clip is None:
         return None
-    c = _check_nonneg("clip", clip)
+    c = check_number("clip", clip, nonneg=True)
     if c == 0:
         raise ValueError("clip: expected a positive number or None, got 0")
     return c
@@ -109,8 +94,8 @@ def haar_orthogonal(rng, batch: int, n: int) -> np.ndarray:
     Uses one draw of ``rng.standard_normal((batch, n, n))``.
     """
     rng = as_rng(rng)
-    batch = _check_pos_int("batch", batch)
-    n = _check_pos_int("n", n)
+    batch = check_int("batch", batch)
+    n = check_int("n", n)
     G = rng.standard_normal((batch, n, n))                    # (B, n, n)
     Q, R = np.linalg.qr(G)                                    # (B, n, n), (B, n, n)
     d = np.sign(np.diagonal(R, axis1=-2, axis2=-1))           # (B, n)
@@ -264,7 +249,7 @@ def history_tokens(obs: np.ndarray, k: int) -> np.ndarray:
     if obs.ndim != 3 or obs.dtype not in _DTYPES:
         raise ValueError(f"obs: expected a float32/float64 array of shape (B, T, m), got "
                          f"{obs.dtype} array of shape {obs.shape}")
-    k = _check_pos_int("k", k)
+    k = check_int("k", k)
     B, T, m = obs.shape
     out = np.zeros((B, T, k * m), dtype=obs.dtype)              # (B, T, k*m)
     for j in range(min(k, T)):
@@ -287,10 +272,10 @@ def partially_observed(rng, batch: int, T: int = 50, n: int = 10, m: int | None 
     obs (B, T+1, m), tokens (B, T, k*m); inputs = tokens, targets = obs[:, 1:] (B, T, m).
     """
     rng = as_rng(rng)
-    n = _check_pos_int("n", n)
-    m = n if m is None else _check_pos_int("m", m)
-    k = _check_pos_int("k", k)
-    obs_sigma = _check_nonneg("obs_sigma", obs_sigma)
+    n = check_int("n", n)
+    m = n if m is None else check_int("m", m)
+    k = check_int("k", k)
+    obs_sigma = check_number("obs_sigma", obs_sigma, nonneg=True)
     dtype = _check_dtype(dtype)
     lin = linear_dynamics(rng, batch, T, n, sigma, clip, dtype=np.float64)
     C = 0.5 * rng.standard_normal((lin.W.shape[0], m, n))               # (B, m, n)
@@ -340,9 +325,9 @@ def mlp_params(seed=0, n: int = 10, hidden: int | None = None, scale: float = 1.
     cannot be reproduced in NumPy, so the default seed 0 simply names one fixed data set.
     """
     rng = as_rng(seed)
-    n = _check_pos_int("n", n)
-    hidden = 4 * n if hidden is None else _check_pos_int("hidden", hidden)
-    scale = _check_nonneg("scale", scale)
+    n = check_int("n", n)
+    hidden = 4 * n if hidden is None else check_int("hidden", hidden)
+    scale = check_number("scale", scale, nonneg=True)
     dtype = _check_dtype(dtype)
     A = scale * rng.standard_normal((n, hidden))
     Bm = scale * rng.standard_normal((hidden, n))
@@ -441,9 +426,9 @@ def fewshot_regression(rng, batch: int, N: int = 25, n: int = 10, *, two_task: b
     Returns a ``FewShot`` with xs, ys (B, N, n), W (and W2) (B, n, n), switch.
     """
     rng = as_rng(rng)
-    batch = _check_pos_int("batch", batch)
-    N = _check_pos_int("N", N)
-    n = _check_pos_int("n", n)
+    batch = check_int("batch", batch)
+    N = check_int("N", N)
+    n = check_int("n", n)
     dtype = _check_dtype(dtype)
     W = haar_orthogonal(rng, batch, n)                                  # (B, n, n)
     W2 = haar_orthogonal(rng, batch, n) if two_task else None           # (B, n, n)
@@ -479,10 +464,8 @@ def fewshot_read_positions(N: int, *, eos: bool = False, prompt_len: int = 0) ->
 
     The prediction of y_i is read from the model's output at the position of x_i.
     """
-    N = _check_pos_int("N", N)
-    if isinstance(prompt_len, bool) or not isinstance(prompt_len, (int, np.integer)) or prompt_len < 0:
-        raise ValueError(f"prompt_len: expected a non-negative int, got {prompt_len!r}")
-    return int(prompt_len) + np.arange(N) * (3 if eos else 2)
+    N = check_int("N", N)
+    return check_int("prompt_len", prompt_len, minimum=0) + np.arange(N) * (3 if eos else 2)
 
 
 def fewshot_sequence(xs: np.ndarray, ys: np.ndarray, eos: np.ndarray | None = None,

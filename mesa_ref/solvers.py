@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .ops._common import check_float_array, check_same_dtype
+from .ops._common import check_float_array, check_int, check_number, check_same_dtype
 from .optim import AdamW
 
 __all__ = [
@@ -70,26 +70,6 @@ def _check_s(s, feats=None):
     return s.shape
 
 
-def _check_scalar(name: str, v, *, positive=False, nonneg=False) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: expected a number, got {v!r}") from e
-    if not np.isfinite(f):
-        raise ValueError(f"{name}: expected a finite number, got {v!r}")
-    if positive and f <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {v!r}")
-    if nonneg and f < 0:
-        raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
-    return f
-
-
-def _check_steps(name: str, K) -> int:
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {K!r}")
-    return int(K)
-
-
 def context_stats(s: np.ndarray, feats: np.ndarray | None = None):
     """In-context sufficient statistics at every position (docs/math.md section 4).
 
@@ -110,7 +90,7 @@ def context_stats(s: np.ndarray, feats: np.ndarray | None = None):
 
 def curvature(s: np.ndarray, lam: float, feats: np.ndarray | None = None) -> np.ndarray:
     """[A3]/[A4] A_t = X_t X_t^T + lam I = sum_{t'<=t} x_{t'} x_{t'}^T + lam I, (B, T, p, p)."""
-    lam = _check_scalar("lam", lam, nonneg=True)
+    lam = check_number("lam", lam, nonneg=True)
     _, XX, _ = context_stats(s, feats)
     return XX + lam * np.eye(XX.shape[-1], dtype=XX.dtype)
 
@@ -174,7 +154,7 @@ def gd_one_step(s: np.ndarray, eta: float, feats: np.ndarray | None = None) -> n
     s: (B, T, n), eta: scalar, feats: (B, T, p) or None -> (B, T, n).
     A single linear-attention layer on [T2] tokens computes exactly this (tests/test_solvers.py).
     """
-    eta = _check_scalar("eta", eta)
+    eta = check_number("eta", eta)
     YX, _, q = context_stats(s, feats)
     return eta * _apply(YX, q)                                        # (B, T, n)
 
@@ -206,9 +186,9 @@ def gd_k_steps(s: np.ndarray, eta: float, K: int, lam: float = 0.0, H: np.ndarra
     ``preconditioned_gd`` (H given). Converges to the minimiser of L_t (``ridge(s, lam)`` for
     lam > 0) when A_t is nonsingular and 0 < eta < 2/lambda_max(A_t H_t).
     """
-    eta = _check_scalar("eta", eta)
-    K = _check_steps("K", K)
-    lam = _check_scalar("lam", lam, nonneg=True)
+    eta = check_number("eta", eta)
+    K = check_int("K", K, minimum=0)
+    lam = check_number("lam", lam, nonneg=True)
     YX, XX, q = context_stats(s, feats)
     A = XX + lam * np.eye(XX.shape[-1], dtype=XX.dtype)               # (B, T, p, p)
     if H is not None:
@@ -230,7 +210,7 @@ def preconditioned_gd(s: np.ndarray, H: np.ndarray, eta: float = 1.0,
     H: (B, T, p, p), e.g. an [A4] approximation of (X_t X_t^T + lam I)^{-1}; with the exact
     inverse and eta = 1 this is ``ridge``. Returns (B, T, n).
     """
-    eta = _check_scalar("eta", eta)
+    eta = check_number("eta", eta)
     YX, _, q = context_stats(s, feats)
     check_float_array("H", H, ndim=4)
     check_same_dtype(s=s, H=H)
@@ -249,7 +229,7 @@ def ridge(s: np.ndarray, lam: float, feats: np.ndarray | None = None) -> np.ndar
     Solves (X_t X_t^T + lam I) z_t = q_t (batched ``np.linalg.solve`` over (B, T)), then
     returns YX_t z_t: (B, T, n). lam > 0 (official 1e-3).
     """
-    lam = _check_scalar("lam", lam, positive=True)
+    lam = check_number("lam", lam, positive=True)
     YX, XX, q = context_stats(s, feats)
     A = XX + lam * np.eye(XX.shape[-1], dtype=XX.dtype)               # (B, T, p, p)
     z = np.linalg.solve(A, q[..., None])[..., 0]                      # (B, T, p)
@@ -259,7 +239,7 @@ def ridge(s: np.ndarray, lam: float, feats: np.ndarray | None = None) -> np.ndar
 def ridge_weights(s: np.ndarray, lam: float, feats: np.ndarray | None = None) -> np.ndarray:
     """[A3] the ridge weights W_t = YX_t (XX_t + lam I)^{-1}, (B, T, n, p) (A_t symmetric, so
     W_t^T = solve(A_t, YX_t^T))."""
-    lam = _check_scalar("lam", lam, positive=True)
+    lam = check_number("lam", lam, positive=True)
     YX, XX, _ = context_stats(s, feats)
     A = XX + lam * np.eye(XX.shape[-1], dtype=XX.dtype)
     return np.swapaxes(np.linalg.solve(A, np.swapaxes(YX, -1, -2)), -1, -2)
@@ -292,7 +272,7 @@ def fewshot_gd(xs: np.ndarray, ys: np.ndarray, eta: float) -> np.ndarray:
 
     xs: (B, N, p), ys: (B, N, n) -> (B, N, n); the first prediction is 0 (no examples yet).
     """
-    eta = _check_scalar("eta", eta)
+    eta = check_number("eta", eta)
     YX, _ = _fewshot_stats(xs, ys)
     return eta * _apply(YX, xs)
 
@@ -304,7 +284,7 @@ def fewshot_ridge(xs: np.ndarray, ys: np.ndarray, lam: float) -> np.ndarray:
 
     xs: (B, N, p), ys: (B, N, n) -> (B, N, n); lam > 0.
     """
-    lam = _check_scalar("lam", lam, positive=True)
+    lam = check_number("lam", lam, positive=True)
     YX, XX = _fewshot_stats(xs, ys)
     A = XX + lam * np.eye(XX.shape[-1], dtype=XX.dtype)
     return _apply(YX, np.linalg.solve(A, xs[..., None])[..., 0])
@@ -329,8 +309,8 @@ def neumann_inverse(A: np.ndarray, K: int, a: float = 70.0) -> np.ndarray:
     K = 6). Returns (..., p, p).
     """
     eye = _check_square(A)
-    K = _check_steps("K", K)
-    a = _check_scalar("a", a, positive=True)
+    K = check_int("K", K, minimum=0)
+    a = check_number("a", a, positive=True)
     R = eye - A / a                                                   # (..., p, p)
     term = np.broadcast_to(eye, A.shape).copy()
     total = term.copy()
@@ -347,7 +327,7 @@ def newton_schulz_inverse(A: np.ndarray, K: int) -> np.ndarray:
     ||I - A X|| < 1, which X_0 = I/tr(A) guarantees for SPD A.
     """
     eye = _check_square(A)
-    K = _check_steps("K", K)
+    K = check_int("K", K, minimum=0)
     tr = np.trace(A, axis1=-2, axis2=-1)[..., None, None]              # (..., 1, 1)
     X = eye / tr                                                       # (..., p, p)
     for _ in range(K):
@@ -361,7 +341,7 @@ def _scale_of(A: np.ndarray, scale) -> np.ndarray:
         if scale != "fro":
             raise ValueError(f"scale: expected 'fro' or a positive number, got {scale!r}")
         return np.linalg.norm(A, axis=(-2, -1))[..., None, None]
-    c = _check_scalar("scale", scale, positive=True)
+    c = check_number("scale", scale, positive=True)
     return np.full(A.shape[:-2] + (1, 1), c, dtype=A.dtype)
 
 
@@ -424,9 +404,9 @@ def chebyshev_params(K: int, lmin: float, lmax: float) -> tuple[np.ndarray, np.n
     alpha_0 = 1/d, beta_0 = 0; for k >= 1, rho_{k+1} = 1 / (1 - rho_k / (4 sigma^2)) with
     sigma = d/c, rho_1 = 2, alpha_k = rho_{k+1}/d, beta_k = rho_{k+1} - 1. Returns (alphas, betas), (K,) each.
     """
-    K = _check_steps("K", K)
-    lmin = _check_scalar("lmin", lmin, positive=True)
-    lmax = _check_scalar("lmax", lmax, positive=True)
+    K = check_int("K", K, minimum=0)
+    lmin = check_number("lmin", lmin, positive=True)
+    lmax = check_number("lmax", lmax, positive=True)
     if lmax <= lmin:
         raise ValueError(f"lmax: expected lmax > lmin = {lmin}, got {lmax}")
     d, c = (lmax + lmin) / 2, (lmax - lmin) / 2
@@ -531,12 +511,12 @@ def fit_inverse_params(s: np.ndarray, targets: np.ndarray, K: int, method: str =
     """
     if method not in ("richardson", "chebyshev"):
         raise ValueError(f"method: expected 'richardson' or 'chebyshev', got {method!r}")
-    K = _check_steps("K", K)
+    K = check_int("K", K, minimum=0)
     if K < 1:
         raise ValueError("K: expected at least one step")
-    steps = _check_steps("steps", steps)
-    lr = _check_scalar("lr", lr, positive=True)
-    lam = _check_scalar("lam", lam, positive=True)
+    steps = check_int("steps", steps, minimum=0)
+    lr = check_number("lr", lr, positive=True)
+    lam = check_number("lam", lam, positive=True)
     YX, XX, q = context_stats(s, feats)
     check_float_array("targets", targets, ndim=3)
     if targets.shape != s.shape:
@@ -650,7 +630,7 @@ def revalg_coeffs_from_weights(wq, wk, wv, wo, n: int, heads: int, *, return_hea
     """
     for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
         check_float_array(name, w, ndim=2)
-    n, heads = _check_steps("n", n), _check_steps("heads", heads)
+    n, heads = check_int("n", n, minimum=0), check_int("heads", heads, minimum=0)
     if n < 1 or heads < 1:
         raise ValueError(f"n, heads: expected positive ints, got n = {n}, heads = {heads}")
     D = 4 * n

@@ -1,4 +1,4 @@
-"""Input checks and the array-module helpers shared by every op (``array_module``, ``to_host``).
+"""Input checks (arrays, and the scalar ``check_int`` / ``check_number``) and the array-module helpers shared by every op (``array_module``, ``to_host``).
 
 Every public op validates its inputs before doing any work, so that a wrong shape,
 dtype or a non-finite value raises ``ValueError`` naming the argument rather than
@@ -56,6 +56,30 @@ def check_float_array(name: str, x, *, ndim: int | None = None, finite: bool = T
     if finite and not all_finite(x):
         raise ValueError(f"{name}: contains non-finite values (NaN or inf)")
     return x
+
+
+def check_int(name: str, v, minimum: int = 1) -> int:
+    """``v`` as an int; ValueError naming ``name`` unless it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        what = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return int(v)
+
+
+def check_number(name: str, v, *, positive=False, nonneg=False) -> float:
+    """``v`` as a float; ValueError naming ``name`` unless it is a finite number (> 0 with ``positive``, >= 0 with
+    ``nonneg``)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected a number, got {v!r}") from e
+    if not np.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    if positive and f <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {v!r}")
+    if nonneg and f < 0:
+        raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+    return f
 
 
 def _contiguous_order(x):
