@@ -60,7 +60,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from timing import timed_calls  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -96,16 +97,9 @@ def model_flops(kind_layers, cfg, V: int, chunk: int | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------- timing
 def time_calls(run, repeats: int, warmup: int) -> dict:
     """Median wall and process-CPU milliseconds of ``run()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        run()
-        walls.append((time.perf_counter() - t0) * 1e3)
-        cpus.append((time.process_time() - c0) * 1e3)
-    return {"wall_ms": statistics.median(walls), "cpu_ms": statistics.median(cpus), "min_wall_ms": min(walls),
-            "n": repeats}
+    walls, cpus = timed_calls(run, repeats, warmup)
+    return {"wall_ms": 1e3 * statistics.median(walls), "cpu_ms": 1e3 * statistics.median(cpus),
+            "min_wall_ms": 1e3 * min(walls), "n": repeats}
 
 
 def step_runner(model, params, x, y, tcfg):

@@ -175,6 +175,7 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     from families import build
     from mesa_ref.model import Transformer
     from mesa_ref.train import AdamW, TrainConfig, clip_gradients
+    from timing import timed_calls
 
     mesa_fast.keep_freed_memory()            # both backends, as the training entry point does for fast (NOTES)
     if numba_threads:
@@ -195,14 +196,7 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     t0 = time.perf_counter()
     step()                                   # compiles the Numba kernels (or loads them from the cache)
     first = time.perf_counter() - t0
-    for _ in range(warmup):
-        step()
-    wall, cpu = [], []
-    for _ in range(steps):
-        w0, c0 = time.perf_counter(), time.process_time()
-        step()
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
+    wall, cpu = timed_calls(step, steps, warmup)
     print(json.dumps({"wall": wall, "cpu": cpu, "first": first, "numba_threads": numba.get_num_threads()}))
 
 
