@@ -5,7 +5,8 @@
 
 Shapes as the reference: q, k (B, H, T, d); v (B, H, T, dv); lam, gamma (H,); out (B, H, T, dv).
 Validation is the reference's own ``validate_mesa_inputs`` (same ValueErrors, same messages).
-Kernels: NumPy input -> ``numba_kernels.mesa`` (or the GPU, see ``mesa_fast.backend``); CuPy
+Kernels: NumPy input -> ``numba_kernels.mesa`` or ``numba_kernels.plain`` (``numba_kernels.kernels("mesa")``
+picks; or the GPU, see ``mesa_fast.backend``); CuPy
 input -> ``cuda.mesa``. Float32 in -> float32 arithmetic and output; float64 -> float64.
 
 Backward strategies (chosen at forward time, as in the reference):
@@ -31,6 +32,7 @@ from mesa_ref.ops._common import array_module, check_dout, to_host
 from mesa_ref.ops.mesa import validate_mesa_inputs
 
 from .backend import get_backend, get_cupy
+from .numba_kernels._pool import contiguous_writeable
 
 __all__ = ["MesaFastCache", "mesa_forward", "mesa_backward"]
 
@@ -45,8 +47,9 @@ class MesaFastCache(NamedTuple):
     backward: str           "store" | "checkpoint".
     checkpoint_every: int or None   as validated (recorded; the fast backward needs only R_0).
     engine:   str           "numba" | "cupy": the kernels that made it (the backward uses the same).
-    qt_raw:   q~_t = R_t q_t in the engine's layout: numba: the lane layout, flat (G*T*d*8,)
-              (see numba_kernels/mesa.py); cupy: (B, H, T, d). Use the ``qt`` property.
+    qt_raw:   q~_t = R_t q_t in the kernels' layout: the SIMD Numba kernels: the lane layout, flat
+              (G*T*d*8,) (see numba_kernels/mesa.py); the plain Numba kernels and cupy: (B, H, T, d).
+              Use the ``qt`` property.
     w_raw:    w_t = c_t sqrt(beta_t) ("store"; empty for "checkpoint"), same layout as qt_raw.
     to_host:  bool          NumPy input computed on the GPU: the backward returns NumPy too.
     """
@@ -67,15 +70,15 @@ class MesaFastCache(NamedTuple):
     def qt(self):
         """q~_t = R_t q_t as (B, H, T, d) (a fresh array, in the input's array module)."""
         B, H, T, d = self.q.shape
-        if self.engine == "numba":
+        if self.qt_raw.ndim == 1:         # the SIMD Numba kernels' lane layout
             from .numba_kernels import mesa as nk  # noqa: PLC0415
             return nk.lanes_to_bhtd(self.qt_raw, B, H, T, d)
         return to_host(self.qt_raw) if self.to_host else self.qt_raw.copy()
 
 
 def _numba():
-    from .numba_kernels import mesa as nk  # noqa: PLC0415  (imports numba on first use)
-    return nk
+    from .numba_kernels import kernels  # noqa: PLC0415
+    return kernels("mesa")
 
 
 def _cuda():
@@ -104,10 +107,8 @@ def mesa_forward(q, k, v, lam, *, gamma=None, backward="store", checkpoint_every
     xp = array_module(q)
     engine = "cupy" if xp is not np else get_backend()
     if engine == "numba":
-        nk = _numba()
-        B, H, T, d = q.shape
-        q, k, v = (nk._seq(x, B * H, T, x.shape[3]).reshape(x.shape) for x in (q, k, v))
-        out, qt_raw, w_raw = nk.forward(q, k, v, lam, gamma, store_w)
+        q, k, v = (contiguous_writeable(x) for x in (q, k, v))
+        out, qt_raw, w_raw = _numba().forward(q, k, v, lam, gamma, store_w)
         return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "numba", qt_raw, w_raw, False)
     ck = _cuda()
     copy_back = xp is np                  # NumPy input on the "cupy" backend: NumPy out

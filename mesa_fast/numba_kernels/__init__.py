@@ -7,10 +7,19 @@ machine code built from the old intrinsics (seen: NaN outputs after changing the
 this package hashes its own sources and, when the hash differs from the one recorded beside the cache, drops
 the cached kernels of this package before any is loaded.  Only ``__pycache__`` next to these files is
 managed: with ``NUMBA_CACHE_DIR`` set, clear that directory yourself after editing a kernel.
+
+Which kernels run linear attention, softmax attention and the mesa layer. Each has a plain version
+(``plain.py``: a ``prange`` over the sequences, scalar loops) and may have a SIMD version (``attention.py``,
+``mesa.py``: 16 or 8 sequences in the lanes of explicit vector registers). ``kernels(family)`` returns the module
+that runs a family ("linear", "softmax", "mesa"): the one ``DEFAULT_KERNELS`` names, unless the environment
+variable ``MESA_FAST_KERNELS`` is ``plain`` or ``simd`` (read once, when this package is imported), which then
+applies to every family. The defaults follow the decision rule of ``benchmarks/bench_plain_vs_simd.py`` (the SIMD
+version only where it is clearly faster; docs/performance.md has the numbers).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
@@ -46,3 +55,24 @@ def _drop_stale_cache() -> None:
 
 
 _drop_stale_cache()
+
+
+KERNELS_ENV = "MESA_FAST_KERNELS"
+VARIANTS = ("plain", "simd")
+DEFAULT_KERNELS = {"linear": "simd", "softmax": "simd", "mesa": "simd"}
+_SIMD_MODULE = {"linear": "attention", "softmax": "attention", "mesa": "mesa"}
+_choice = os.environ.get(KERNELS_ENV, "").strip().lower()      # "" = the defaults
+
+
+def kernels(family: str):
+    """The kernel module that runs ``family`` ("linear", "softmax" or "mesa"): ``plain`` or the SIMD module.
+
+    ``MESA_FAST_KERNELS`` (plain | simd), when set, wins over ``DEFAULT_KERNELS``; another value raises
+    ValueError here, at the first attention or mesa call."""
+    if _choice and _choice not in VARIANTS:
+        raise ValueError(f"{KERNELS_ENV}: expected one of {VARIANTS} or unset, got {_choice!r}")
+    variant = _choice or DEFAULT_KERNELS[family]
+    if variant == "plain":
+        from . import plain
+        return plain
+    return importlib.import_module(f".{_SIMD_MODULE[family]}", __name__)

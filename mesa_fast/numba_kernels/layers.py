@@ -44,6 +44,7 @@ from mesa_ref.ops._common import (all_finite, array_module, check_dout, check_fl
                                   check_same_dtype)
 
 from . import dense as _dense
+from . import kernels as _kernels
 from ._pool import map_chunks
 
 _K = None
@@ -93,7 +94,7 @@ def linear_attention_forward(q, k, v):
     if not _numpy(q, k, v):
         return _ref_lin.linear_attention_forward(q, k, v)
     check_qkv(q, k, v, finite=False)
-    out, finite = _k().linear_forward(q, k, v)
+    out, finite = _kernels("linear").linear_forward(q, k, v)
     if not finite:
         check_qkv(q, k, v)
     return out, LinearAttentionFastCache(q, k, v)
@@ -108,7 +109,7 @@ def linear_attention_backward(dout, cache):
     check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    grads, finite = _k().linear_backward(q, k, v, dout)
+    grads, finite = _kernels("linear").linear_backward(q, k, v, dout)
     if not finite:
         check_dout(dout, v.shape, v.dtype)
     return grads
@@ -117,21 +118,24 @@ def linear_attention_backward(dout, cache):
 # --------------------------------------------------------------------------------------------
 # [L3] causal softmax attention
 # --------------------------------------------------------------------------------------------
-# The cache keeps the attention maps as the kernels lay them out (one (T, T, 16) block per group of 16
-# sequences), so the backward reads them with no transposition; ``cache.P`` makes the reference's (B, H, T, T)
-# map when an analysis asks for it (e.g. the copy-layer experiment).
+# The cache keeps the attention maps as the kernels lay them out (the SIMD kernels: one (T, T, 16) block per
+# group of 16 sequences, flat; the plain kernels: the reference's (B, H, T, T) map), so the backward reads them
+# with no transposition; ``cache.P`` makes the reference's map when an analysis asks for it (e.g. the copy-layer
+# experiment).
 
 class SoftmaxAttentionFastCache(NamedTuple):
     q: np.ndarray        # (B, H, T, d)
     k: np.ndarray        # (B, H, T, d)
     v: np.ndarray        # (B, H, T, dv)
-    lanes: np.ndarray    # the attention maps in the kernels' lane layout (``attention.softmax_forward``)
+    lanes: np.ndarray    # the attention maps as the kernels lay them out (``softmax_forward`` of attention / plain)
     scale: float
 
     @property
     def P(self):
         """(B, H, T, T) attention weights, rows sum to 1, zero above the diagonal (the reference cache's P)."""
         B, H, T, _ = self.q.shape
+        if self.lanes.ndim == 4:         # the plain kernels' map is already the reference's
+            return self.lanes.copy()
         return _k().lanes_to_map(self.lanes, B, H, T)
 
 
@@ -144,7 +148,7 @@ def softmax_attention_forward(q, k, v, *, scale=None):
         scale = 1.0 / math.sqrt(d)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a positive finite float, got {scale!r}")
-    out, lanes, finite = _k().softmax_forward(q, k, v, scale)
+    out, lanes, finite = _kernels("softmax").softmax_forward(q, k, v, scale)
     if not finite:                      # found by the kernel as it loaded q, k, v; the reference's message
         check_qkv(q, k, v)
     return out, SoftmaxAttentionFastCache(q, k, v, lanes, float(scale))
@@ -158,7 +162,7 @@ def softmax_attention_backward(dout, cache):
     check_dout(dout, v.shape, v.dtype, finite=False)
     if not _numpy(dout):
         raise ValueError("dout: lives on a different device/array module than the forward's inputs")
-    grads, finite = _k().softmax_backward(q, k, v, lanes, scale, dout)
+    grads, finite = _kernels("softmax").softmax_backward(q, k, v, lanes, scale, dout)
     if not finite:
         check_dout(dout, v.shape, v.dtype)
     return grads
