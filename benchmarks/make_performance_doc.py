@@ -7,8 +7,9 @@
 Inputs: every ``benchmarks/results/*.json`` (each rendered with the date, commit, command and machine it
 records) and ``benchmarks/notes.md`` (copied in after the tables: measurements that are not saved runs, what was
 tried and dropped). The output depends on those files alone (no clock, no git), so tests/test_performance_doc.py
-can regenerate it and compare. Three kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s
-and ``mesa_stability.py``'s; any other JSON gets its date, command and machine and a pointer to the file.
+can regenerate it and compare. Four kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
+``mesa_stability.py``'s and ``bench_plain_vs_simd.py``'s; any other JSON gets its date, command and machine and a
+pointer to the file.
 """
 from __future__ import annotations
 
@@ -215,6 +216,34 @@ def render_mesa_stability(d, name):
     return lines
 
 
+def render_plain_vs_simd(d, name):
+    """bench_plain_vs_simd.py: the plain Numba kernels against the SIMD ones, op alone and training step, and the
+    decision rule's outcome per kernel."""
+    _need(d, ("date", "command", "machine", "runs", "results"), name)
+    rule = d.get("decision_ratio", "?")
+    lines = [f"#### `{name}`: plain against SIMD Numba kernels (attention [L2], [L3]; mesa layer [M2]-[M4])", "",
+             f"- date: {d['date']} (last of the merged invocations); machine: {_machine(d['machine'])}",
+             f"- command: `{d['command']}`",
+             "- method: MESA_FAST_KERNELS=plain / simd alternating in blocks, each block in a fresh process after "
+             "warm-up; medians over all blocks; plain / simd > 1: the SIMD kernel is faster",
+             f"- op: {d.get('op_setup', '?')}", f"- step: {d.get('step_setup', '?')}"]
+    for run in d["runs"]:
+        lines.append(f"- {run['date']}, commit {run['git_commit']}, parts {', '.join(run['parts'])}"
+                     + "".join(_load_line(run.get("load_average_before"), run.get("load_average_after"),
+                                          d["machine"].get("cores"))).replace("- load average", ": load average"))
+    lines.append("")
+    rows = [[r["what"]] + [_fmt(r[k], 2) for k in ("plain_wall_ms", "simd_wall_ms", "plain_cpu_ms", "simd_cpu_ms")]
+            + [_fmt(r[k], 2) + "x" for k in ("plain_over_simd_wall", "plain_over_simd_cpu")] for r in d["results"]]
+    lines += _table(["what", "plain ms", "SIMD ms", "plain CPU ms", "SIMD CPU ms", "plain / SIMD", "CPU plain / SIMD"],
+                    rows)
+    lines += ["", f"Decision rule: the SIMD kernel stays where it is at least {rule}x faster (wall-clock) on the op "
+              "or on the training step, else the plain kernel replaces it:", ""]
+    for k, dec in sorted(d.get("decisions", {}).items()):
+        lines.append(f"- {k}: {'SIMD kept' if dec['keep_simd'] else 'plain replaces SIMD'} (largest plain / SIMD "
+                     f"{_fmt(dec['ratio'], 2)}x, {dec['where']})")
+    return lines
+
+
 def render_other(d, name):
     meta = d.get("meta", d) if isinstance(d, dict) else {}
     return [f"#### `{name}`", "", f"- date: {meta.get('date', 'not recorded')}; {_commit(d, meta)}",
@@ -225,6 +254,8 @@ def render_other(d, name):
 def kind_of(d) -> str:
     if not isinstance(d, dict):
         return "other"
+    if d.get("benchmark") == "plain_vs_simd":
+        return "plain_vs_simd"
     if "meta" in d and "rows" in d:
         return "mesa_stability"
     results = d.get("results")
@@ -239,6 +270,7 @@ def kind_of(d) -> str:
 SECTIONS = (("bench_mesa", "Mesa layer, forward + backward", render_bench_mesa),
             ("bench_train_step", "Training step", render_bench_train_step),
             ("mesa_stability", "Numerical error of the mesa-layer backward", render_mesa_stability),
+            ("plain_vs_simd", "Plain against SIMD Numba kernels", render_plain_vs_simd),
             ("other", "Other saved results", render_other))
 
 

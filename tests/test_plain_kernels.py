@@ -200,8 +200,10 @@ def test_switch_reads_the_environment_once_and_rejects_other_values(monkeypatch)
     assert r.stdout.split() == ["mesa_fast.numba_kernels.plain"] * 2, r.stderr[-2000:]
     monkeypatch.setattr(nk, "_choice", "simd")
     assert nk.kernels("softmax").__name__ == "mesa_fast.numba_kernels.attention"
-    monkeypatch.setattr(nk, "_choice", "")
-    assert nk.kernels("mesa").__name__ == f"mesa_fast.numba_kernels.{nk.DEFAULT_KERNELS['mesa'].replace('simd', 'mesa')}"
+    monkeypatch.setattr(nk, "_choice", "")                      # unset: DEFAULT_KERNELS decides, per family
+    monkeypatch.setitem(nk.DEFAULT_KERNELS, "mesa", "plain")
+    monkeypatch.setitem(nk.DEFAULT_KERNELS, "linear", "simd")
+    assert nk.kernels("mesa") is plain and nk.kernels("linear").__name__ == "mesa_fast.numba_kernels.attention"
     monkeypatch.setattr(nk, "_choice", "fast")
     with pytest.raises(ValueError, match="MESA_FAST_KERNELS: expected one of"):
         nk.kernels("linear")

@@ -1,5 +1,15 @@
 """Numba CPU kernels for causal linear attention [L2] (and the small element-wise ops the model uses).
 
+Plain version first. ``plain.py`` computes the same [L2] and [L3] kernels (``linear_forward``,
+``linear_backward``, ``softmax_forward``, ``softmax_backward``: same arguments, same results up to rounding) the
+plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py holds
+it to the reference ops: read it before this file. This version is faster because one sequence's rows are short
+and odd for vector registers (d = dv = 20, T = 50 in the paper's models): the plain loops vectorise only along a
+row of 20 (two 8-wide vectors and a scalar remainder) and their dot products not at all (IEEE sums keep their
+order), while here 16 independent sequences fill the 16 lanes of every register, so each operation is full width
+and each lane's sums keep the scalar order. ``benchmarks/bench_plain_vs_simd.py`` measures the two against each
+other (docs/performance.md); this version runs by default, MESA_FAST_KERNELS=plain runs the plain one.
+
 Re-expresses ``mesa_ref.ops.attention_linear`` (and ``activations.clip_*``). The plain reference of the [L2]
 kernels is ``linear_attention_recurrent_forward`` / ``linear_attention_recurrent_backward`` there: the same
 running state S_t, forward sweep for dq and reverse sweep with G_t for dk, dv, tested equal to the T x T op

@@ -21,9 +21,10 @@ gradients in the fused QKV layout (``attention.merged_empty`` / ``qkv_empty``), 
 How the loops are written. Each kernel is a function of one sequence (``_*_seq``) and a ``prange`` driver that
 calls it for every sequence; the sequence's function is compiled on its own, as an ordinary function, because
 LLVM did not vectorise the same loops written inline in the ``prange`` body. Each sequence's rows are copied into
-small contiguous buffers, and every inner loop runs along one contiguous row. Where the math allows, the inner loop carries no sum from one iteration to the
-next (out_t += s q_i along a row of S^T rather than a dot product), so LLVM's loop vectoriser can use SIMD
-instructions by itself; the dot products that remain (k.c, q_t.k_s, ...) run as scalar loops.
+small contiguous buffers, and every inner loop runs along one contiguous row. Where the math allows, the inner
+loop carries no sum from one iteration to the next (out_t += s q_i along a row of S^T rather than a dot product),
+so LLVM's loop vectoriser can use SIMD instructions by itself; the dot products that remain (k.c, q_t.k_s, ...)
+run as scalar loops.
 
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations, no fast-math and no fused
 multiply-adds, the sums in the order the loops say. The mesa recursion uses the rank-1 factor
