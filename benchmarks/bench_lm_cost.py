@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-from timing import timed_calls  # noqa: E402
+from timing import timed_calls, write_result  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -358,9 +358,7 @@ def main(argv=None) -> int:
     print(text)
     if not args.quick:
         stem = "bench_lm_cost_cpu" + (f"_{args.tag}" if args.tag else "")
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
-        (RESULTS / f"{stem}.md").write_text(text)
+        write_result(RESULTS, stem, payload, text, indent=1)
         print(f"wrote {RESULTS / stem}.json and .md")
     return 0
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -46,6 +45,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import bench_train_step as bts  # noqa: E402
 from families import FAMILIES  # noqa: E402
+from timing import python_call, run_worker, timed_calls, write_result  # noqa: E402
 
 VARIANTS = ("plain", "simd")
 STEP_FAMILIES = ("linear2", "linear6", "softmax6", "mesa1")
@@ -81,7 +81,6 @@ def op_worker(n, warmup, numba_threads):
 
     import mesa_fast
     import mesa_fast.ops as F
-    from timing import timed_calls
 
     mesa_fast.keep_freed_memory()
     if numba_threads:
@@ -117,17 +116,11 @@ def op_worker(n, warmup, numba_threads):
 def run_block(part, variant, n, args):
     """One block in a fresh process with MESA_FAST_KERNELS=variant: the worker's JSON dict."""
     if part == "ops":
-        call = f"m.op_worker({n}, {args.warmup}, {args.numba_threads or 0})"
-        mod = "bench_plain_vs_simd"
+        cmd = python_call("bench_plain_vs_simd", f"op_worker({n}, {args.warmup}, {args.numba_threads or 0})")
     else:
-        call = f"m.worker({part!r}, 'mesa_fast', 0, {args.warmup}, {n}, {args.numba_threads or 0})"
-        mod = "bench_train_step"
-    code = f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; import {mod} as m; {call}"
-    env = dict(os.environ, MESA_FAST_KERNELS=variant)
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        sys.exit(f"error: worker {part}/{variant} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        cmd = python_call("bench_train_step", f"worker({part!r}, 'mesa_fast', 0, {args.warmup}, {n}, "
+                                              f"{args.numba_threads or 0})")
+    return run_worker(cmd, f"{part}/{variant}", dict(os.environ, MESA_FAST_KERNELS=variant))
 
 
 def alternate(part, total, args):
@@ -193,8 +186,6 @@ def table(rows):
 
 
 def write(out, data):
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{STEM}.json").write_text(json.dumps(data, indent=2) + "\n")
     md = ["# Plain against SIMD Numba kernels (CPU)", "",
           f"- machine: {data['machine']['cpu']}, {data['machine']['cores']} cores; numpy {data['machine']['numpy']}, "
           f"numba {data['machine']['numba']}",
@@ -213,7 +204,7 @@ def write(out, data):
     for k, dec in sorted(data["decisions"].items()):
         md.append(f"- {k}: {'SIMD kept' if dec['keep_simd'] else 'plain replaces SIMD'} (largest plain / simd "
                   f"{dec['ratio']:.2f}x, {dec['where']})")
-    (out / f"{STEM}.md").write_text("\n".join(md) + "\n")
+    write_result(out, STEM, data, "\n".join(md) + "\n")
 
 
 def main(argv=None):

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from families import FAMILIES  # noqa: E402
+from timing import python_call, run_worker, timed_calls, write_result  # noqa: E402
 
 BACKENDS = ("mesa_ref", "mesa_fast", "jax")
 DEFAULT_MODELS = "linear2,linear6,mesa1,softmax6,softmax2_fig5,lm_fig8"
@@ -175,7 +176,6 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     from families import build
     from mesa_ref.model import Transformer
     from mesa_ref.train import AdamW, TrainConfig, clip_gradients
-    from timing import timed_calls
 
     mesa_fast.keep_freed_memory()            # both backends, as the training entry point does for fast (NOTES)
     if numba_threads:
@@ -219,15 +219,10 @@ def run_block(name, backend, args, n):
         cmd = [args.jax_python, str(ROOT / "benchmarks" / "jax_peer_step.py"), "--authors", args.authors,
                "--config", json.dumps(cfg), "--batch", str(batch), "--T", str(T), "--steps", str(n),
                "--warmup", str(args.warmup), "--cache", args.jax_cache]
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    else:
-        code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
-                f"import bench_train_step as m; "
-                f"m.worker({name!r}, {backend!r}, {args.batch or 0}, {args.warmup}, {n}, {args.numba_threads or 0})")
-        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"error: worker {name}/{backend} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        return run_worker(cmd, f"{name}/{backend}", env)
+    cmd = python_call("bench_train_step", f"worker({name!r}, {backend!r}, {args.batch or 0}, {args.warmup}, {n}, "
+                                          f"{args.numba_threads or 0})")
+    return run_worker(cmd, f"{name}/{backend}")
 
 
 def jax_status(args):
@@ -349,9 +344,7 @@ def main(argv=None):
         "ops": op_rows,
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "bench_train_step_cpu" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     busy = load_before and max(load_before[0], (load_after or [0])[0]) > 0.5 * (os.cpu_count() or 1)
     md = ["# Training step per model family: mesa_ref, mesa_fast and the authors' JAX step (CPU)", "",
           f"- date: {meta['date']}; commit {meta['git_commit']}",
@@ -372,7 +365,7 @@ def main(argv=None):
                "one thread while it runs and splits its products over its own threads):", "", "```", op_table,
                "```", ""]
     md += NOTES
-    (out / f"{stem}.md").write_text("\n".join(md))
+    write_result(out, stem, meta, "\n".join(md))
     print(f"wrote {out / (stem + '.json')} and .md")
     return 0
 

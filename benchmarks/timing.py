@@ -1,11 +1,19 @@
-"""The timing loop the benchmarks share: wall-clock and process-CPU time of each call of a function.
+"""What the benchmarks share: the timing loop, the fresh-process worker, and the atomic write of a result.
 
-Shared by ``bench_train_step.py`` (each worker's training steps) and ``bench_lm_cost.py`` (steps, forward
-passes and single ops), so that both measure a call the same way.
+``timed_calls`` is used by ``bench_train_step.py`` (each worker's training steps), ``bench_lm_cost.py`` (steps,
+forward passes and single ops) and ``bench_plain_vs_simd.py`` (single ops), so that all measure a call the same
+way. ``run_worker`` runs one alternating block in a fresh process (``bench_train_step.py``,
+``bench_plain_vs_simd.py``); ``write_result`` writes a result's JSON and Markdown each atomically.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed_calls(run, repeats: int, warmup: int = 0) -> tuple[list, list]:
@@ -20,3 +28,27 @@ def timed_calls(run, repeats: int, warmup: int = 0) -> tuple[list, list]:
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
     return wall, cpu
+
+
+def python_call(module: str, call: str) -> list:
+    """The command that runs ``<module>.<call>`` (e.g. ``worker('linear2', ...)``) in a fresh interpreter with the
+    project and benchmarks/ on its path."""
+    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+            f"import {module} as m; m.{call}")
+    return [sys.executable, "-c", code]
+
+
+def run_worker(cmd: list, label: str, env: dict | None = None) -> dict:
+    """Run one benchmark worker process and return the JSON dict its last line of output holds; exit with the
+    tail of its stderr if it fails."""
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"error: worker {label} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def write_result(out: Path, stem: str, data: dict, md: str, *, indent: int = 2) -> None:
+    """``out/<stem>.json`` and ``out/<stem>.md``, each written atomically (a killed run leaves the old file)."""
+    from mesa_ref.runio import atomic_write_bytes
+    atomic_write_bytes(Path(out) / f"{stem}.json", (json.dumps(data, indent=indent) + "\n").encode())
+    atomic_write_bytes(Path(out) / f"{stem}.md", md.encode())
