@@ -114,6 +114,18 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
+def thp_mode():
+    """The kernel's transparent-huge-page mode (the bracketed word of /sys/.../enabled), or None where unreadable.
+    Both backends' steps are sensitive to it: with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (malloc asks for
+    huge pages under "madvise") both got faster here, the authors' JAX step more than mesa_fast
+    (docs/performance.md)."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
+
+
 def git_commit():
     """The checkout's commit ("+dirty" with local changes; "unknown" outside git), recorded with the results."""
     from mesa_ref.runio import code_version
@@ -334,7 +346,8 @@ def main(argv=None):
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
                     "numba_threads": args.numba_threads or numba.get_num_threads(),
-                    "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")},
+                    "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "transparent_hugepage": thp_mode()},
         "load_average_before": load_before, "load_average_after": load_after, "elapsed_s": elapsed,
         "families": {m: FAMILIES[m].describe for m in wanted},
         "shape": {"batch": args.batch or "each family's own", "dtype": "float32"},
@@ -350,7 +363,8 @@ def main(argv=None):
           f"- date: {meta['date']}; commit {meta['git_commit']}",
           f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; numpy {np.__version__}, "
           f"numba {numba.__version__} ({meta['machine']['numba_threads']} threads), OPENBLAS_NUM_THREADS="
-          f"{meta['machine']['blas_threads_env']}",
+          f"{meta['machine']['blas_threads_env']}, GLIBC_TUNABLES={meta['machine']['glibc_tunables']} (inherited by "
+          f"every worker), transparent huge pages: {meta['machine']['transparent_hugepage']}",
           f"- command: `{meta['command']}`",
           f"- step: {meta['step']}; float32; medians of the timed steps, backends alternating in blocks of "
           f"{args.block} steps, each block in a fresh process",
