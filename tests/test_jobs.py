@@ -236,3 +236,57 @@ def test_scheduler_from_dasks_environment_variable(tmp_path, cluster):
     assert r.returncode == 0, r.stderr
     assert f"at {address}" in r.stdout and "dashboard" in r.stdout
     assert sum(ln.startswith("finish") for ln in r.stdout.splitlines()) == 2     # the two smoke depths
+
+
+# ---------------------------------------------------------------------------------------------- huge pages
+def test_spawn_environ_asks_for_huge_pages_unless_turned_off(monkeypatch):
+    from mesa_ref.jobs import HUGE_PAGES_TUNABLE, spawn_environ
+    monkeypatch.delenv("MESA_HUGE_PAGES", raising=False)
+    assert spawn_environ() == {"GLIBC_TUNABLES": HUGE_PAGES_TUNABLE}
+    monkeypatch.setenv("MESA_HUGE_PAGES", "0")
+    assert spawn_environ() == {}
+    monkeypatch.setenv("MESA_HUGE_PAGES", "yes")
+    with pytest.raises(ValueError, match="MESA_HUGE_PAGES: expected 0"):
+        spawn_environ()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_local_cluster_workers_start_with_the_tunable(monkeypatch):
+    """The variable is in each worker's environment from the moment it starts (/proc/self/environ is the
+    environment the process was started with; glibc reads its tunables from it), not set later inside it."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from mesa_ref.jobs import HUGE_PAGES_TUNABLE, local_cluster
+    monkeypatch.delenv("MESA_HUGE_PAGES", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)     # restored afterwards: the nanny sets it here too
+
+    def start_environ():
+        return Path("/proc/self/environ").read_bytes().split(b"\0")
+
+    with local_cluster(1) as lc, Client(lc) as c:
+        seen = list(c.run(start_environ).values())
+    assert len(seen) == 1 and f"GLIBC_TUNABLES={HUGE_PAGES_TUNABLE}".encode() in seen[0]
+
+
+def test_huge_pages_leave_a_training_run_bit_for_bit_equal(tmp_path):
+    """The same fast-backend job at the model's real shape (batch 256, T 50) in two fresh processes, with and
+    without glibc's huge-page tunable: identical parameters and losses."""
+    from mesa_ref.jobs import HUGE_PAGES_TUNABLE
+    model = ModelConfig()
+    train = TrainConfig(steps=12, batch=256, warmup_steps=2, decay_steps=12, eval_every=6, test_batches=1,
+                        checkpoint_every=6, seed=5)
+    job = Job(model, LinearTask(), train, backend="fast", label="thp")
+    code = ("import json, sys; from mesa_ref.jobs import run_job; "
+            "run_job(json.loads(sys.argv[1]), sys.argv[2], 'thp')")
+    results = []
+    for name, tun in (("plain", None), ("huge", HUGE_PAGES_TUNABLE)):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tun:
+            env["GLIBC_TUNABLES"] = tun
+        r = subprocess.run([sys.executable, "-c", code, json.dumps(job.record()), str(tmp_path / name)],
+                           capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        results.append(Store(tmp_path / name).get(job))
+    assert same_params(results[0].params, results[1].params)
+    assert results[0].metrics["test_loss"] == results[1].metrics["test_loss"]
