@@ -7,8 +7,8 @@
 Inputs: every ``benchmarks/results/*.json`` (each rendered with the date, commit, command and machine it
 records) and ``benchmarks/notes.md`` (copied in after the tables: measurements that are not saved runs, what was
 tried and dropped). The output depends on those files alone (no clock, no git), so tests/test_performance_doc.py
-can regenerate it and compare. Four kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
-``mesa_stability.py``'s and ``bench_plain_vs_simd.py``'s; any other JSON gets its date, command and machine and a
+can regenerate it and compare. Five kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
+``mesa_stability.py``'s, ``bench_plain_vs_simd.py``'s and ``bench_huge_pages.py``'s; any other JSON gets its date, command and machine and a
 pointer to the file.
 """
 from __future__ import annotations
@@ -244,6 +244,25 @@ def render_plain_vs_simd(d, name):
     return lines
 
 
+def render_huge_pages(d, name):
+    """bench_huge_pages.py: one training step per model family and backend with and without glibc's huge-page
+    tunable, alternating fresh processes."""
+    _need(d, ("date", "command", "machine", "results"), name)
+    lines = [f"#### `{name}`: training step with and without huge pages", "",
+             f"- date: {d['date']}; {_commit(d, d)}; machine: {_machine(d['machine'])}",
+             f"- command: `{d['command']}`",
+             f"- settings: `GLIBC_TUNABLES={d.get('tunable', '?')}` (huge) against unset (4 KB), alternating blocks, "
+             "each a fresh process; medians; speedup = 4 KB / huge"]
+    lines += _load_line(d.get("load_average_before"), d.get("load_average_after"), d["machine"].get("cores"))
+    lines.append("")
+    rows = [[r["model"], r["backend"], str(r["steps"])] + [_fmt(r[k]) for k in ("wall_ms_4k", "wall_ms_huge")]
+            + [_fmt(r["speedup_wall"], 2) + "x"] + [_fmt(r[k]) for k in ("cpu_ms_4k", "cpu_ms_huge")]
+            + [_fmt(r["speedup_cpu"], 2) + "x"] for r in d["results"]]
+    lines += _table(["model", "backend", "steps", "wall 4 KB ms", "wall huge ms", "speedup", "CPU 4 KB ms",
+                     "CPU huge ms", "CPU speedup"], rows)
+    return lines
+
+
 def render_other(d, name):
     meta = d.get("meta", d) if isinstance(d, dict) else {}
     return [f"#### `{name}`", "", f"- date: {meta.get('date', 'not recorded')}; {_commit(d, meta)}",
@@ -256,6 +275,8 @@ def kind_of(d) -> str:
         return "other"
     if d.get("benchmark") == "plain_vs_simd":
         return "plain_vs_simd"
+    if d.get("benchmark") == "huge_pages":
+        return "huge_pages"
     if "meta" in d and "rows" in d:
         return "mesa_stability"
     results = d.get("results")
@@ -271,6 +292,7 @@ SECTIONS = (("bench_mesa", "Mesa layer, forward + backward", render_bench_mesa),
             ("bench_train_step", "Training step", render_bench_train_step),
             ("mesa_stability", "Numerical error of the mesa-layer backward", render_mesa_stability),
             ("plain_vs_simd", "Plain against SIMD Numba kernels", render_plain_vs_simd),
+            ("huge_pages", "Huge pages", render_huge_pages),
             ("other", "Other saved results", render_other))
 
 
