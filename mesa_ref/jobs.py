@@ -326,39 +326,14 @@ def _configured_scheduler():
         return None
 
 
-HUGE_PAGES_ENV = "MESA_HUGE_PAGES"
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
-def spawn_environ() -> dict:
-    """Environment variables the embedded cluster sets before it starts each worker process.
-
-    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` makes glibc's malloc ask the kernel for transparent huge pages (2 MB)
-    for the heap; glibc reads it only when a process starts, so Dask must set it before spawning the worker
-    (its ``distributed.nanny.pre-spawn-environ``), not inside it. A training step touches a few hundred MB of
-    activations per step, and with 4 KB pages much of its time is TLB misses; the measured gain is in
-    docs/performance.md. The trained numbers do not change (memory placement only; checked bit for bit in
-    tests/test_jobs_dask.py). Nothing is set where the kernel's huge pages are off or glibc ignores the
-    variable. A GLIBC_TUNABLES of the caller's own environment wins (Dask's rule); ``MESA_HUGE_PAGES=0`` sets
-    nothing, ``1`` or unset sets it, another value is a ValueError."""
-    flag = os.environ.get(HUGE_PAGES_ENV, "1").strip()
-    if flag not in ("0", "1", ""):
-        raise ValueError(f"{HUGE_PAGES_ENV}: expected 0 (leave malloc alone) or 1 (ask for huge pages), got {flag!r}")
-    return {} if flag == "0" else {"GLIBC_TUNABLES": HUGE_PAGES_TUNABLE}
-
-
 def local_cluster(workers: int | None = None, **kw):
     """An embedded LocalCluster: ``workers`` (default: one per core) single-threaded worker processes whose BLAS
-    libraries start with one thread, started with ``spawn_environ()`` in their environment."""
-    import dask
+    libraries start with one thread."""
     from distributed import LocalCluster
     n = workers or os.cpu_count() or 1
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pre = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
-    pre.update(spawn_environ())
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre}):
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                            env=env, **kw)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                        env=env, **kw)
 
 
 def _run_on_dask(pending, store, address, workers, threads, log, progress):
