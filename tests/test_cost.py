@@ -9,14 +9,14 @@ from mesa_ref.train import TrainConfig
 
 
 def test_measured_families_are_used_as_measured():
-    assert jax_step_estimate(ModelConfig().to_dict()) == (203.5, "measured")
-    assert jax_step_estimate(ModelConfig(layers=("mesa",)).to_dict()) == (382.0, "measured")
+    assert jax_step_estimate(ModelConfig().to_dict()) == (146.9, "measured")
+    assert jax_step_estimate(ModelConfig(layers=("mesa",)).to_dict()) == (270.3, "measured")
     ms, basis = jax_step_estimate(ModelConfig(layers=("linear",) * 4).to_dict())
-    assert ms == pytest.approx(203.5 * 2) and "extrapolated" in basis
+    assert ms == pytest.approx(146.9 * 2) and "extrapolated" in basis
 
 
 def test_job_hours_are_step_times_steps_scaled_to_the_batch():
     job = Job(ModelConfig(), LinearTask(), TrainConfig(steps=20000))
-    assert jax_hours(job.record())[0] == pytest.approx(203.5 * 20000 / 3.6e6)
+    assert jax_hours(job.record())[0] == pytest.approx(146.9 * 20000 / 3.6e6)
     half = Job(ModelConfig(), LinearTask(), TrainConfig(steps=20000, batch=128))
-    assert jax_hours(half.record())[0] == pytest.approx(203.5 * 10000 / 3.6e6)
+    assert jax_hours(half.record())[0] == pytest.approx(146.9 * 10000 / 3.6e6)

@@ -23,3 +23,24 @@ def test_a_changed_number_changes_the_block(tmp_path):
     assert "| fig2_one_layer_gd | model / one tuned GD step, mean over t >= 10 | 123 | full |" in out
     assert "| fig3_depth | - | not run yet | - |" in out
     shutil.rmtree(tmp_path)
+
+
+def test_the_authors_estimate_is_recomputed_from_the_job_records(tmp_path):
+    """A stale estimate in a figure JSON is neither printed nor kept: the block and the refreshed JSON both carry
+    the job records' estimate from mesa_ref/experiments/cost.py; a second refresh changes nothing."""
+    import importlib.util
+
+    from mesa_ref.experiments.cost import jax_hours
+    spec = importlib.util.spec_from_file_location("report_full", SCRIPT)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    d = json.loads((ROOT / "figures" / "full" / "fig2_one_layer_gd.json").read_text())
+    d["cost"]["jax_hours_estimate"] = 999.0
+    path = tmp_path / "fig2_one_layer_gd.json"
+    path.write_text(json.dumps(d))
+    expected = sum({j["key"]: jax_hours(j["record"])[0] for j in d["config"]["jobs"].values()}.values())
+    assert "| 999 |" not in report.block(tmp_path)
+    assert f"| {report.f(expected)} | full |" in report.block(tmp_path)
+    assert report.refresh_costs(tmp_path) == [path]
+    assert json.loads(path.read_text())["cost"]["jax_hours_estimate"] == expected
+    assert report.refresh_costs(tmp_path) == []

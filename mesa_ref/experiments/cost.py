@@ -7,13 +7,16 @@ families get the step time of the nearest family scaled by the number of layers,
 """
 from __future__ import annotations
 
-#: the authors' JAX/Flax training step (forward, backward, clipping, AdamW; batch 256, T 50, float32), in ms,
-#: measured side by side with mesa_fast on a 2-core AMD EPYC (the midpoints of the measured ranges)
+#: the authors' JAX/Flax training step (forward, backward, clipping, AdamW; batch 256, T 50, float32), in ms: the
+#: midpoints of the ranges measured side by side with mesa_fast on a 2-core AMD EPYC on 2026-12-02 with nothing
+#: else running (benchmarks/results/bench_train_step_cpu_quiet3.json, bench_huge_pages_cpu_jax.json "4 KB", and
+#: two unsaved runs listed in docs/performance.md). The first estimates (203.5 / 668.5 / 382 / 1114 ms) were taken
+#: while other jobs shared the cores, which inflated JAX's wall time by 1.4-1.6x.
 JAX_STEP_MS = {
-    ("linear", 2): 203.5,     # 197-210 ms: the default model, constructed tokens
-    ("linear", 6): 668.5,     # 657-680 ms
-    ("mesa", 1): 382.0,       # 376-388 ms
-    ("softmax_mlp_ln", 6): 1114.0,   # 1066-1162 ms: softmax + GELU MLP (x4) + pre-LayerNorm, width 40, key 20
+    ("linear", 2): 146.9,     # 146.9 ms (one run): the default model, constructed tokens
+    ("linear", 6): 394.7,     # 369.5-419.9 ms
+    ("mesa", 1): 270.3,       # 270.3 ms (one run)
+    ("softmax_mlp_ln", 6): 695.3,    # 683.1-707.5 ms: softmax + GELU MLP (x4) + pre-LayerNorm, width 40, key 20
 }
 
 
