@@ -116,9 +116,8 @@ def cpu_name():
 
 def thp_mode():
     """The kernel's transparent-huge-page mode (the bracketed word of /sys/.../enabled), or None where unreadable.
-    Both backends' steps are sensitive to it: with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (malloc asks for
-    huge pages under "madvise") both got faster here, the authors' JAX step more than mesa_fast
-    (docs/performance.md)."""
+    Recorded because the authors' JAX step is sensitive to huge pages (with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+    under "madvise" it got faster here and mesa_fast did not: ``bench_huge_pages.py``, docs/performance.md)."""
     try:
         text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:

@@ -16,6 +16,7 @@ JSON's own cost block is brought up to date too (written atomically, only where 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -101,11 +102,8 @@ def rows_for(name, d):
 def jax_estimate(d):
     """(total hours over the figure's distinct jobs, {job name: (hours, basis)}) of the authors' estimate for a
     figure JSON, from its job records."""
-    from mesa_ref.experiments.cost import jax_hours
-    jobs = d.get("config", {}).get("jobs", {})
-    per_job = {k: jax_hours(j["record"]) for k, j in jobs.items()}
-    by_key = {j["key"]: per_job[k][0] for k, j in jobs.items()}
-    return sum(by_key.values()), per_job
+    from mesa_ref.experiments.cost import figure_jax_hours
+    return figure_jax_hours({k: (j["key"], j["record"]) for k, j in d.get("config", {}).get("jobs", {}).items()})
 
 
 def refresh_costs(fig_dir: Path) -> list:
@@ -120,7 +118,7 @@ def refresh_costs(fig_dir: Path) -> list:
         if not isinstance(cost, dict) or not d.get("config", {}).get("jobs"):
             continue
         total, per_job = jax_estimate(d)
-        new = json.loads(json.dumps(cost))
+        new = copy.deepcopy(cost)
         new["jax_hours_estimate"] = total
         for k, (h, basis) in per_job.items():
             if k in new.get("jobs", {}):
@@ -173,14 +171,13 @@ def main(argv=None) -> int:
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     updated = head + new + tail
-    if not args.check:
-        for path in refresh_costs(Path(args.dir)):
-            print(f"updated the authors' estimate in {path}")
     if args.check:
         if updated != text:
             print(f"{DOC} is out of date: run python scripts/report_full.py", file=sys.stderr)
             return 1
         return 0
+    for path in refresh_costs(Path(args.dir)):
+        print(f"updated the authors' estimate in {path}")
     from mesa_ref.runio import atomic_write_bytes
     atomic_write_bytes(DOC, updated.encode())
     print(f"updated {DOC}")
@@ -188,5 +185,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

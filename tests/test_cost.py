@@ -20,3 +20,13 @@ def test_job_hours_are_step_times_steps_scaled_to_the_batch():
     assert jax_hours(job.record())[0] == pytest.approx(146.9 * 20000 / 3.6e6)
     half = Job(ModelConfig(), LinearTask(), TrainConfig(steps=20000, batch=128))
     assert jax_hours(half.record())[0] == pytest.approx(146.9 * 10000 / 3.6e6)
+
+
+def test_a_figure_counts_a_shared_job_once():
+    from mesa_ref.experiments.cost import figure_jax_hours
+    job = Job(ModelConfig(), LinearTask(), TrainConfig(steps=20000))
+    other = Job(ModelConfig(layers=("mesa",)), LinearTask(), TrainConfig(steps=20000))
+    total, per_name = figure_jax_hours({"a": (job.key, job.record()), "b": (job.key, job.record()),
+                                        "c": (other.key, other.record())})
+    assert per_name["a"] == per_name["b"] == jax_hours(job.record())
+    assert total == pytest.approx(jax_hours(job.record())[0] + jax_hours(other.record())[0])

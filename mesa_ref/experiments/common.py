@@ -246,7 +246,7 @@ def run_experiment(exp: Experiment, argv=None) -> int:
         if args.replot:
             data = read_json(json_path)
         else:
-            from ..jobs import cost_summary, run_jobs, unique_jobs
+            from ..jobs import cost_summary, run_jobs
             backend = args.backend or ("fast" if fast_available() else "ref")
             ops, xp = resolve_backend(backend)
             cfg = exp.config(mode, args)
@@ -271,9 +271,10 @@ def run_experiment(exp: Experiment, argv=None) -> int:
                           xp=xp, progress=not args.no_progress, args=args)
             data = exp.analyse(ctx, cfg, results)
             cost = cost_summary(results.values())
-            from .cost import jax_hours
+            from .cost import figure_jax_hours
+            jax_total, jax_per_job = figure_jax_hours({k: (j.key, j.record()) for k, j in jobs.items()})
             for k, j in jobs.items():
-                cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_hours(j.record())
+                cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_per_job[k]
             full = exp.modes["full"]
             data = {"figure": exp.name, **data, "complete": not missing,
                     **({"missing_jobs": missing} if missing else {}),
@@ -282,8 +283,7 @@ def run_experiment(exp: Experiment, argv=None) -> int:
                                    "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
                                    "store": _relative(store)},
                     "cost": {"cpu_hours": cost["cpu_hours"],
-                             "jax_hours_estimate": sum(cost["jobs"][j.key]["jax_hours_estimate"]
-                                                       for j in unique_jobs(jobs.values())),
+                             "jax_hours_estimate": jax_total,
                              "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
                     "seed": args.seed, "quick": mode != "full", "backend": backend,
                     "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",

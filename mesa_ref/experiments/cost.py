@@ -53,3 +53,11 @@ def jax_hours(record: dict) -> tuple[float, str]:
     tr, task = record["train"], record["task"]
     scale = (tr["batch"] / 256) * (task.get("T", 50) / 50)
     return ms * scale * tr["steps"] / 3.6e6, basis + ("" if scale == 1 else ", scaled by batch x T")
+
+
+def figure_jax_hours(jobs: dict) -> tuple[float, dict]:
+    """(total, {name: (hours, basis)}) of the authors' estimate for a figure's jobs, given as {name: (key,
+    record)}; the total counts a job that two names share once (as our CPU hours do)."""
+    per_name = {name: jax_hours(record) for name, (_key, record) in jobs.items()}
+    by_key = {key: per_name[name][0] for name, (key, _record) in jobs.items()}
+    return sum(by_key.values()), per_name
