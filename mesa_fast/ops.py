@@ -27,6 +27,9 @@ MesaCache = MesaFastCache          # the cache type this namespace's mesa_forwar
 from .numba_kernels.layers import FAST_OPS as _LAYER_FAST_OPS  # noqa: E402
 from .numba_kernels.layers import *  # noqa: E402,F401,F403  (overrides the reference re-exports above)
 
-FAST = ("mesa_forward", "mesa_backward") + _LAYER_FAST_OPS   # names backed by fast kernels; the rest are the reference's
+# one shard of a training step's batch per thread (mesa_fast/batching.py)
+from .batching import batch_map  # noqa: E402,F401
+
+FAST = ("mesa_forward", "mesa_backward", "batch_map") + _LAYER_FAST_OPS   # names backed by fast kernels; the rest are the reference's
 
 __all__ = sorted(set(_ref_ops.__all__) | {"MesaFastCache"})

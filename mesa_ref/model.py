@@ -267,7 +267,27 @@ class Transformer:
         return float(self.ops.mse_forward(pred, y)[0])
 
     def loss_and_grads(self, params, x, y):
-        """(loss, grads) for one batch; see ``loss``."""
+        """(loss, grads) for one batch; see ``loss``.
+
+        The ops namespace's ``batch_map`` may split the batch into contiguous shards (mesa_fast: one per thread);
+        the losses are means over samples, so the batch's loss and gradients are the shards' weighted by their
+        share of the samples. The reference runs one shard, the whole batch."""
+        parts = self.ops.batch_map(lambda lo, hi: self._loss_and_grads(params, x[lo:hi], y[lo:hi]), x)
+        if len(parts) == 1:
+            return parts[0][2]
+        n = x.shape[0]
+        w = [(hi - lo) / n for lo, hi, _ in parts]
+        loss = sum(wi * L for wi, (_, _, (L, _)) in zip(w, parts))
+        grads = {}
+        for k in parts[0][2][1]:
+            g = parts[0][2][1][k] * w[0]
+            for wi, (_, _, (_, gi)) in zip(w[1:], parts[1:]):
+                g += gi[k] * wi
+            grads[k] = g
+        return float(loss), grads
+
+    def _loss_and_grads(self, params, x, y):
+        """(loss, grads) of one batch (or shard), unsplit."""
         pred, cache = self.forward(params, x)
         if self.config.input == "tokens":
             L, lcache = self.ops.cross_entropy_forward(pred, y)

@@ -584,3 +584,19 @@ def test_softmax_attention_full_group_with_a_tiny_map():
     np.testing.assert_allclose(c.P, tc.P, rtol=1e-12, atol=1e-14)
     for g, t in zip(F.softmax_attention_backward(dout, c), R.softmax_attention_backward(dout, tc)):
         np.testing.assert_allclose(g, t, rtol=1e-11, atol=1e-13)
+
+
+def test_batch_shards_run_blas_single_threaded_then_restore():
+    """In a process where the BLAS has 2 threads, a training step split into shards (``batch_map``) runs with the
+    BLAS at 1 thread inside every shard, and 2 come back afterwards."""
+    _run_blas2(r'''
+import numba
+import numpy as np
+from mesa_fast import ops as F
+if numba.get_num_threads() < 2:
+    print("ok"); raise SystemExit
+start = blas()
+seen = F.batch_map(lambda lo, hi: set(blas().values()), np.zeros((100, 3)))
+assert [s for _, _, s in seen] == [{1}, {1}] and blas() == start, (seen, blas(), start)
+print("ok")
+''')

@@ -347,8 +347,11 @@ def _fast_is_reference(name):
     return getattr(F, name) is getattr(R, name)
 
 
+# B = 67 is split into one shard per thread by the fast batch_map (at least 2 x MIN_SHARD samples; 33 + 34 on 2
+# threads), B = 3 is not
+@pytest.mark.parametrize("B", [3, 67])
 @pytest.mark.parametrize("case", [c[0] for c in _model_cases()])
-def test_whole_model_float64_matches_reference(case):
+def test_whole_model_float64_matches_reference(case, B):
     cfg = dict(_model_cases())[case]
     if "mesa" in cfg.layers and _fast_is_reference("mesa_forward"):
         pytest.skip("mesa_fast.ops.mesa_forward is the reference's (no fast mesa kernel registered)")
@@ -356,7 +359,7 @@ def test_whole_model_float64_matches_reference(case):
     fast, ref = FastTransformer(cfg), RefTransformer(cfg)
     assert fast.ops is F
     p = _scaled_params(ref, np.float64)
-    x, y = _batch(cfg, rng, np.float64)
+    x, y = _batch(cfg, rng, np.float64, B=B)
     L_f, g_f = fast.loss_and_grads(p, x, y)
     L_r, g_r = ref.loss_and_grads(p, x, y)
     assert abs(L_f - L_r) <= MODEL_TOL64 * abs(L_r)
@@ -366,8 +369,9 @@ def test_whole_model_float64_matches_reference(case):
         assert rel(g_f[k], g_r[k]) <= MODEL_TOL64, (k, rel(g_f[k], g_r[k]))
 
 
+@pytest.mark.parametrize("B", [3, 67])
 @pytest.mark.parametrize("case", [c[0] for c in _model_cases()])
-def test_whole_model_float32_as_accurate_as_reference(case):
+def test_whole_model_float32_as_accurate_as_reference(case, B):
     """Float32 through both backends, float64 reference as truth: the fast backend's error is at most
     a small multiple of the reference's own float32 error (plus 1e-5 relative: rounding of the sums)."""
     cfg = dict(_model_cases())[case]
@@ -377,7 +381,7 @@ def test_whole_model_float32_as_accurate_as_reference(case):
     fast, ref = FastTransformer(cfg), RefTransformer(cfg)
     p32 = _scaled_params(ref, np.float32)
     p64 = {k: v.astype(np.float64) for k, v in p32.items()}
-    x32, y32 = _batch(cfg, rng, np.float32)
+    x32, y32 = _batch(cfg, rng, np.float32, B=B)
     x64 = x32 if cfg.input == "tokens" else x32.astype(np.float64)
     y64 = y32 if cfg.input == "tokens" else y32.astype(np.float64)
     L_t, g_t = ref.loss_and_grads(p64, x64, y64)

@@ -51,12 +51,7 @@ def map_chunks(fn, n, *args, min_chunk=1):
     nthreads = max(1, min(numba.get_num_threads(), n // max(1, min_chunk)))
     if nthreads <= 1:
         return [fn(0, n, *args)]
-    global _POOL, _POOL_WORKERS
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_WORKERS < nthreads - 1:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1, thread_name_prefix="mesa_fast")
-            _POOL_WORKERS = nthreads - 1
-        pool = _POOL
+    pool = _pool_for(nthreads)
     bounds = chunk_bounds(n, nthreads, min_chunk)
     pieces = len(bounds) - 1
     results = [None] * pieces
@@ -80,6 +75,56 @@ def map_chunks(fn, n, *args, min_chunk=1):
     for f in futures:
         f.result()                         # re-raises a pool thread's exception
     return results
+
+
+def _pool_for(nthreads):
+    """The shared executor, with at least nthreads - 1 worker threads."""
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_WORKERS < nthreads - 1:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=nthreads - 1, thread_name_prefix="mesa_fast")
+            _POOL_WORKERS = nthreads - 1
+        return _POOL
+
+
+def shard_bounds(n, nthreads, min_shard):
+    """Boundaries 0 = b_0 < ... < b_s = n of ``map_shards``: s = min(nthreads, n // min_shard) (at least 1)
+    near-equal contiguous shards, the first ones one sample larger where n does not divide. Depends on its
+    arguments only."""
+    s = max(1, min(nthreads, n // max(1, min_shard)))
+    return [n * i // s for i in range(s + 1)]
+
+
+def _one_thread(fn, lo, hi):
+    """fn(lo, hi) with ``numba.get_num_threads()`` at 1 on this thread (so every op inside runs its ranges
+    inline, ``map_chunks``), the thread's previous count put back afterwards (the count is thread-local)."""
+    prev = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn(lo, hi)
+    finally:
+        numba.set_num_threads(prev)
+
+
+def map_shards(fn, n, min_shard=1):
+    """[(lo, hi, fn(lo, hi))] over the shards ``shard_bounds(n, numba.get_num_threads(), min_shard)``, one
+    shard per thread (the calling one takes the first), every shard with one Numba thread inside, in shard
+    order. The coarse-grained counterpart of ``map_chunks``: a whole training step per thread instead of one
+    op's rows, so the threads never wait for each other between ops and the Python between the ops overlaps
+    with the other thread's kernels. One shard runs on the calling thread as it is (its thread count
+    unchanged)."""
+    bounds = shard_bounds(n, numba.get_num_threads(), min_shard)
+    if len(bounds) == 2:
+        return [(0, n, fn(0, n))]
+    pool = _pool_for(len(bounds) - 1)
+    futures = [pool.submit(_one_thread, fn, bounds[i], bounds[i + 1]) for i in range(1, len(bounds) - 1)]
+    try:
+        first = _one_thread(fn, bounds[0], bounds[1])
+    finally:
+        for f in futures:                  # also when the first shard raised: no shard is left running
+            f.exception()
+    rest = [f.result() for f in futures]   # re-raises a pool thread's exception
+    return [(bounds[i], bounds[i + 1], r) for i, r in enumerate([first] + rest)]
 
 
 def run_groups(kernel, G, *args):

@@ -4,12 +4,14 @@ NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache)
 dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition of the two; a backend may fuse it).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
-mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. Layout helpers (no arithmetic): split_qkv,
+mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. ``batch_map`` says how a backend splits one training step's
+batch into shards (ops/batching.py; the reference: one shard). Layout helpers (no arithmetic): split_qkv,
 merge_qkv, split_heads, merge_heads move activations between (B, T, H*d) and (B, H, T, d).
 """
 from .activations import ClipCache, GeluCache, clip_backward, clip_forward, gelu_backward, gelu_forward
 from .attention_linear import LinearAttentionCache, linear_attention_backward, linear_attention_forward
 from .attention_softmax import SoftmaxAttentionCache, softmax_attention_backward, softmax_attention_forward
+from .batching import batch_map
 from .dense import DenseCache, dense_backward, dense_forward
 from .dense_gelu import DenseGeluCache, dense_gelu_backward, dense_gelu_forward
 from .heads import merge_heads, merge_qkv, split_heads, split_qkv
@@ -33,6 +35,7 @@ __all__ = [
     "sinusoidal_positional_encoding",
     "split_qkv", "merge_qkv", "split_heads", "merge_heads",
     "mse_forward", "mse_backward",
+    "batch_map",
     "cross_entropy_forward", "cross_entropy_backward",
     "DenseCache", "DenseGeluCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
     "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",

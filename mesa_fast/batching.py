@@ -1,0 +1,30 @@
+"""``batch_map`` on the CPU: one shard of the batch per thread (mesa_ref/ops/batching.py says why that is exact).
+
+Each thread runs the whole forward and backward of its shard with one Numba thread, instead of every op
+splitting its rows over the threads (``_pool.map_chunks``). That removes the threads' wait for each other at
+the end of every op, and the Python between the ops of one thread overlaps with the other thread's kernels.
+The BLAS libraries are held at one thread while the shards run (``dense.one_blas_thread``), so that a NumPy
+product inside a shard does not start BLAS threads that would compete with the shards. CuPy input, one Numba
+thread, or a batch of fewer than 2 * MIN_SHARD samples: one shard on the calling thread, as the reference.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mesa_ref.ops.batching import batch_size
+
+from .numba_kernels._pool import map_shards
+from .numba_kernels.dense import one_blas_thread
+
+MIN_SHARD = 32      # samples per shard below which the batch is not split
+
+
+def batch_map(fn, x):
+    """[(lo, hi, fn(lo, hi))] over contiguous shards of the batch x's leading axis, one per Numba thread
+    (``_pool.shard_bounds``), in order; ``fn`` runs with one Numba thread inside each shard."""
+    n = batch_size(x)
+    if not isinstance(x, np.ndarray) or n < 2 * MIN_SHARD or numba.get_num_threads() < 2:
+        return [(0, n, fn(0, n))]
+    with one_blas_thread():
+        return map_shards(fn, n, min_shard=MIN_SHARD)
