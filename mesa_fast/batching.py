@@ -5,7 +5,8 @@ splitting its rows over the threads (``_pool.map_chunks``). That removes the thr
 the end of every op, and the Python between the ops of one thread overlaps with the other thread's kernels.
 The BLAS libraries are held at one thread while the shards run (``dense.one_blas_thread``), so that a NumPy
 product inside a shard does not start BLAS threads that would compete with the shards. CuPy input, one Numba
-thread, or a batch of fewer than 2 * MIN_SHARD samples: one shard on the calling thread, as the reference.
+thread, or a batch too small for two shards of MIN_POSITIONS positions (samples x sequence length: the work of
+a shard, and what pays for its share of the per-op Python): one shard on the calling thread, as the reference.
 """
 from __future__ import annotations
 
@@ -17,14 +18,22 @@ from mesa_ref.ops.batching import batch_size
 from .numba_kernels._pool import map_shards
 from .numba_kernels.dense import one_blas_thread
 
-MIN_SHARD = 32      # samples per shard below which the batch is not split
+MIN_POSITIONS = 512     # positions (samples x time steps) per shard below which the batch is not split
 
 
 def batch_map(fn, x):
     """[(lo, hi, fn(lo, hi))] over contiguous shards of the batch x's leading axis, one per Numba thread
     (``_pool.shard_bounds``), in order; ``fn`` runs with one Numba thread inside each shard."""
     n = batch_size(x)
-    if not isinstance(x, np.ndarray) or n < 2 * MIN_SHARD or numba.get_num_threads() < 2:
+    min_shard = min_samples(x)
+    if not isinstance(x, np.ndarray) or n < 2 * min_shard or numba.get_num_threads() < 2:
         return [(0, n, fn(0, n))]
     with one_blas_thread():
-        return map_shards(fn, n, min_shard=MIN_SHARD)
+        return map_shards(fn, n, min_shard=min_shard)
+
+
+def min_samples(x) -> int:
+    """Samples per shard that make MIN_POSITIONS positions, for a batch x (B, T, ...) or (B, T) (token ids);
+    (B,) counts one position per sample."""
+    T = int(x.shape[1]) if x.ndim >= 2 else 1
+    return max(1, -(-MIN_POSITIONS // max(1, T)))

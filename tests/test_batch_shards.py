@@ -63,12 +63,17 @@ def test_map_shards_reraises_either_shards_error_and_restores_the_count(two_thre
 
 
 @needs_two
-def test_fast_batch_map_splits_only_large_numpy_batches(two_threads, monkeypatch):
-    n = 2 * batching.MIN_SHARD
-    assert len(F.batch_map(lambda lo, hi: hi, np.zeros((n, 1)))) == 2
-    assert len(F.batch_map(lambda lo, hi: hi, np.zeros((n - 1, 1)))) == 1
+def test_fast_batch_map_splits_only_large_numpy_batches(two_threads):
+    """Two shards need 2 x MIN_POSITIONS positions (samples x time steps); one thread never splits."""
+    P = batching.MIN_POSITIONS
+    for T, shape in [(1, ()), (16, (16, 3)), (16, (16,)), (P + 1, (P + 1, 2))]:
+        n = 2 * -(-P // T)
+        x = np.zeros((n,) + shape)
+        assert batching.min_samples(x) * T >= P > (batching.min_samples(x) - 1) * T
+        assert [(lo, hi) for lo, hi, _ in F.batch_map(lambda lo, hi: hi, x)] == [(0, n // 2), (n // 2, n)]
+        assert len(F.batch_map(lambda lo, hi: hi, x[:n - 1])) == 1
     numba.set_num_threads(1)
-    assert F.batch_map(lambda lo, hi: hi, np.zeros((n, 1))) == [(0, n, n)]
+    assert F.batch_map(lambda lo, hi: hi, np.zeros((4 * P, 1))) == [(0, 4 * P, 4 * P)]
 
 
 def _cfg(kind):
@@ -83,17 +88,17 @@ def _cfg(kind):
 def _data(cfg, B, dtype, seed=0):
     rng = np.random.default_rng(seed)
     if cfg.input == "tokens":
-        return rng.integers(0, 7, (B, 6)), rng.integers(0, 7, (B, 6))
+        return rng.integers(0, 7, (B, 16)), rng.integers(0, 7, (B, 16))
     n_in = cfg.width if cfg.input == "constructed" else cfg.input_dim
-    return rng.standard_normal((B, 6, n_in)).astype(dtype), rng.standard_normal((B, 6, 3)).astype(dtype)
+    return rng.standard_normal((B, 16, n_in)).astype(dtype), rng.standard_normal((B, 16, 3)).astype(dtype)
 
 
 @needs_two
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", ["linear", "softmax-mlp", "mesa", "tokens"])
 def test_sharded_loss_and_grads_equal_the_whole_batch(two_threads, kind, dtype, tol, monkeypatch):
-    """67 samples on 2 threads: shards of 33 and 34, weighted 33/67 and 34/67, equal the unsplit batch (one
-    thread), and equal the reference in float64."""
+    """67 samples of 16 steps on 2 threads: shards of 33 and 34 (at least MIN_POSITIONS = 512 positions each),
+    weighted 33/67 and 34/67, equal the unsplit batch (one thread), and equal the reference in float64."""
     cfg = _cfg(kind)
     model = Transformer(cfg, ops=F)
     params = model.init(1, dtype=dtype)
