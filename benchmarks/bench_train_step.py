@@ -61,6 +61,8 @@ NOTES = [
     "- Both backends run with mesa_fast's heap setting (every worker calls mesa_fast.keep_freed_memory(); "
     "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
     "do not page-fault every step; run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
+    "- mesa_fast's loss_and_grads runs one shard of the batch per Numba thread, each shard's whole forward and "
+    "backward on its thread (batch_map, mesa_fast/batching.py); mesa_ref runs the whole batch at once.",
     "- loss_and_grads skips the gradient w.r.t. the model input (Model.backward(input_grad=False)): one product "
     "fewer in block 0's QKV backward for constructed tokens, for both backends.",
     "- jax: the authors' own jitted training step (benchmarks/jax_peer_step.py has what is built and how it "
