@@ -166,8 +166,8 @@ class Transformer:
                 m = h
                 if c.layernorm:
                     m, lc["ln2"] = ops.layernorm_forward(h, params[f"l{i}.ln2.w"], params[f"l{i}.ln2.b"])
-                g, lc["fc1"] = ops.dense_gelu_forward(m, params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"])  # [B,T,M]
-                delta, lc["fc2"] = ops.dense_forward(g, params[f"l{i}.mlp.w2"], params[f"l{i}.mlp.b2"])  # [B,T,D]
+                delta, lc["mlp"] = ops.mlp_forward(m, params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"],   # [B,T,D]
+                                                   params[f"l{i}.mlp.w2"], params[f"l{i}.mlp.b2"])
                 h = h + delta
                 if c.clip is not None:
                     h, lc["clip2"] = ops.clip_forward(h, c=c.clip)
@@ -212,8 +212,8 @@ class Transformer:
             if c.mlp:
                 if c.clip is not None:
                     dh = ops.clip_backward(dh, lc["clip2"])
-                dg, grads[f"l{i}.mlp.w2"], grads[f"l{i}.mlp.b2"] = ops.dense_backward(dh, lc["fc2"])
-                dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"] = ops.dense_gelu_backward(dg, lc["fc1"])
+                (dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"], grads[f"l{i}.mlp.w2"],
+                 grads[f"l{i}.mlp.b2"]) = ops.mlp_backward(dh, lc["mlp"])
                 if c.layernorm:
                     dm, grads[f"l{i}.ln2.w"], grads[f"l{i}.ln2.b"] = ops.layernorm_backward(dm, lc["ln2"])
                 dh = dh + dm                                                 # residual branch

@@ -596,7 +596,7 @@ from mesa_fast import ops as F
 if numba.get_num_threads() < 2:
     print("ok"); raise SystemExit
 start = blas()
-seen = F.batch_map(lambda lo, hi: set(blas().values()), np.zeros((100, 3)))
+seen = F.batch_map(lambda lo, hi: set(blas().values()), np.zeros((100, 16, 3)))   # 2 shards of 800 positions
 assert [s for _, _, s in seen] == [{1}, {1}] and blas() == start, (seen, blas(), start)
 print("ok")
 ''')

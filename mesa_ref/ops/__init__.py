@@ -1,7 +1,8 @@
 """mesa_ref.ops: every primitive as a NAME_forward / NAME_backward pair (plain NumPy).
 
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
-dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition of the two; a backend may fuse it).
+dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition of the two; a backend may fuse it),
+and mlp the whole MLP sub-block, gelu(x W1 + b1) W2 + b2 (the composition of dense_gelu and dense).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. ``batch_map`` says how a backend splits one training step's
@@ -20,11 +21,13 @@ from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_en
                    mse_backward, mse_forward)
 from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs
 from .mesa_chunkwise import MesaChunkCache, mesa_chunkwise_backward, mesa_chunkwise_forward
+from .mlp import MLPCache, mlp_backward, mlp_forward
 from .posenc import sinusoidal_positional_encoding
 
 __all__ = [
     "dense_forward", "dense_backward",
     "dense_gelu_forward", "dense_gelu_backward",
+    "mlp_forward", "mlp_backward",
     "linear_attention_forward", "linear_attention_backward",
     "softmax_attention_forward", "softmax_attention_backward",
     "layernorm_forward", "layernorm_backward",
@@ -37,6 +40,6 @@ __all__ = [
     "mse_forward", "mse_backward",
     "batch_map",
     "cross_entropy_forward", "cross_entropy_backward",
-    "DenseCache", "DenseGeluCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
+    "DenseCache", "DenseGeluCache", "MLPCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
     "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",
 ]

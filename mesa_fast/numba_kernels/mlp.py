@@ -1,0 +1,91 @@
+"""The MLP sub-block [L1] + [L5], y = gelu(x W1 + b1) W2 + b2, row block by row block (float32 or float64).
+
+A block of R rows goes through both products and the GELU before the next block starts, so the block's hidden
+activations (R x M) stay in cache: the forward writes z = x W1 + b1 and t = tanh(...) (what the backward needs)
+and never the GELU output g; the backward recomputes g = 0.5 z (1 + t) for the block (bit for bit the forward's
+value, the same operations in the same order as ``elementwise._gelu_vec``) and never writes dg = dy W2^T out.
+The products are those of ``gemm.py`` on lane vectors (sums along the summed index in index order, float32
+rounding only); the GELU is ``elementwise.bias_gelu_fwd`` / ``gelu_bwd_rows``. Shapes are flat C-order
+arrays: x, dx (N*D), z, t (N*M), y, dy (N*E), W1 (D*M), W2 (M*E), W1t = W1^T (M*D), W2t = W2^T (E*M); M and E
+multiples of 8.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .elementwise import bias_gelu_fwd, gelu_bwd_rows
+from .gemm import _ab_panel, ab_rows, atb_rows
+
+R = 128     # rows per block: the block's R x M hidden activations (and its dg, dz in the backward) stay in L2
+
+
+@njit(cache=True, nogil=True)
+def ab_block(a, b, K, I, rows_total, out):
+    """out (rows_total x I) = a (rows_total x K) b (K x I), flat: 4 rows at a time, the columns in panels of 40
+    (while they last, then 32, 16, 8), each panel summed over k in registers (``gemm._ab_panel``)."""
+    n = 0
+    while n < rows_total:
+        rows = 4 if n + 4 <= rows_total else 1
+        j = 0
+        while j + 40 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 40, out)
+            j += 40
+        while j + 32 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 32, out)
+            j += 32
+        if j + 16 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 16, out)
+            j += 16
+        if j + 8 <= I:
+            _ab_panel(a, b, K, I, n, rows, j, 8, out)
+        n += rows
+
+
+@njit(cache=True, nogil=True)
+def mlp_fwd_rows(x, W1, b1, W2, b2, D, M, E, lo, hi, z, t, y):
+    """Rows lo..hi-1: z = x W1 + b1, t, y = gelu(z) W2 + b2. Returns False when some z is NaN or inf."""
+    G = np.empty(R * M, x.dtype)
+    ok = True
+    for s0 in range(lo, hi, R):
+        s1 = min(hi, s0 + R)
+        r = s1 - s0
+        zb = z[s0 * M:s1 * M]
+        ab_block(x[s0 * D:s1 * D], W1, D, M, r, zb)
+        ok &= bias_gelu_fwd(zb, b1, M, G[:r * M], t[s0 * M:s1 * M])
+        yb = y[s0 * E:s1 * E]
+        ab_rows(G, W2, M, E, 0, r, yb)
+        for i in range(r):
+            for j in range(E):
+                yb[i * E + j] += b2[j]
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def mlp_bwd_rows(dy, x, z, t, W1t, W2t, D, M, E, lo, hi, dx, dW1, dW2t, db1, db2):
+    """Rows lo..hi-1: dx = dz W1^T with dz = (dy W2^T) gelu'(z); adds the rows' x^T dz to dW1 (D*M), dy^T g to
+    dW2t (E*M, i.e. dW2 transposed), the column sums of dz and dy to db1, db2 (float64). Returns False when some
+    dy W2^T is NaN or inf."""
+    G = np.empty(R * M, x.dtype)
+    DG = np.empty(R * M, x.dtype)
+    DZ = np.empty(R * M, x.dtype)
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1.0)
+    ok = True
+    for s0 in range(lo, hi, R):
+        s1 = min(hi, s0 + R)
+        r = s1 - s0
+        zb = z[s0 * M:s1 * M]
+        tb = t[s0 * M:s1 * M]
+        for e in range(r * M):
+            G[e] = half * zb[e] * (one + tb[e])
+        dyb = dy[s0 * E:s1 * E]
+        atb_rows(dyb, G, E, M, 0, r, dW2t)
+        for i in range(r):
+            for j in range(E):
+                db2[j] += float(dyb[i * E + j])
+        ab_block(dyb, W2t, E, M, r, DG)
+        ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
+        atb_rows(x[s0 * D:s1 * D], DZ, D, M, 0, r, dW1)
+        ab_rows(DZ, W1t, M, D, 0, r, dx[s0 * D:s1 * D])
+    return ok
