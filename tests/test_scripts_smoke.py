@@ -152,3 +152,17 @@ def test_partial_analyses_stored_jobs_only_and_says_so(tmp_path):
     assert "linear_L1" in d["per_step_loss"] and "linear_L2" not in d["per_step_loss"]
     assert not (tmp_path / "fig3_depth.json").exists()               # nothing where a finished figure would be
     assert not (tmp_path / ".cache" / "jobs" / f"{jobs['linear_L2'].key}.npz").exists()   # and nothing trained
+
+
+def test_per_step_log_plot_range_follows_the_curves_not_the_bands():
+    """A band whose spread exceeds its mean (lower edge <= 0) must not stretch a log axis down to the floor."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mesa_ref.experiments.common import plot_per_step
+    fig, ax = plt.subplots()
+    plot_per_step(ax, {"a": [1.0, 0.1, 0.01], "b": [0.5, 0.2, 0.05]}, {"a": [2.0, 0.5, 0.001], "b": [0.1, 0.1, 0.1]})
+    lo, hi = ax.get_ylim()
+    plt.close(fig)
+    assert lo == pytest.approx(0.005) and hi == pytest.approx(2.0)

@@ -85,18 +85,28 @@ def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dict | None = None, t0: int = 1,
                   logy: bool = True, ylabel: str = "loss per time step (MSE / 2)") -> None:
-    """Draw method -> per-time-step loss curves (and mean +- spread bands) on ``ax``."""
+    """Draw method -> per-time-step loss curves (and mean +- spread bands) on ``ax``.
+
+    With ``logy`` the y-range is set by the curves (a factor 2 of margin), not by the bands: where the spread is
+    larger than the mean, the band's lower edge (mean - spread <= 0) runs off the bottom of the panel instead of
+    stretching the axis down to the floor it is cut at."""
+    lo, hi = np.inf, 0.0
     for name, ys in per_step.items():
         ys = np.asarray(ys, dtype=float)
         t = np.arange(t0, t0 + len(ys))
         kw = dict((styles or {}).get(name, {}))
         line, = ax.plot(t, ys, label=kw.pop("label", name), **kw)
+        pos = ys[np.isfinite(ys) & (ys > 0)]
+        if pos.size:
+            lo, hi = min(lo, pos.min()), max(hi, pos.max())
         if spread and name in spread:
             s = np.asarray(spread[name], dtype=float)
             ax.fill_between(t, np.maximum(ys - s, 1e-12 if logy else -np.inf), ys + s, color=line.get_color(),
                             alpha=0.2, linewidth=0)
     if logy:
         ax.set_yscale("log")
+        if hi > 0:
+            ax.set_ylim(lo / 2, hi * 2)
     label_axes(ax, "time step t (context length)", ylabel)
 
 
