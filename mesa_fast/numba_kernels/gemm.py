@@ -13,7 +13,8 @@ OpenBLAS runs well below the multiply-add rate the same core reaches on wider pr
 * ``ab_rows``: out[lo:hi] = a[lo:hi] b for a product with few output columns (a multiple of 8; 40, the model's
   width, in one panel of two 16-lane vectors and one 8-lane vector): y = x W into the residual stream and
   dx = dy W^T out of the wider products. 4 rows of out at a time, every output of the panel in a register,
-  b's rows (k) streamed from cache.
+  b's rows (k) streamed from cache. ``ab_panels`` is the same loop, and with ``wide`` it takes panels of 40 while
+  they last (the MLP's 40 -> 160 products, mlp.py).
 
 Arithmetic: fused multiply-adds (``_simd.vfma``) along the summed index, in index order (within a block of 256
 rows for ``atb_rows``, those sums then added to out in row order): another order of the same sums than BLAS's,
@@ -278,13 +279,22 @@ def ab_rows(a, b, K, I, lo, hi, out):
     the core's multiply-add rate). 4 rows of out at a time; their columns in panels of 32 (two 16-lane vectors),
     16 and 8 (an 8-lane vector), or all 40 in one (the model's width), each panel summed over k in registers
     (fused multiply-adds, in k order)."""
+    ab_panels(a, b, K, I, lo, hi, out, False)
+
+
+@njit(cache=True, nogil=True)
+def ab_panels(a, b, K, I, lo, hi, out, wide):
+    """``ab_rows`` with the columns in panels of 40 while they last when ``wide`` (the MLP's wide products,
+    numba_kernels/mlp.py), and otherwise only when I is 40; then panels of 32, 16 and 8. The panels change which
+    outputs share a pass over k, not any output's sum."""
     n = lo
     while n < hi:
         rows = 4 if n + 4 <= hi else 1
         j = 0
-        if I == 40:
-            _ab_panel(a, b, K, I, n, rows, 0, 40, out)
-            j = 40
+        if wide or I == 40:
+            while j + 40 <= I:
+                _ab_panel(a, b, K, I, n, rows, j, 40, out)
+                j += 40
         while j + 32 <= I:
             _ab_panel(a, b, K, I, n, rows, j, 32, out)
             j += 32

@@ -15,31 +15,9 @@ import numpy as np
 from numba import njit
 
 from .elementwise import bias_gelu_fwd, gelu_bwd_rows
-from .gemm import _ab_panel, ab_rows, atb_rows
+from .gemm import ab_panels, ab_rows, atb_rows
 
 R = 128     # rows per block: the block's R x M hidden activations (and its dg, dz in the backward) stay in L2
-
-
-@njit(cache=True, nogil=True)
-def ab_block(a, b, K, I, rows_total, out):
-    """out (rows_total x I) = a (rows_total x K) b (K x I), flat: 4 rows at a time, the columns in panels of 40
-    (while they last, then 32, 16, 8), each panel summed over k in registers (``gemm._ab_panel``)."""
-    n = 0
-    while n < rows_total:
-        rows = 4 if n + 4 <= rows_total else 1
-        j = 0
-        while j + 40 <= I:
-            _ab_panel(a, b, K, I, n, rows, j, 40, out)
-            j += 40
-        while j + 32 <= I:
-            _ab_panel(a, b, K, I, n, rows, j, 32, out)
-            j += 32
-        if j + 16 <= I:
-            _ab_panel(a, b, K, I, n, rows, j, 16, out)
-            j += 16
-        if j + 8 <= I:
-            _ab_panel(a, b, K, I, n, rows, j, 8, out)
-        n += rows
 
 
 @njit(cache=True, nogil=True)
@@ -51,7 +29,7 @@ def mlp_fwd_rows(x, W1, b1, W2, b2, D, M, E, lo, hi, z, t, y):
         s1 = min(hi, s0 + R)
         r = s1 - s0
         zb = z[s0 * M:s1 * M]
-        ab_block(x[s0 * D:s1 * D], W1, D, M, r, zb)
+        ab_panels(x[s0 * D:s1 * D], W1, D, M, 0, r, zb, True)
         ok &= bias_gelu_fwd(zb, b1, M, G[:r * M], t[s0 * M:s1 * M])
         yb = y[s0 * E:s1 * E]
         ab_rows(G, W2, M, E, 0, r, yb)
@@ -84,7 +62,7 @@ def mlp_bwd_rows(dy, x, z, t, W1t, W2t, D, M, E, lo, hi, dx, dW1, dW2t, db1, db2
         for i in range(r):
             for j in range(E):
                 db2[j] += float(dyb[i * E + j])
-        ab_block(dyb, W2t, E, M, r, DG)
+        ab_panels(dyb, W2t, E, M, 0, r, DG, True)
         ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
         atb_rows(x[s0 * D:s1 * D], DZ, D, M, 0, r, dW1)
         ab_rows(DZ, W1t, M, D, 0, r, dx[s0 * D:s1 * D])
