@@ -490,12 +490,232 @@ def linear_backward(q, k, v, dout):
 # --------------------------------------------------------------------------------------------
 # softmax attention [L3]: 16 sequences per group in SIMD lanes, like linear attention, the row max, exp
 # and normalisation included (``_simd.vexp``); the (T, T) maps stay in the lane layout between the
-# forward and the backward
+# forward and the backward. Rows t and t+1 go together through the products: the two rows share every load of
+# the other operand (k_s, v_s), half the loads per multiply-add of one row at a time, and each of their sums
+# runs over the same terms in the same order as one row alone would.
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
+def _row_dots(x, y, A, t, T, w, sc):
+    """A[t, s] = sc (x_t . y_s) for s <= t, 4 keys s at a time (x, y (T, w) and A (T, T) lane-laid-out)."""
+    wL = w * L
+    tw = t * wL
+    row = t * T * L
+    s = 0
+    while s + 4 <= t + 1:
+        a0 = wzeros(x)
+        a1 = wzeros(x)
+        a2 = wzeros(x)
+        a3 = wzeros(x)
+        for i in range(w):
+            xi = wload(x, tw + i * L)
+            o = s * wL + i * L
+            a0 = vfma(xi, wload(y, o), a0)
+            a1 = vfma(xi, wload(y, o + wL), a1)
+            a2 = vfma(xi, wload(y, o + 2 * wL), a2)
+            a3 = vfma(xi, wload(y, o + 3 * wL), a3)
+        o = row + s * L
+        vstore(A, o, vmul(a0, sc))
+        vstore(A, o + L, vmul(a1, sc))
+        vstore(A, o + 2 * L, vmul(a2, sc))
+        vstore(A, o + 3 * L, vmul(a3, sc))
+        s += 4
+    while s <= t:
+        a0 = wzeros(x)
+        for i in range(w):
+            a0 = vfma(wload(x, tw + i * L), wload(y, s * wL + i * L), a0)
+        vstore(A, row + s * L, vmul(a0, sc))
+        s += 1
+
+
+@njit(cache=True, nogil=True)
+def _row_dots2(x, y, A, t, T, w, sc):
+    """``_row_dots`` for rows t and t+1 (t + 1 < T) together: 4 keys s at a time, each y_s load shared by both
+    rows, then row t+1's last key."""
+    wL = w * L
+    tw = t * wL
+    uw = tw + wL
+    row = t * T * L
+    rou = row + T * L
+    s = 0
+    while s + 4 <= t + 1:
+        a0 = wzeros(x)
+        a1 = wzeros(x)
+        a2 = wzeros(x)
+        a3 = wzeros(x)
+        b0 = wzeros(x)
+        b1 = wzeros(x)
+        b2 = wzeros(x)
+        b3 = wzeros(x)
+        for i in range(w):
+            xi = wload(x, tw + i * L)
+            ui = wload(x, uw + i * L)
+            o = s * wL + i * L
+            y0 = wload(y, o)
+            y1 = wload(y, o + wL)
+            y2 = wload(y, o + 2 * wL)
+            y3 = wload(y, o + 3 * wL)
+            a0 = vfma(xi, y0, a0)
+            a1 = vfma(xi, y1, a1)
+            a2 = vfma(xi, y2, a2)
+            a3 = vfma(xi, y3, a3)
+            b0 = vfma(ui, y0, b0)
+            b1 = vfma(ui, y1, b1)
+            b2 = vfma(ui, y2, b2)
+            b3 = vfma(ui, y3, b3)
+        o = row + s * L
+        vstore(A, o, vmul(a0, sc))
+        vstore(A, o + L, vmul(a1, sc))
+        vstore(A, o + 2 * L, vmul(a2, sc))
+        vstore(A, o + 3 * L, vmul(a3, sc))
+        o = rou + s * L
+        vstore(A, o, vmul(b0, sc))
+        vstore(A, o + L, vmul(b1, sc))
+        vstore(A, o + 2 * L, vmul(b2, sc))
+        vstore(A, o + 3 * L, vmul(b3, sc))
+        s += 4
+    while s <= t + 1:
+        a0 = wzeros(x)
+        b0 = wzeros(x)
+        for i in range(w):
+            yi = wload(y, s * wL + i * L)
+            a0 = vfma(wload(x, tw + i * L), yi, a0)
+            b0 = vfma(wload(x, uw + i * L), yi, b0)
+        if s <= t:
+            vstore(A, row + s * L, vmul(a0, sc))
+        vstore(A, rou + s * L, vmul(b0, sc))
+        s += 1
+
+
+@njit(cache=True, nogil=True)
+def _row_mix(A, y, out, t, T, w):
+    """out_t = sum_{s <= t} A[t, s] y_s, in s order, 4 columns at a time (y, out (T, w) lane-laid-out)."""
+    wL = w * L
+    tw = t * wL
+    row = t * T * L
+    j = 0
+    while j + 4 <= w:
+        a0 = wzeros(y)
+        a1 = wzeros(y)
+        a2 = wzeros(y)
+        a3 = wzeros(y)
+        for s in range(t + 1):
+            p = wload(A, row + s * L)
+            o = s * wL + j * L
+            a0 = vfma(p, wload(y, o), a0)
+            a1 = vfma(p, wload(y, o + L), a1)
+            a2 = vfma(p, wload(y, o + 2 * L), a2)
+            a3 = vfma(p, wload(y, o + 3 * L), a3)
+        o = tw + j * L
+        vstore(out, o, a0)
+        vstore(out, o + L, a1)
+        vstore(out, o + 2 * L, a2)
+        vstore(out, o + 3 * L, a3)
+        j += 4
+    while j < w:
+        a0 = wzeros(y)
+        for s in range(t + 1):
+            a0 = vfma(wload(A, row + s * L), wload(y, s * wL + j * L), a0)
+        vstore(out, tw + j * L, a0)
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def _row_mix2(A, y, out, t, T, w):
+    """``_row_mix`` for rows t and t+1 (t + 1 < T) together: the y_s loads for s <= t shared by both rows, then
+    row t+1's last term, so each row's sum keeps the s order of ``_row_mix``."""
+    wL = w * L
+    tw = t * wL
+    uw = tw + wL
+    row = t * T * L
+    rou = row + T * L
+    j = 0
+    while j + 4 <= w:
+        a0 = wzeros(y)
+        a1 = wzeros(y)
+        a2 = wzeros(y)
+        a3 = wzeros(y)
+        b0 = wzeros(y)
+        b1 = wzeros(y)
+        b2 = wzeros(y)
+        b3 = wzeros(y)
+        for s in range(t + 1):
+            p = wload(A, row + s * L)
+            r = wload(A, rou + s * L)
+            o = s * wL + j * L
+            y0 = wload(y, o)
+            y1 = wload(y, o + L)
+            y2 = wload(y, o + 2 * L)
+            y3 = wload(y, o + 3 * L)
+            a0 = vfma(p, y0, a0)
+            a1 = vfma(p, y1, a1)
+            a2 = vfma(p, y2, a2)
+            a3 = vfma(p, y3, a3)
+            b0 = vfma(r, y0, b0)
+            b1 = vfma(r, y1, b1)
+            b2 = vfma(r, y2, b2)
+            b3 = vfma(r, y3, b3)
+        r = wload(A, rou + (t + 1) * L)
+        o = (t + 1) * wL + j * L
+        b0 = vfma(r, wload(y, o), b0)
+        b1 = vfma(r, wload(y, o + L), b1)
+        b2 = vfma(r, wload(y, o + 2 * L), b2)
+        b3 = vfma(r, wload(y, o + 3 * L), b3)
+        o = tw + j * L
+        vstore(out, o, a0)
+        vstore(out, o + L, a1)
+        vstore(out, o + 2 * L, a2)
+        vstore(out, o + 3 * L, a3)
+        o = uw + j * L
+        vstore(out, o, b0)
+        vstore(out, o + L, b1)
+        vstore(out, o + 2 * L, b2)
+        vstore(out, o + 3 * L, b3)
+        j += 4
+    while j < w:
+        a0 = wzeros(y)
+        b0 = wzeros(y)
+        for s in range(t + 1):
+            yj = wload(y, s * wL + j * L)
+            a0 = vfma(wload(A, row + s * L), yj, a0)
+            b0 = vfma(wload(A, rou + s * L), yj, b0)
+        b0 = vfma(wload(A, rou + (t + 1) * L), wload(y, (t + 1) * wL + j * L), b0)
+        vstore(out, tw + j * L, a0)
+        vstore(out, uw + j * L, b0)
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def _softmax_row(P, t, T, like):
+    """Row t of the scores (s <= t) in place -> its softmax: the row max, exp, sum and division on lane vectors."""
+    row = t * T * L
+    m = wload(P, row)
+    for s in range(1, t + 1):
+        m = vmax(m, wload(P, row + s * L))
+    tot = wzeros(like)
+    for s in range(t + 1):
+        e = vexp(vsub(wload(P, row + s * L), m))
+        vstore(P, row + s * L, e)
+        tot = vadd(tot, e)
+    for s in range(t + 1):
+        vstore(P, row + s * L, vdiv(wload(P, row + s * L), tot))
+
+
+@njit(cache=True, nogil=True)
+def _dscores_row(dS, P, t, T, sc, like):
+    """Row t of dP (s <= t) in place -> dS[t, s] = P[t, s] (dP[t, s] - sum_s' dP[t, s'] P[t, s']) sc."""
+    row = t * T * L
+    rd = wzeros(like)
+    for s in range(t + 1):
+        rd = vfma(wload(dS, row + s * L), wload(P, row + s * L), rd)
+    for s in range(t + 1):
+        o = row + s * L
+        vstore(dS, o, vmul(vmul(wload(P, o), vsub(wload(dS, o), rd)), sc))
+
+
+@njit(cache=True, nogil=True)
 def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, dv, g):
-    """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s.  [L3]
+    """One group: P_t = softmax(scale q_t . k_s, s <= t), out_t = sum_s P_t[s] v_s, rows in pairs.  [L3]
     q, k, v, out strided (see ``_gather4``); P the lane-laid-out maps of all groups (``softmax_forward``): this
     group's P[t, s] for s <= t at P[g*T*T*L + (t*T + s)*L + lane], written in place (the entries above the diagonal
     are left as they are: nothing reads them). The row max, exp and normalisation run on lane vectors
@@ -510,70 +730,17 @@ def _softmax_forward_group(q, qs, k, ks, v, vs, scale, P, out, os, N, H, T, d, d
     _gather_qkv(q, qs, k, ks, v, vs, n0, nl, H, T, d, dv, qg, kg, vg)
     ok = _lanes_finite(qg, T * d) & _lanes_finite(kg, T * d) & _lanes_finite(vg, T * dv)
     sc = wsplat(qg, scale)
-    dL = d * L
-    vL = dv * L
-    for t in range(T):
-        td = t * dL
-        row = t * T * L
-        s = 0
-        while s + 4 <= t + 1:                           # scores, 4 keys at a time
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for i in range(d):
-                qi = wload(qg, td + i * L)
-                o = s * dL + i * L
-                a0 = vfma(qi, wload(kg, o), a0)
-                a1 = vfma(qi, wload(kg, o + dL), a1)
-                a2 = vfma(qi, wload(kg, o + 2 * dL), a2)
-                a3 = vfma(qi, wload(kg, o + 3 * dL), a3)
-            vstore(Pg, row + s * L, vmul(a0, sc))
-            vstore(Pg, row + (s + 1) * L, vmul(a1, sc))
-            vstore(Pg, row + (s + 2) * L, vmul(a2, sc))
-            vstore(Pg, row + (s + 3) * L, vmul(a3, sc))
-            s += 4
-        while s <= t:
-            a0 = wzeros(qg)
-            for i in range(d):
-                a0 = vfma(wload(qg, td + i * L), wload(kg, s * dL + i * L), a0)
-            vstore(Pg, row + s * L, vmul(a0, sc))
-            s += 1
-        m = wload(Pg, row)                              # softmax of the row, every lane at once
-        for s in range(1, t + 1):
-            m = vmax(m, wload(Pg, row + s * L))
-        tot = wzeros(qg)
-        for s in range(t + 1):
-            e = vexp(vsub(wload(Pg, row + s * L), m))
-            vstore(Pg, row + s * L, e)
-            tot = vadd(tot, e)
-        for s in range(t + 1):
-            vstore(Pg, row + s * L, vdiv(wload(Pg, row + s * L), tot))
-        tv = t * vL
-        j = 0
-        while j + 4 <= dv:                              # out_t = sum_s P[t, s] v_s, 4 columns at a time
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for s in range(t + 1):
-                p = wload(Pg, row + s * L)
-                o = s * vL + j * L
-                a0 = vfma(p, wload(vg, o), a0)
-                a1 = vfma(p, wload(vg, o + L), a1)
-                a2 = vfma(p, wload(vg, o + 2 * L), a2)
-                a3 = vfma(p, wload(vg, o + 3 * L), a3)
-            vstore(og, tv + j * L, a0)
-            vstore(og, tv + (j + 1) * L, a1)
-            vstore(og, tv + (j + 2) * L, a2)
-            vstore(og, tv + (j + 3) * L, a3)
-            j += 4
-        while j < dv:
-            a0 = wzeros(qg)
-            for s in range(t + 1):
-                a0 = vfma(wload(Pg, row + s * L), wload(vg, s * vL + j * L), a0)
-            vstore(og, tv + j * L, a0)
-            j += 1
+    t = 0
+    while t + 2 <= T:
+        _row_dots2(qg, kg, Pg, t, T, d, sc)
+        _softmax_row(Pg, t, T, qg)
+        _softmax_row(Pg, t + 1, T, qg)
+        _row_mix2(Pg, vg, og, t, T, dv)
+        t += 2
+    if t < T:
+        _row_dots(qg, kg, Pg, t, T, d, sc)
+        _softmax_row(Pg, t, T, qg)
+        _row_mix(Pg, vg, og, t, T, dv)
     _scatter4(og, out, os, n0, nl, H, T, dv)
     return ok
 
@@ -679,8 +846,8 @@ def _column_sums2(A, T, s, x, w, gx, like):
 @njit(cache=True, nogil=True)
 def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
     """One group: dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale (the whole lower triangle kept);
-    dq_t = sum_s dS[t,s] k_s by rows; then by columns dk_s = sum_t dS[t,s] q_t, dv_s = sum_t P[t,s] dout_t.  [L3]
-    Every sum runs in registers (4 columns at a time), none through memory."""
+    dq_t = sum_s dS[t,s] k_s by rows (in pairs); then by columns dk_s = sum_t dS[t,s] q_t, dv_s = sum_t P[t,s] dout_t
+    (in pairs).  [L3] Every sum runs in registers (4 columns at a time), none through memory."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)
@@ -696,66 +863,18 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
     gv = aligned_empty(T * dv * L, q)
     dS = aligned_empty(T * T * L, q)                  # dS[t, s] at (t*T + s)*L, s <= t
     sc = wsplat(qg, scale)
-    dL = d * L
-    vL = dv * L
-    for t in range(T):
-        tv = t * vL
-        td = t * dL
-        row = t * T * L
-        s = 0
-        while s + 4 <= t + 1:                           # dP[t, s] = dout_t . v_s, 4 keys at a time
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for j in range(dv):
-                dj = wload(dog, tv + j * L)
-                o = s * vL + j * L
-                a0 = vfma(dj, wload(vg, o), a0)
-                a1 = vfma(dj, wload(vg, o + vL), a1)
-                a2 = vfma(dj, wload(vg, o + 2 * vL), a2)
-                a3 = vfma(dj, wload(vg, o + 3 * vL), a3)
-            vstore(dS, row + s * L, a0)
-            vstore(dS, row + (s + 1) * L, a1)
-            vstore(dS, row + (s + 2) * L, a2)
-            vstore(dS, row + (s + 3) * L, a3)
-            s += 4
-        while s <= t:
-            a0 = wzeros(qg)
-            for j in range(dv):
-                a0 = vfma(wload(dog, tv + j * L), wload(vg, s * vL + j * L), a0)
-            vstore(dS, row + s * L, a0)
-            s += 1
-        rd = wzeros(qg)                                 # sum_s dP[t, s] P[t, s]
-        for s in range(t + 1):
-            rd = vfma(wload(dS, row + s * L), wload(Pg, row + s * L), rd)
-        for s in range(t + 1):
-            o = row + s * L
-            vstore(dS, o, vmul(vmul(wload(Pg, o), vsub(wload(dS, o), rd)), sc))      # dS[t, s]
-        i = 0
-        while i + 4 <= d:                               # dq_t = sum_s dS[t, s] k_s, 4 columns at a time
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for s in range(t + 1):
-                p = wload(dS, row + s * L)
-                o = s * dL + i * L
-                a0 = vfma(p, wload(kg, o), a0)
-                a1 = vfma(p, wload(kg, o + L), a1)
-                a2 = vfma(p, wload(kg, o + 2 * L), a2)
-                a3 = vfma(p, wload(kg, o + 3 * L), a3)
-            vstore(gq, td + i * L, a0)
-            vstore(gq, td + (i + 1) * L, a1)
-            vstore(gq, td + (i + 2) * L, a2)
-            vstore(gq, td + (i + 3) * L, a3)
-            i += 4
-        while i < d:
-            a0 = wzeros(qg)
-            for s in range(t + 1):
-                a0 = vfma(wload(dS, row + s * L), wload(kg, s * dL + i * L), a0)
-            vstore(gq, td + i * L, a0)
-            i += 1
+    one = wsplat(qg, 1.0)
+    t = 0
+    while t + 2 <= T:                                   # by rows, in pairs
+        _row_dots2(dog, vg, dS, t, T, dv, one)          # dP[t, s] = dout_t . v_s (times 1: exact)
+        _dscores_row(dS, Pg, t, T, sc, qg)
+        _dscores_row(dS, Pg, t + 1, T, sc, qg)
+        _row_mix2(dS, kg, gq, t, T, d)                  # dq_t = sum_s dS[t, s] k_s
+        t += 2
+    if t < T:
+        _row_dots(dog, vg, dS, t, T, dv, one)
+        _dscores_row(dS, Pg, t, T, sc, qg)
+        _row_mix(dS, kg, gq, t, T, d)
     s = 0
     while s + 2 <= T:                                   # by columns: dk_s, dv_s, two columns at a time
         _column_sums2(dS, T, s, qg, d, gk, qg)
