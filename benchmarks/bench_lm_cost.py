@@ -7,25 +7,9 @@ At the size of fig8's full configuration (``mesa_ref.experiments.language.FULL``
    reference), one training step (``loss_and_grads`` + gradient clipping + the AdamW update, what
    ``mesa_ref.train`` does per batch) and one forward pass, on real windows of the default corpus, and
    divides by the tokens in the batch;
-2. counts the attention part's forward FLOPs per token and head (a multiply-add is 2 FLOPs), from the
-   formulas the code evaluates:
-
-       softmax [L3]           4 d t_avg + 3 t_avg            scores and weighted values over the t' <= t
-                                                             (t_avg = (T+1)/2), plus the softmax itself
-       linear [L2]            4 d^2  recurrent form          S_t = S_{t-1} + v k^T, o = S q
-                              4 d t_avg  T x T form          (the form ``linear_attention_forward`` uses)
-       mesa [M2] sequential   10 d^2 + 3 d                   c = R k, R -= c c^T / (1 + k.c), q~ = R q,
-                                                             S += v k^T, o = S q~
-       mesa [M5] chunk C      10 d^2 + 11 C d + C^2 / 3      per chunk: K^T R0, K^T R0 K, Cholesky,
-                                                             the triangular solve for G, R0 - G^T G, the
-                                                             queries' R0 X - G^T triu(G X), and the causal
-                                                             sums with a running state (as
-                                                             mesa_ref/ops/mesa_chunkwise.py computes them:
-                                                             the masked C x C blocks are full products)
-
-   and the backward's count from the same formulas ([M3] for the sequential form: 18 d^2 plus 2 d^2 to
-   rebuild R_t from its rank-one factor; the chunkwise backward, five causal sums and one R_t
-   application: 22 d^2 + 24 C d), plus the rest of the model (projections, MLP, read-out) for scale;
+2. counts the attention part's forward and backward FLOPs per token and head for each form (softmax [L3],
+   linear [L2] in its T x T and recurrent forms, the sequential mesa layer [M2]/[M3], the chunkwise form [M5]),
+   plus the rest of the model for scale, with ``mesa_ref.flops`` (its docstring has the formulas);
 3. times the mesa layer alone at the full configuration's shape (B, H, T, d) in its sequential form
    (``mesa_forward``/``mesa_backward``: Numba and reference) and in the exact chunkwise form [M5]
    (``mesa_chunkwise_forward``/``_backward``) for several chunk sizes C, checks that both give the same
@@ -66,32 +50,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 # ---------------------------------------------------------------------------------------------- FLOP counts
-def attention_flops(form: str, T: int, d: int, chunk: int | None = None) -> dict:
-    """Forward and backward FLOPs per token and head of one attention form (averaged over the T positions)."""
-    t_avg = (T + 1) / 2
-    if form == "softmax":
-        return {"forward": 4 * d * t_avg + 3 * t_avg, "backward": 8 * d * t_avg + 4 * t_avg}
-    if form == "linear_recurrent":
-        return {"forward": 4 * d * d, "backward": 10 * d * d}
-    if form == "linear_quadratic":
-        return {"forward": 4 * d * t_avg, "backward": 8 * d * t_avg}
-    if form == "mesa_sequential":
-        return {"forward": 10 * d * d + 3 * d, "backward": 20 * d * d + 4 * d}
-    if form == "mesa_chunkwise":
-        C = chunk
-        return {"forward": 10 * d * d + 11 * C * d + C * C / 3, "backward": 22 * d * d + 24 * C * d}
-    raise ValueError(f"form: unknown {form!r}")
+from mesa_ref.flops import attention_flops  # noqa: E402  (the counts and their formulas: mesa_ref/flops.py)
 
 
 def model_flops(kind_layers, cfg, V: int, chunk: int | None = None) -> dict:
-    """Forward FLOPs per token: the attention part (every layer and head) and the rest of the model."""
-    D, H, d, T = cfg.width, cfg.heads, cfg.key_size, cfg.T
-    form = {"softmax": "softmax", "linear": "linear_quadratic",
-            "mesa": "mesa_chunkwise" if chunk else "mesa_sequential"}
-    attn = sum(H * attention_flops(form[k], T, d, chunk)["forward"] for k in kind_layers)
-    per_layer = 2 * D * 3 * H * d + 2 * H * d * D + (16 * D * D if cfg.mlp else 0)   # QKV, output, MLP
-    rest = len(kind_layers) * per_layer + 2 * D * V
-    return {"attention": attn, "rest": rest, "attention_share": attn / (attn + rest)}
+    """``mesa_ref.flops.model_flops`` at the size of the LM config ``cfg``."""
+    from mesa_ref.flops import model_flops as count
+    return count(kind_layers, width=cfg.width, heads=cfg.heads, key_size=cfg.key_size, T=cfg.T, mlp=cfg.mlp,
+                 vocab=V, chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -74,8 +74,23 @@ def rows_for(name, d):
         return out
     if name == "fig8_language":
         hl = d["heldout_loss"]
-        return [(f"held-out cross-entropy (nats/char), {k}", f(v, 4)) for k, v in hl.items()] + \
-               [("unigram model's held-out cross-entropy", f(d["unigram_heldout_cross_entropy"], 4))]
+        out = [(f"held-out cross-entropy (nats/char), {k}", f(v, 4)) for k, v in hl.items()] + \
+              [("unigram model's held-out cross-entropy", f(d["unigram_heldout_cross_entropy"], 4))]
+        ec = d.get("equal_compute")
+        if ec:
+            out.append(("training MFLOPs per token (forward + backward): " + ", ".join(ec["flops"]),
+                        ", ".join(f(v["train_per_token"] / 1e6, 3) for v in ec["flops"].values())))
+            out.append(("training seconds (the jobs' own): " + ", ".join(ec["train_seconds"]),
+                        ", ".join(f"{v:.0f}" for v in ec["train_seconds"].values())))
+            for k in ec["flops"]:
+                if k == "softmax":
+                    continue
+                own = ec["loss_at_flop_budget"][k][k]
+                out.append((f"learning-curve loss at {k}'s FLOP budget: softmax / {k}",
+                            f"{f(ec['loss_at_flop_budget']['softmax'][k], 4)} / {f(own, 4)}"))
+                out.append((f"learning-curve loss at {k}'s time budget: softmax / {k}",
+                            f"{f(ec['loss_at_time_budget']['softmax'][k], 4)} / {f(own, 4)}"))
+        return out
     if name == "fig4_probing":
         out = []
         for model, targets in d["probe_error"].items():

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import ModelConfig
+from ..flops import model_flops
 from ..jobs import Job
 from ..ops._common import to_host
 from ..tasks import LanguageTask
@@ -153,6 +154,47 @@ def _model_of(ctx, result):
     return ctx.model(cfg), result.params
 
 
+def loss_at(xs, losses, budget):
+    """The learning curve's loss at ``budget`` (of the same quantity as xs: steps, FLOPs or seconds), linearly
+    interpolated between the evaluations around it; None beyond the curve's last point."""
+    pts = [(float(x), float(v)) for x, v in zip(xs, losses) if v is not None]
+    if not pts or budget > pts[-1][0] * (1 + 1e-9):
+        return None
+    for (x0, v0), (x1, v1) in zip(pts, pts[1:]):
+        if budget <= x1:
+            return v0 + (v1 - v0) * (budget - x0) / (x1 - x0) if x1 > x0 else v1
+    return pts[-1][1]
+
+
+def equal_compute(cfg: LMConfig, records: dict, curves: dict, V: int) -> dict:
+    """The kinds at equal compute: FLOPs per token (``mesa_ref.flops``) and what each run used, and the matrix
+    loss_at_budget[a][b] = kind a's held-out loss (its learning curve) when a has spent what b spent in all, in
+    training FLOPs and in training seconds (None where b spent more than a did)."""
+    tokens = cfg.batch * cfg.T
+    flops, used_flops, used_seconds, at_flops, at_seconds = {}, {}, {}, {}, {}
+    for kind, model in records.items():
+        f = model_flops(model["layers"], width=model["width"], heads=model["heads"], key_size=model["key_size"],
+                        T=cfg.T, mlp=model["mlp"], vocab=V)
+        flops[kind] = {"forward_per_token": f["forward"], "train_per_token": f["train"],
+                       "attention_share_forward": f["attention_share"]}
+        c = curves[kind]
+        used_flops[kind] = float(c["step"][-1]) * tokens * f["train"]
+        used_seconds[kind] = float(c["seconds"][-1])
+    for a in records:
+        c = curves[a]
+        cum_flops = [float(s) * tokens * flops[a]["train_per_token"] for s in c["step"]]
+        at_flops[a] = {b: loss_at(cum_flops, c["loss"], used_flops[b]) for b in records}
+        at_seconds[a] = {b: loss_at(c["seconds"], c["loss"], used_seconds[b]) for b in records}
+    return {"flops": flops, "train_flops": used_flops, "train_seconds": used_seconds,
+            "loss_at_flop_budget": at_flops, "loss_at_time_budget": at_seconds,
+            "notes": "loss_at_*_budget[a][b]: kind a's held-out learning-curve loss (the job's test set) once a "
+                     "has spent kind b's whole training budget, interpolated between evaluations; a run cut "
+                     "short this way has not finished its learning-rate schedule (cosine over all steps), so "
+                     "the value is an upper bound on what a run planned for that budget would reach. Seconds: "
+                     "the jobs' own training wall time (one thread each, two jobs sharing the 2-core machine); "
+                     "FLOPs: mesa_ref.flops (linear layers in their T x T form, mesa layers sequential)"}
+
+
 def analyse(ctx, cfg: LMConfig, results) -> dict:
     task = lm_task(cfg)
     corpus = task.corpus()
@@ -171,6 +213,7 @@ def analyse(ctx, cfg: LMConfig, results) -> dict:
         counts[kind] = model.num_params(params)
         seconds[kind] = round(float(r.cost.get("wall_seconds", float("nan"))), 1)
     V = corpus.V
+    records = {kind: results[kind].record["model"] for kind in KINDS}
     return {
         "heldout_loss": heldout,
         "unigram_entropy": unigram_entropy(corpus.ids, V),
@@ -183,6 +226,7 @@ def analyse(ctx, cfg: LMConfig, results) -> dict:
                    "tokens": int(len(corpus.ids)), "train_tokens": int(len(train_ids)),
                    "heldout_tokens": int(len(held_ids))},
         "token_budget": cfg.steps * cfg.batch * cfg.T,
+        "equal_compute": equal_compute(cfg, records, curves, V),
         "choices": ["model sizes, context length and token budget are our choices (the paper's language models "
                     "are far larger); the full size is chosen so that each job trains on a 2-core CPU in two hours "
                     "or less (benchmarks/results/bench_lm_cost_cpu.json)",
