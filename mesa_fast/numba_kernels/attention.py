@@ -844,10 +844,89 @@ def _column_sums2(A, T, s, x, w, gx, like):
 
 
 @njit(cache=True, nogil=True)
+def _column_sums4(A, T, s, x, w, gx, like):
+    """``_column_sums`` of columns s..s+3 together (s + 3 < T): each row's x loads shared by the four columns, 4
+    columns i at a time. Rows s..s+2 add only to the columns they have entries in; every column's sum runs over
+    t in the order of ``_column_sums``."""
+    wL = w * L
+    i = 0
+    while i < w:
+        n = 4 if i + 4 <= w else 1                      # 4 columns i at a time, then one at a time
+        a0 = wzeros(like)
+        a1 = wzeros(like)
+        a2 = wzeros(like)
+        a3 = wzeros(like)
+        b0 = wzeros(like)
+        b1 = wzeros(like)
+        b2 = wzeros(like)
+        b3 = wzeros(like)
+        c0 = wzeros(like)
+        c1 = wzeros(like)
+        c2 = wzeros(like)
+        c3 = wzeros(like)
+        d0 = wzeros(like)
+        d1 = wzeros(like)
+        d2 = wzeros(like)
+        d3 = wzeros(like)
+        for t in range(s, T):
+            o = t * wL + i * L
+            x0 = wload(x, o)
+            x1 = wload(x, o + L) if n == 4 else x0
+            x2 = wload(x, o + 2 * L) if n == 4 else x0
+            x3 = wload(x, o + 3 * L) if n == 4 else x0
+            r = (t * T + s) * L
+            p = wload(A, r)
+            a0 = vfma(p, x0, a0)
+            a1 = vfma(p, x1, a1)
+            a2 = vfma(p, x2, a2)
+            a3 = vfma(p, x3, a3)
+            if t > s:
+                p = wload(A, r + L)
+                b0 = vfma(p, x0, b0)
+                b1 = vfma(p, x1, b1)
+                b2 = vfma(p, x2, b2)
+                b3 = vfma(p, x3, b3)
+            if t > s + 1:
+                p = wload(A, r + 2 * L)
+                c0 = vfma(p, x0, c0)
+                c1 = vfma(p, x1, c1)
+                c2 = vfma(p, x2, c2)
+                c3 = vfma(p, x3, c3)
+            if t > s + 2:
+                p = wload(A, r + 3 * L)
+                d0 = vfma(p, x0, d0)
+                d1 = vfma(p, x1, d1)
+                d2 = vfma(p, x2, d2)
+                d3 = vfma(p, x3, d3)
+        o = s * wL + i * L
+        vstore(gx, o, a0)
+        vstore(gx, o + wL, b0)
+        vstore(gx, o + 2 * wL, c0)
+        vstore(gx, o + 3 * wL, d0)
+        if n == 4:
+            vstore(gx, o + L, a1)
+            vstore(gx, o + 2 * L, a2)
+            vstore(gx, o + 3 * L, a3)
+            o += wL
+            vstore(gx, o + L, b1)
+            vstore(gx, o + 2 * L, b2)
+            vstore(gx, o + 3 * L, b3)
+            o += wL
+            vstore(gx, o + L, c1)
+            vstore(gx, o + 2 * L, c2)
+            vstore(gx, o + 3 * L, c3)
+            o += wL
+            vstore(gx, o + L, d1)
+            vstore(gx, o + 2 * L, d2)
+            vstore(gx, o + 3 * L, d3)
+        i += n
+
+
+@njit(cache=True, nogil=True)
 def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, dk, dks, dvv, dvs, N, H, T, d, dv, g):
     """One group: dP[t,s] = dout_t . v_s; dS = P (dP - sum_s dP P) scale (the whole lower triangle kept);
     dq_t = sum_s dS[t,s] k_s by rows (in pairs); then by columns dk_s = sum_t dS[t,s] q_t, dv_s = sum_t P[t,s] dout_t
-    (in pairs).  [L3] Every sum runs in registers (4 columns at a time), none through memory."""
+    (four columns s at a time).  [L3] Every sum runs in registers (4 columns at a time), none through memory."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(T * d * L, q)
@@ -876,7 +955,11 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
         _dscores_row(dS, Pg, t, T, sc, qg)
         _row_mix(dS, kg, gq, t, T, d)
     s = 0
-    while s + 2 <= T:                                   # by columns: dk_s, dv_s, two columns at a time
+    while s + 4 <= T:                                   # by columns: dk_s, dv_s, four columns at a time
+        _column_sums4(dS, T, s, qg, d, gk, qg)
+        _column_sums4(Pg, T, s, dog, dv, gv, qg)
+        s += 4
+    while s + 2 <= T:
         _column_sums2(dS, T, s, qg, d, gk, qg)
         _column_sums2(Pg, T, s, dog, dv, gv, qg)
         s += 2
