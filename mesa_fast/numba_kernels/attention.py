@@ -21,7 +21,9 @@ running state S_t, forward sweep for dq and reverse sweep with G_t for dk, dv, t
   in another order. The backward uses the same state and its reverse-time twin
   G_t = sum_{t'>=t} dout_{t'} q_{t'}^T:
       dq_t = S_t^T dout_t,   dk_t = G_t^T v_t,   dv_t = G_t k_t.
-  So nothing T x T is ever formed, and the cache is just (q, k, v).
+  So nothing T x T is ever formed, and the cache is just (q, k, v). Each sweep takes two tokens per pass over
+  its state (``_linear_step2``, ``_dq_step2``, ``_g_step2``): every entry of S or G is loaded and stored once
+  per pair, with the same operations in the same order as one token at a time.
 * Lanes. L = 16 independent (batch, head) sequences run together, one per SIMD lane
   (``_simd.LaneVec`` with ``_simd.WIDE`` lanes: one AVX-512 register of float32, two of float64; the
   mesa kernels use 8). Per group of 16 the inputs are gathered into lane-laid-out buffers,
@@ -210,73 +212,165 @@ def _lanes_finite(buf, n):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
+def _linear_step1(S, qg, kg, vg, og, d, dv):
+    """One token (slot 0 of the one-token buffers): S += v k^T, og = S q. Rows j of S 4 at a time, so that 4
+    independent accumulators hide the add latency."""
+    dL = d * L
+    j = 0
+    while j + 4 <= dv:
+        v0 = wload(vg, j * L)
+        v1 = wload(vg, (j + 1) * L)
+        v2 = wload(vg, (j + 2) * L)
+        v3 = wload(vg, (j + 3) * L)
+        a0 = wzeros(qg)
+        a1 = wzeros(qg)
+        a2 = wzeros(qg)
+        a3 = wzeros(qg)
+        for i in range(d):
+            ki = wload(kg, i * L)
+            qi = wload(qg, i * L)
+            o = j * dL + i * L
+            s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
+            vstore(S, o, s0)
+            a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
+            s1 = vfma(v1, ki, wload(S, o + dL))
+            vstore(S, o + dL, s1)
+            a1 = vfma(s1, qi, a1)
+            s2 = vfma(v2, ki, wload(S, o + 2 * dL))
+            vstore(S, o + 2 * dL, s2)
+            a2 = vfma(s2, qi, a2)
+            s3 = vfma(v3, ki, wload(S, o + 3 * dL))
+            vstore(S, o + 3 * dL, s3)
+            a3 = vfma(s3, qi, a3)
+        vstore(og, j * L, a0)
+        vstore(og, (j + 1) * L, a1)
+        vstore(og, (j + 2) * L, a2)
+        vstore(og, (j + 3) * L, a3)
+        j += 4
+    while j < dv:
+        vj = wload(vg, j * L)
+        acc = wzeros(qg)
+        for i in range(d):
+            o = j * dL + i * L
+            s = vfma(vj, wload(kg, i * L), wload(S, o))
+            vstore(S, o, s)
+            acc = vfma(s, wload(qg, i * L), acc)
+        vstore(og, j * L, acc)
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def _linear_step2(S, qg, kg, vg, og, d, dv):
+    """Two tokens (slots 0 and 1 of the two-token buffers) in one pass over S: each S[j, i] is loaded once,
+    updated by token 0 and read for its output, updated by token 1 and read for its output, and stored once;
+    the same operations in the same order as two ``_linear_step1`` calls."""
+    dL = d * L
+    vL = dv * L
+    j = 0
+    while j + 4 <= dv:
+        v0 = wload(vg, j * L)
+        v1 = wload(vg, (j + 1) * L)
+        v2 = wload(vg, (j + 2) * L)
+        v3 = wload(vg, (j + 3) * L)
+        u0 = wload(vg, vL + j * L)
+        u1 = wload(vg, vL + (j + 1) * L)
+        u2 = wload(vg, vL + (j + 2) * L)
+        u3 = wload(vg, vL + (j + 3) * L)
+        a0 = wzeros(qg)
+        a1 = wzeros(qg)
+        a2 = wzeros(qg)
+        a3 = wzeros(qg)
+        b0 = wzeros(qg)
+        b1 = wzeros(qg)
+        b2 = wzeros(qg)
+        b3 = wzeros(qg)
+        for i in range(d):
+            ki = wload(kg, i * L)
+            qi = wload(qg, i * L)
+            kk = wload(kg, dL + i * L)
+            qq = wload(qg, dL + i * L)
+            o = j * dL + i * L
+            s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
+            a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
+            s0 = vfma(u0, kk, s0)                          # S_{t+1}[j,i]
+            b0 = vfma(s0, qq, b0)
+            vstore(S, o, s0)
+            s1 = vfma(v1, ki, wload(S, o + dL))
+            a1 = vfma(s1, qi, a1)
+            s1 = vfma(u1, kk, s1)
+            b1 = vfma(s1, qq, b1)
+            vstore(S, o + dL, s1)
+            s2 = vfma(v2, ki, wload(S, o + 2 * dL))
+            a2 = vfma(s2, qi, a2)
+            s2 = vfma(u2, kk, s2)
+            b2 = vfma(s2, qq, b2)
+            vstore(S, o + 2 * dL, s2)
+            s3 = vfma(v3, ki, wload(S, o + 3 * dL))
+            a3 = vfma(s3, qi, a3)
+            s3 = vfma(u3, kk, s3)
+            b3 = vfma(s3, qq, b3)
+            vstore(S, o + 3 * dL, s3)
+        vstore(og, j * L, a0)
+        vstore(og, (j + 1) * L, a1)
+        vstore(og, (j + 2) * L, a2)
+        vstore(og, (j + 3) * L, a3)
+        vstore(og, vL + j * L, b0)
+        vstore(og, vL + (j + 1) * L, b1)
+        vstore(og, vL + (j + 2) * L, b2)
+        vstore(og, vL + (j + 3) * L, b3)
+        j += 4
+    while j < dv:
+        vj = wload(vg, j * L)
+        uj = wload(vg, vL + j * L)
+        acc = wzeros(qg)
+        acc2 = wzeros(qg)
+        for i in range(d):
+            o = j * dL + i * L
+            s = vfma(vj, wload(kg, i * L), wload(S, o))
+            acc = vfma(s, wload(qg, i * L), acc)
+            s = vfma(uj, wload(kg, dL + i * L), s)
+            acc2 = vfma(s, wload(qg, dL + i * L), acc2)
+            vstore(S, o, s)
+        vstore(og, j * L, acc)
+        vstore(og, vL + j * L, acc2)
+        j += 1
+
+
+@njit(cache=True, nogil=True)
 def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
     """One group of L sequences: S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t.  [L2]
 
-    Token by token: q_t, k_t, v_t are gathered into one-token lane buffers and out_t is scattered from one, so
-    that every buffer but the inputs and outputs stays in L1 (measured a little faster than whole-sequence
-    buffers). Rows j of
-    S are taken 4 at a time so that 4 independent accumulators hide the add latency."""
+    Two tokens at a time: q, k, v of tokens t and t+1 are gathered into two-token lane buffers and out_t,
+    out_{t+1} scattered from one, so that every buffer but the inputs and outputs stays in L1 (measured a little
+    faster than whole-sequence buffers), and S is read and written once per pair of tokens (``_linear_step2``);
+    an odd last token goes alone (``_linear_step1``)."""
     n0 = g * L
     nl = min(L, N - n0)
-    qg = aligned_empty(d * L, q)
-    kg = aligned_empty(d * L, q)
-    vg = aligned_empty(dv * L, q)
-    og = aligned_empty(dv * L, q)
+    qg = aligned_empty(2 * d * L, q)
+    kg = aligned_empty(2 * d * L, q)
+    vg = aligned_empty(2 * dv * L, q)
+    og = aligned_empty(2 * dv * L, q)
     S = aligned_zeros(dv * d * L, q)                  # S[j, i] at (j*d + i)*L
     bq, fq = _lane_view(qs, n0, nl, H, d)
     bk, fk = _lane_view(ks, n0, nl, H, d)
     bv, fv = _lane_view(vs, n0, nl, H, dv)
     bo, fo = _lane_view(os, n0, nl, H, dv)
     fin = wzeros(qg)
-    dL = d * L
-    for t in range(T):
-        _gather_token(q, qs, bq, fq, nl, t, d, qg, 0)
-        _gather_token(k, ks, bk, fk, nl, t, d, kg, 0)
-        _gather_token(v, vs, bv, fv, nl, t, dv, vg, 0)
-        fin = _finite_acc(vg, dv, _finite_acc(kg, d, _finite_acc(qg, d, fin)))
-        j = 0
-        while j + 4 <= dv:
-            v0 = wload(vg, j * L)
-            v1 = wload(vg, (j + 1) * L)
-            v2 = wload(vg, (j + 2) * L)
-            v3 = wload(vg, (j + 3) * L)
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for i in range(d):
-                ki = wload(kg, i * L)
-                qi = wload(qg, i * L)
-                o = j * dL + i * L
-                s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
-                vstore(S, o, s0)
-                a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
-                s1 = vfma(v1, ki, wload(S, o + dL))
-                vstore(S, o + dL, s1)
-                a1 = vfma(s1, qi, a1)
-                s2 = vfma(v2, ki, wload(S, o + 2 * dL))
-                vstore(S, o + 2 * dL, s2)
-                a2 = vfma(s2, qi, a2)
-                s3 = vfma(v3, ki, wload(S, o + 3 * dL))
-                vstore(S, o + 3 * dL, s3)
-                a3 = vfma(s3, qi, a3)
-            vstore(og, j * L, a0)
-            vstore(og, (j + 1) * L, a1)
-            vstore(og, (j + 2) * L, a2)
-            vstore(og, (j + 3) * L, a3)
-            j += 4
-        while j < dv:
-            vj = wload(vg, j * L)
-            acc = wzeros(qg)
-            for i in range(d):
-                o = j * dL + i * L
-                s = vfma(vj, wload(kg, i * L), wload(S, o))
-                vstore(S, o, s)
-                acc = vfma(s, wload(qg, i * L), acc)
-            vstore(og, j * L, acc)
-            j += 1
-        _scatter_token(og, 0, out, os, bo, fo, nl, t, dv)
+    t = 0
+    while t < T:
+        n = 2 if t + 1 < T else 1
+        for m in range(n):
+            _gather_token(q, qs, bq, fq, nl, t + m, d, qg, m)
+            _gather_token(k, ks, bk, fk, nl, t + m, d, kg, m)
+            _gather_token(v, vs, bv, fv, nl, t + m, dv, vg, m)
+        fin = _finite_acc(vg, n * dv, _finite_acc(kg, n * d, _finite_acc(qg, n * d, fin)))
+        if n == 2:
+            _linear_step2(S, qg, kg, vg, og, d, dv)
+        else:
+            _linear_step1(S, qg, kg, vg, og, d, dv)
+        for m in range(n):
+            _scatter_token(og, m, out, os, bo, fo, nl, t + m, dv)
+        t += n
     return _all_zero(fin, qg)
 
 
@@ -287,6 +381,285 @@ def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
     for g in range(g0, g1):
         ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
     return ok
+
+
+@njit(cache=True, nogil=True)
+def _dq_step1(S, kg, vg, dog, buf, t, d, dv):
+    """Token t of the backward's forward sweep: S^T += k_t v_t^T (S stored transposed), buf_t = dq_t = S_t^T dout_t.
+    Rows i of S^T 4 at a time."""
+    dL = d * L
+    vL = dv * L
+    tv = t * vL
+    td = t * dL
+    i = 0
+    while i + 4 <= d:
+        k0 = wload(kg, td + i * L)
+        k1 = wload(kg, td + (i + 1) * L)
+        k2 = wload(kg, td + (i + 2) * L)
+        k3 = wload(kg, td + (i + 3) * L)
+        a0 = wzeros(kg)
+        a1 = wzeros(kg)
+        a2 = wzeros(kg)
+        a3 = wzeros(kg)
+        for j in range(dv):
+            vj = wload(vg, tv + j * L)
+            dj = wload(dog, tv + j * L)
+            o = i * vL + j * L
+            s0 = vfma(vj, k0, wload(S, o))
+            vstore(S, o, s0)
+            a0 = vfma(s0, dj, a0)
+            s1 = vfma(vj, k1, wload(S, o + vL))
+            vstore(S, o + vL, s1)
+            a1 = vfma(s1, dj, a1)
+            s2 = vfma(vj, k2, wload(S, o + 2 * vL))
+            vstore(S, o + 2 * vL, s2)
+            a2 = vfma(s2, dj, a2)
+            s3 = vfma(vj, k3, wload(S, o + 3 * vL))
+            vstore(S, o + 3 * vL, s3)
+            a3 = vfma(s3, dj, a3)
+        vstore(buf, td + i * L, a0)
+        vstore(buf, td + (i + 1) * L, a1)
+        vstore(buf, td + (i + 2) * L, a2)
+        vstore(buf, td + (i + 3) * L, a3)
+        i += 4
+    while i < d:
+        ki = wload(kg, td + i * L)
+        acc = wzeros(kg)
+        for j in range(dv):
+            o = i * vL + j * L
+            s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
+            vstore(S, o, s)
+            acc = vfma(s, wload(dog, tv + j * L), acc)
+        vstore(buf, td + i * L, acc)
+        i += 1
+
+
+@njit(cache=True, nogil=True)
+def _dq_step2(S, kg, vg, dog, buf, t, d, dv):
+    """Tokens t and t+1 of the backward's forward sweep in one pass over S: each entry loaded once, updated and
+    read for token t, updated and read for token t+1, stored once (the operations of two ``_dq_step1`` calls, in
+    their order)."""
+    dL = d * L
+    vL = dv * L
+    tv = t * vL
+    td = t * dL
+    uv = tv + vL
+    ud = td + dL
+    i = 0
+    while i + 4 <= d:
+        k0 = wload(kg, td + i * L)
+        k1 = wload(kg, td + (i + 1) * L)
+        k2 = wload(kg, td + (i + 2) * L)
+        k3 = wload(kg, td + (i + 3) * L)
+        h0 = wload(kg, ud + i * L)
+        h1 = wload(kg, ud + (i + 1) * L)
+        h2 = wload(kg, ud + (i + 2) * L)
+        h3 = wload(kg, ud + (i + 3) * L)
+        a0 = wzeros(kg)
+        a1 = wzeros(kg)
+        a2 = wzeros(kg)
+        a3 = wzeros(kg)
+        b0 = wzeros(kg)
+        b1 = wzeros(kg)
+        b2 = wzeros(kg)
+        b3 = wzeros(kg)
+        for j in range(dv):
+            vj = wload(vg, tv + j * L)
+            dj = wload(dog, tv + j * L)
+            wj = wload(vg, uv + j * L)
+            ej = wload(dog, uv + j * L)
+            o = i * vL + j * L
+            s0 = vfma(vj, k0, wload(S, o))
+            a0 = vfma(s0, dj, a0)
+            s0 = vfma(wj, h0, s0)
+            b0 = vfma(s0, ej, b0)
+            vstore(S, o, s0)
+            s1 = vfma(vj, k1, wload(S, o + vL))
+            a1 = vfma(s1, dj, a1)
+            s1 = vfma(wj, h1, s1)
+            b1 = vfma(s1, ej, b1)
+            vstore(S, o + vL, s1)
+            s2 = vfma(vj, k2, wload(S, o + 2 * vL))
+            a2 = vfma(s2, dj, a2)
+            s2 = vfma(wj, h2, s2)
+            b2 = vfma(s2, ej, b2)
+            vstore(S, o + 2 * vL, s2)
+            s3 = vfma(vj, k3, wload(S, o + 3 * vL))
+            a3 = vfma(s3, dj, a3)
+            s3 = vfma(wj, h3, s3)
+            b3 = vfma(s3, ej, b3)
+            vstore(S, o + 3 * vL, s3)
+        vstore(buf, td + i * L, a0)
+        vstore(buf, td + (i + 1) * L, a1)
+        vstore(buf, td + (i + 2) * L, a2)
+        vstore(buf, td + (i + 3) * L, a3)
+        vstore(buf, ud + i * L, b0)
+        vstore(buf, ud + (i + 1) * L, b1)
+        vstore(buf, ud + (i + 2) * L, b2)
+        vstore(buf, ud + (i + 3) * L, b3)
+        i += 4
+    while i < d:
+        ki = wload(kg, td + i * L)
+        hi = wload(kg, ud + i * L)
+        acc = wzeros(kg)
+        acc2 = wzeros(kg)
+        for j in range(dv):
+            o = i * vL + j * L
+            s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
+            acc = vfma(s, wload(dog, tv + j * L), acc)
+            s = vfma(wload(vg, uv + j * L), hi, s)
+            acc2 = vfma(s, wload(dog, uv + j * L), acc2)
+            vstore(S, o, s)
+        vstore(buf, td + i * L, acc)
+        vstore(buf, ud + i * L, acc2)
+        i += 1
+
+
+@njit(cache=True, nogil=True)
+def _g_rows(Gm, qg, kg, vg, dog, dkg, dvg, t, d, dv, j0):
+    """Token t of the backward's reverse sweep for rows j >= j0 of G: G_t = G_{t+1} + dout_t q_t^T,
+    dv_t[j] = (G_t k_t)[j], dk_t += (G_t^T v_t) over these rows. Rows 4 at a time."""
+    dL = d * L
+    vL = dv * L
+    td = t * dL
+    tv = t * vL
+    j = j0
+    while j + 4 <= dv:
+        d0 = wload(dog, tv + j * L)
+        d1 = wload(dog, tv + (j + 1) * L)
+        d2 = wload(dog, tv + (j + 2) * L)
+        d3 = wload(dog, tv + (j + 3) * L)
+        v0 = wload(vg, tv + j * L)
+        v1 = wload(vg, tv + (j + 1) * L)
+        v2 = wload(vg, tv + (j + 2) * L)
+        v3 = wload(vg, tv + (j + 3) * L)
+        a0 = wzeros(qg)
+        a1 = wzeros(qg)
+        a2 = wzeros(qg)
+        a3 = wzeros(qg)
+        for i in range(d):
+            qi = wload(qg, td + i * L)
+            ki = wload(kg, td + i * L)
+            o = j * dL + i * L
+            g0 = vfma(d0, qi, wload(Gm, o))                 # G_t[j,i]
+            vstore(Gm, o, g0)
+            a0 = vfma(g0, ki, a0)                          # (G_t k_t)[j]
+            g1 = vfma(d1, qi, wload(Gm, o + dL))
+            vstore(Gm, o + dL, g1)
+            a1 = vfma(g1, ki, a1)
+            g2 = vfma(d2, qi, wload(Gm, o + 2 * dL))
+            vstore(Gm, o + 2 * dL, g2)
+            a2 = vfma(g2, ki, a2)
+            g3 = vfma(d3, qi, wload(Gm, o + 3 * dL))
+            vstore(Gm, o + 3 * dL, g3)
+            a3 = vfma(g3, ki, a3)
+            x = vfma(g0, v0, wload(dkg, td + i * L))       # (G_t^T v_t)[i]
+            x = vfma(g1, v1, x)
+            x = vfma(g2, v2, x)
+            vstore(dkg, td + i * L, vfma(g3, v3, x))
+        vstore(dvg, tv + j * L, a0)
+        vstore(dvg, tv + (j + 1) * L, a1)
+        vstore(dvg, tv + (j + 2) * L, a2)
+        vstore(dvg, tv + (j + 3) * L, a3)
+        j += 4
+    while j < dv:
+        doj = wload(dog, tv + j * L)
+        vj = wload(vg, tv + j * L)
+        acc = wzeros(qg)
+        for i in range(d):
+            o = j * dL + i * L
+            gg = vfma(doj, wload(qg, td + i * L), wload(Gm, o))
+            vstore(Gm, o, gg)
+            acc = vfma(gg, wload(kg, td + i * L), acc)
+            vstore(dkg, td + i * L, vfma(gg, vj, wload(dkg, td + i * L)))
+        vstore(dvg, tv + j * L, acc)
+        j += 1
+
+
+@njit(cache=True, nogil=True)
+def _g_step2(Gm, qg, kg, vg, dog, dkg, dvg, t, d, dv):
+    """Tokens t and t-1 of the reverse sweep in one pass over G, 4 rows at a time: each entry loaded once,
+    updated and used for token t, updated and used for token t-1, stored once; the rows left over then go
+    through ``_g_rows`` for t, then for t-1. Every sum (dv per row, dk over the rows) keeps the order of one
+    token at a time."""
+    dL = d * L
+    vL = dv * L
+    td = t * dL
+    tv = t * vL
+    pd = td - dL
+    pv = tv - vL
+    j = 0
+    while j + 4 <= dv:
+        d0 = wload(dog, tv + j * L)
+        d1 = wload(dog, tv + (j + 1) * L)
+        d2 = wload(dog, tv + (j + 2) * L)
+        d3 = wload(dog, tv + (j + 3) * L)
+        v0 = wload(vg, tv + j * L)
+        v1 = wload(vg, tv + (j + 1) * L)
+        v2 = wload(vg, tv + (j + 2) * L)
+        v3 = wload(vg, tv + (j + 3) * L)
+        e0 = wload(dog, pv + j * L)
+        e1 = wload(dog, pv + (j + 1) * L)
+        e2 = wload(dog, pv + (j + 2) * L)
+        e3 = wload(dog, pv + (j + 3) * L)
+        w0 = wload(vg, pv + j * L)
+        w1 = wload(vg, pv + (j + 1) * L)
+        w2 = wload(vg, pv + (j + 2) * L)
+        w3 = wload(vg, pv + (j + 3) * L)
+        a0 = wzeros(qg)
+        a1 = wzeros(qg)
+        a2 = wzeros(qg)
+        a3 = wzeros(qg)
+        b0 = wzeros(qg)
+        b1 = wzeros(qg)
+        b2 = wzeros(qg)
+        b3 = wzeros(qg)
+        for i in range(d):
+            qi = wload(qg, td + i * L)
+            ki = wload(kg, td + i * L)
+            pi = wload(qg, pd + i * L)
+            hi = wload(kg, pd + i * L)
+            o = j * dL + i * L
+            g0 = vfma(d0, qi, wload(Gm, o))                 # G_t
+            g1 = vfma(d1, qi, wload(Gm, o + dL))
+            g2 = vfma(d2, qi, wload(Gm, o + 2 * dL))
+            g3 = vfma(d3, qi, wload(Gm, o + 3 * dL))
+            a0 = vfma(g0, ki, a0)
+            a1 = vfma(g1, ki, a1)
+            a2 = vfma(g2, ki, a2)
+            a3 = vfma(g3, ki, a3)
+            x = vfma(g0, v0, wload(dkg, td + i * L))
+            x = vfma(g1, v1, x)
+            x = vfma(g2, v2, x)
+            vstore(dkg, td + i * L, vfma(g3, v3, x))
+            g0 = vfma(e0, pi, g0)                          # G_{t-1}
+            g1 = vfma(e1, pi, g1)
+            g2 = vfma(e2, pi, g2)
+            g3 = vfma(e3, pi, g3)
+            vstore(Gm, o, g0)
+            vstore(Gm, o + dL, g1)
+            vstore(Gm, o + 2 * dL, g2)
+            vstore(Gm, o + 3 * dL, g3)
+            b0 = vfma(g0, hi, b0)
+            b1 = vfma(g1, hi, b1)
+            b2 = vfma(g2, hi, b2)
+            b3 = vfma(g3, hi, b3)
+            y = vfma(g0, w0, wload(dkg, pd + i * L))
+            y = vfma(g1, w1, y)
+            y = vfma(g2, w2, y)
+            vstore(dkg, pd + i * L, vfma(g3, w3, y))
+        vstore(dvg, tv + j * L, a0)
+        vstore(dvg, tv + (j + 1) * L, a1)
+        vstore(dvg, tv + (j + 2) * L, a2)
+        vstore(dvg, tv + (j + 3) * L, a3)
+        vstore(dvg, pv + j * L, b0)
+        vstore(dvg, pv + (j + 1) * L, b1)
+        vstore(dvg, pv + (j + 2) * L, b2)
+        vstore(dvg, pv + (j + 3) * L, b3)
+        j += 4
+    if j < dv:
+        _g_rows(Gm, qg, kg, vg, dog, dkg, dvg, t, d, dv, j)
+        _g_rows(Gm, qg, kg, vg, dog, dkg, dvg, t - 1, d, dv, j)
 
 
 @njit(cache=True, nogil=True)
@@ -307,111 +680,26 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     ok = _lanes_finite(dog, T * dv)
     dL = d * L
     vL = dv * L
-    # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j]
+    # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j],
+    # two tokens per pass over S (``_dq_step2``), as in the forward
     buf = aligned_empty(T * dL, q)
     S = aligned_zeros(d * vL, q)
-    for t in range(T):
-        tv = t * vL
-        td = t * dL
-        i = 0
-        while i + 4 <= d:
-            k0 = wload(kg, td + i * L)
-            k1 = wload(kg, td + (i + 1) * L)
-            k2 = wload(kg, td + (i + 2) * L)
-            k3 = wload(kg, td + (i + 3) * L)
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for j in range(dv):
-                vj = wload(vg, tv + j * L)
-                dj = wload(dog, tv + j * L)
-                o = i * vL + j * L
-                s0 = vfma(vj, k0, wload(S, o))
-                vstore(S, o, s0)
-                a0 = vfma(s0, dj, a0)
-                s1 = vfma(vj, k1, wload(S, o + vL))
-                vstore(S, o + vL, s1)
-                a1 = vfma(s1, dj, a1)
-                s2 = vfma(vj, k2, wload(S, o + 2 * vL))
-                vstore(S, o + 2 * vL, s2)
-                a2 = vfma(s2, dj, a2)
-                s3 = vfma(vj, k3, wload(S, o + 3 * vL))
-                vstore(S, o + 3 * vL, s3)
-                a3 = vfma(s3, dj, a3)
-            vstore(buf, td + i * L, a0)
-            vstore(buf, td + (i + 1) * L, a1)
-            vstore(buf, td + (i + 2) * L, a2)
-            vstore(buf, td + (i + 3) * L, a3)
-            i += 4
-        while i < d:
-            ki = wload(kg, td + i * L)
-            acc = wzeros(qg)
-            for j in range(dv):
-                o = i * vL + j * L
-                s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
-                vstore(S, o, s)
-                acc = vfma(s, wload(dog, tv + j * L), acc)
-            vstore(buf, td + i * L, acc)
-            i += 1
-    # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L)
+    t = 0
+    while t + 2 <= T:
+        _dq_step2(S, kg, vg, dog, buf, t, d, dv)
+        t += 2
+    if t < T:
+        _dq_step1(S, kg, vg, dog, buf, t, d, dv)
+    # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L), two tokens per pass over G (``_g_step2``)
     dkg = aligned_zeros(T * dL, q)
     dvg = aligned_empty(T * vL, q)
     Gm = aligned_zeros(dv * dL, q)
-    for t in range(T - 1, -1, -1):
-        td = t * dL
-        tv = t * vL
-        j = 0
-        while j + 4 <= dv:
-            d0 = wload(dog, tv + j * L)
-            d1 = wload(dog, tv + (j + 1) * L)
-            d2 = wload(dog, tv + (j + 2) * L)
-            d3 = wload(dog, tv + (j + 3) * L)
-            v0 = wload(vg, tv + j * L)
-            v1 = wload(vg, tv + (j + 1) * L)
-            v2 = wload(vg, tv + (j + 2) * L)
-            v3 = wload(vg, tv + (j + 3) * L)
-            a0 = wzeros(qg)
-            a1 = wzeros(qg)
-            a2 = wzeros(qg)
-            a3 = wzeros(qg)
-            for i in range(d):
-                qi = wload(qg, td + i * L)
-                ki = wload(kg, td + i * L)
-                o = j * dL + i * L
-                g0 = vfma(d0, qi, wload(Gm, o))                 # G_t[j,i]
-                vstore(Gm, o, g0)
-                a0 = vfma(g0, ki, a0)                          # (G_t k_t)[j]
-                g1 = vfma(d1, qi, wload(Gm, o + dL))
-                vstore(Gm, o + dL, g1)
-                a1 = vfma(g1, ki, a1)
-                g2 = vfma(d2, qi, wload(Gm, o + 2 * dL))
-                vstore(Gm, o + 2 * dL, g2)
-                a2 = vfma(g2, ki, a2)
-                g3 = vfma(d3, qi, wload(Gm, o + 3 * dL))
-                vstore(Gm, o + 3 * dL, g3)
-                a3 = vfma(g3, ki, a3)
-                x = vfma(g0, v0, wload(dkg, td + i * L))       # (G_t^T v_t)[i]
-                x = vfma(g1, v1, x)
-                x = vfma(g2, v2, x)
-                vstore(dkg, td + i * L, vfma(g3, v3, x))
-            vstore(dvg, tv + j * L, a0)
-            vstore(dvg, tv + (j + 1) * L, a1)
-            vstore(dvg, tv + (j + 2) * L, a2)
-            vstore(dvg, tv + (j + 3) * L, a3)
-            j += 4
-        while j < dv:
-            doj = wload(dog, tv + j * L)
-            vj = wload(vg, tv + j * L)
-            acc = wzeros(qg)
-            for i in range(d):
-                o = j * dL + i * L
-                gg = vfma(doj, wload(qg, td + i * L), wload(Gm, o))
-                vstore(Gm, o, gg)
-                acc = vfma(gg, wload(kg, td + i * L), acc)
-                vstore(dkg, td + i * L, vfma(gg, vj, wload(dkg, td + i * L)))
-            vstore(dvg, tv + j * L, acc)
-            j += 1
+    t = T - 1
+    while t >= 1:
+        _g_step2(Gm, qg, kg, vg, dog, dkg, dvg, t, d, dv)
+        t -= 2
+    if t == 0:
+        _g_rows(Gm, qg, kg, vg, dog, dkg, dvg, 0, d, dv, 0)
     _scatter_qkv(buf, dq, dqs, dkg, dk, dks, dvg, dvv, dvs, n0, nl, H, T, d, dv)
     return ok
 
