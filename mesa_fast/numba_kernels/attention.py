@@ -22,7 +22,7 @@ running state S_t, forward sweep for dq and reverse sweep with G_t for dk, dv, t
   G_t = sum_{t'>=t} dout_{t'} q_{t'}^T:
       dq_t = S_t^T dout_t,   dk_t = G_t^T v_t,   dv_t = G_t k_t.
   So nothing T x T is ever formed, and the cache is just (q, k, v). Each sweep takes two tokens per pass over
-  its state (``_linear_step2``, ``_dq_step2``, ``_g_step2``): every entry of S or G is loaded and stored once
+  its state (``_outer_step2``, ``_g_step2``): every entry of S or G is loaded and stored once
   per pair, with the same operations in the same order as one token at a time.
 * Lanes. L = 16 independent (batch, head) sequences run together, one per SIMD lane
   (``_simd.LaneVec`` with ``_simd.WIDE`` lanes: one AVX-512 register of float32, two of float64; the
@@ -212,128 +212,131 @@ def _lanes_finite(buf, n):
 # --------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _linear_step1(S, qg, kg, vg, og, d, dv):
-    """One token (slot 0 of the one-token buffers): S += v k^T, og = S q. Rows j of S 4 at a time, so that 4
-    independent accumulators hide the add latency."""
-    dL = d * L
-    j = 0
-    while j + 4 <= dv:
-        v0 = wload(vg, j * L)
-        v1 = wload(vg, (j + 1) * L)
-        v2 = wload(vg, (j + 2) * L)
-        v3 = wload(vg, (j + 3) * L)
-        a0 = wzeros(qg)
-        a1 = wzeros(qg)
-        a2 = wzeros(qg)
-        a3 = wzeros(qg)
-        for i in range(d):
-            ki = wload(kg, i * L)
-            qi = wload(qg, i * L)
-            o = j * dL + i * L
-            s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
-            vstore(S, o, s0)
-            a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
-            s1 = vfma(v1, ki, wload(S, o + dL))
-            vstore(S, o + dL, s1)
-            a1 = vfma(s1, qi, a1)
-            s2 = vfma(v2, ki, wload(S, o + 2 * dL))
-            vstore(S, o + 2 * dL, s2)
-            a2 = vfma(s2, qi, a2)
-            s3 = vfma(v3, ki, wload(S, o + 3 * dL))
-            vstore(S, o + 3 * dL, s3)
-            a3 = vfma(s3, qi, a3)
-        vstore(og, j * L, a0)
-        vstore(og, (j + 1) * L, a1)
-        vstore(og, (j + 2) * L, a2)
-        vstore(og, (j + 3) * L, a3)
-        j += 4
-    while j < dv:
-        vj = wload(vg, j * L)
-        acc = wzeros(qg)
-        for i in range(d):
-            o = j * dL + i * L
-            s = vfma(vj, wload(kg, i * L), wload(S, o))
-            vstore(S, o, s)
-            acc = vfma(s, wload(qg, i * L), acc)
-        vstore(og, j * L, acc)
-        j += 1
+def _outer_step1(X, u, uo, w, wo, z, zo, y, yo, R, C):
+    """One token of a running outer-product state (the linear forward's S = sum v k^T, and the backward's S^T for
+    dq): X[r, c] += u[r] w[c], then y[r] = sum_c X[r, c] z[c]. X is (R x C) lane-laid-out at (r*C + c)*L; the
+    token's u, y (R lane vectors) and w, z (C) start at offsets uo, yo, wo, zo of their buffers. Rows r of X 4 at
+    a time, so that 4 independent accumulators hide the add latency."""
+    CL = C * L
+    r = 0
+    while r + 4 <= R:
+        u0 = wload(u, uo + r * L)
+        u1 = wload(u, uo + (r + 1) * L)
+        u2 = wload(u, uo + (r + 2) * L)
+        u3 = wload(u, uo + (r + 3) * L)
+        a0 = wzeros(X)
+        a1 = wzeros(X)
+        a2 = wzeros(X)
+        a3 = wzeros(X)
+        for c in range(C):
+            wc = wload(w, wo + c * L)
+            zc = wload(z, zo + c * L)
+            o = r * CL + c * L
+            x0 = vfma(u0, wc, wload(X, o))
+            vstore(X, o, x0)
+            a0 = vfma(x0, zc, a0)
+            x1 = vfma(u1, wc, wload(X, o + CL))
+            vstore(X, o + CL, x1)
+            a1 = vfma(x1, zc, a1)
+            x2 = vfma(u2, wc, wload(X, o + 2 * CL))
+            vstore(X, o + 2 * CL, x2)
+            a2 = vfma(x2, zc, a2)
+            x3 = vfma(u3, wc, wload(X, o + 3 * CL))
+            vstore(X, o + 3 * CL, x3)
+            a3 = vfma(x3, zc, a3)
+        vstore(y, yo + r * L, a0)
+        vstore(y, yo + (r + 1) * L, a1)
+        vstore(y, yo + (r + 2) * L, a2)
+        vstore(y, yo + (r + 3) * L, a3)
+        r += 4
+    while r < R:
+        ur = wload(u, uo + r * L)
+        acc = wzeros(X)
+        for c in range(C):
+            o = r * CL + c * L
+            x = vfma(ur, wload(w, wo + c * L), wload(X, o))
+            vstore(X, o, x)
+            acc = vfma(x, wload(z, zo + c * L), acc)
+        vstore(y, yo + r * L, acc)
+        r += 1
 
 
 @njit(cache=True, nogil=True)
-def _linear_step2(S, qg, kg, vg, og, d, dv):
-    """Two tokens (slots 0 and 1 of the two-token buffers) in one pass over S: each S[j, i] is loaded once,
-    updated by token 0 and read for its output, updated by token 1 and read for its output, and stored once;
-    the same operations in the same order as two ``_linear_step1`` calls."""
-    dL = d * L
-    vL = dv * L
-    j = 0
-    while j + 4 <= dv:
-        v0 = wload(vg, j * L)
-        v1 = wload(vg, (j + 1) * L)
-        v2 = wload(vg, (j + 2) * L)
-        v3 = wload(vg, (j + 3) * L)
-        u0 = wload(vg, vL + j * L)
-        u1 = wload(vg, vL + (j + 1) * L)
-        u2 = wload(vg, vL + (j + 2) * L)
-        u3 = wload(vg, vL + (j + 3) * L)
-        a0 = wzeros(qg)
-        a1 = wzeros(qg)
-        a2 = wzeros(qg)
-        a3 = wzeros(qg)
-        b0 = wzeros(qg)
-        b1 = wzeros(qg)
-        b2 = wzeros(qg)
-        b3 = wzeros(qg)
-        for i in range(d):
-            ki = wload(kg, i * L)
-            qi = wload(qg, i * L)
-            kk = wload(kg, dL + i * L)
-            qq = wload(qg, dL + i * L)
-            o = j * dL + i * L
-            s0 = vfma(v0, ki, wload(S, o))                  # S_t[j,i]
-            a0 = vfma(s0, qi, a0)                          # (S_t q_t)[j]
-            s0 = vfma(u0, kk, s0)                          # S_{t+1}[j,i]
-            b0 = vfma(s0, qq, b0)
-            vstore(S, o, s0)
-            s1 = vfma(v1, ki, wload(S, o + dL))
-            a1 = vfma(s1, qi, a1)
-            s1 = vfma(u1, kk, s1)
-            b1 = vfma(s1, qq, b1)
-            vstore(S, o + dL, s1)
-            s2 = vfma(v2, ki, wload(S, o + 2 * dL))
-            a2 = vfma(s2, qi, a2)
-            s2 = vfma(u2, kk, s2)
-            b2 = vfma(s2, qq, b2)
-            vstore(S, o + 2 * dL, s2)
-            s3 = vfma(v3, ki, wload(S, o + 3 * dL))
-            a3 = vfma(s3, qi, a3)
-            s3 = vfma(u3, kk, s3)
-            b3 = vfma(s3, qq, b3)
-            vstore(S, o + 3 * dL, s3)
-        vstore(og, j * L, a0)
-        vstore(og, (j + 1) * L, a1)
-        vstore(og, (j + 2) * L, a2)
-        vstore(og, (j + 3) * L, a3)
-        vstore(og, vL + j * L, b0)
-        vstore(og, vL + (j + 1) * L, b1)
-        vstore(og, vL + (j + 2) * L, b2)
-        vstore(og, vL + (j + 3) * L, b3)
-        j += 4
-    while j < dv:
-        vj = wload(vg, j * L)
-        uj = wload(vg, vL + j * L)
-        acc = wzeros(qg)
-        acc2 = wzeros(qg)
-        for i in range(d):
-            o = j * dL + i * L
-            s = vfma(vj, wload(kg, i * L), wload(S, o))
-            acc = vfma(s, wload(qg, i * L), acc)
-            s = vfma(uj, wload(kg, dL + i * L), s)
-            acc2 = vfma(s, wload(qg, dL + i * L), acc2)
-            vstore(S, o, s)
-        vstore(og, j * L, acc)
-        vstore(og, vL + j * L, acc2)
-        j += 1
+def _outer_step2(X, u, uo, w, wo, z, zo, y, yo, R, C):
+    """``_outer_step1`` for two consecutive tokens in one pass over X, the second token's vectors right after the
+    first's in each buffer (u, y at + R*L, w, z at + C*L): each entry of X is loaded once, updated and read for
+    the first token, updated and read for the second, and stored once; the same operations in the same order as
+    two ``_outer_step1`` calls."""
+    CL = C * L
+    RL = R * L
+    r = 0
+    while r + 4 <= R:
+        u0 = wload(u, uo + r * L)
+        u1 = wload(u, uo + (r + 1) * L)
+        u2 = wload(u, uo + (r + 2) * L)
+        u3 = wload(u, uo + (r + 3) * L)
+        p0 = wload(u, uo + RL + r * L)
+        p1 = wload(u, uo + RL + (r + 1) * L)
+        p2 = wload(u, uo + RL + (r + 2) * L)
+        p3 = wload(u, uo + RL + (r + 3) * L)
+        a0 = wzeros(X)
+        a1 = wzeros(X)
+        a2 = wzeros(X)
+        a3 = wzeros(X)
+        b0 = wzeros(X)
+        b1 = wzeros(X)
+        b2 = wzeros(X)
+        b3 = wzeros(X)
+        for c in range(C):
+            wc = wload(w, wo + c * L)
+            zc = wload(z, zo + c * L)
+            vc = wload(w, wo + CL + c * L)
+            ec = wload(z, zo + CL + c * L)
+            o = r * CL + c * L
+            x0 = vfma(u0, wc, wload(X, o))                  # after the first token
+            a0 = vfma(x0, zc, a0)
+            x0 = vfma(p0, vc, x0)                          # after the second
+            b0 = vfma(x0, ec, b0)
+            vstore(X, o, x0)
+            x1 = vfma(u1, wc, wload(X, o + CL))
+            a1 = vfma(x1, zc, a1)
+            x1 = vfma(p1, vc, x1)
+            b1 = vfma(x1, ec, b1)
+            vstore(X, o + CL, x1)
+            x2 = vfma(u2, wc, wload(X, o + 2 * CL))
+            a2 = vfma(x2, zc, a2)
+            x2 = vfma(p2, vc, x2)
+            b2 = vfma(x2, ec, b2)
+            vstore(X, o + 2 * CL, x2)
+            x3 = vfma(u3, wc, wload(X, o + 3 * CL))
+            a3 = vfma(x3, zc, a3)
+            x3 = vfma(p3, vc, x3)
+            b3 = vfma(x3, ec, b3)
+            vstore(X, o + 3 * CL, x3)
+        vstore(y, yo + r * L, a0)
+        vstore(y, yo + (r + 1) * L, a1)
+        vstore(y, yo + (r + 2) * L, a2)
+        vstore(y, yo + (r + 3) * L, a3)
+        vstore(y, yo + RL + r * L, b0)
+        vstore(y, yo + RL + (r + 1) * L, b1)
+        vstore(y, yo + RL + (r + 2) * L, b2)
+        vstore(y, yo + RL + (r + 3) * L, b3)
+        r += 4
+    while r < R:
+        ur = wload(u, uo + r * L)
+        pr = wload(u, uo + RL + r * L)
+        acc = wzeros(X)
+        acc2 = wzeros(X)
+        for c in range(C):
+            o = r * CL + c * L
+            x = vfma(ur, wload(w, wo + c * L), wload(X, o))
+            acc = vfma(x, wload(z, zo + c * L), acc)
+            x = vfma(pr, wload(w, wo + CL + c * L), x)
+            acc2 = vfma(x, wload(z, zo + CL + c * L), acc2)
+            vstore(X, o, x)
+        vstore(y, yo + r * L, acc)
+        vstore(y, yo + RL + r * L, acc2)
+        r += 1
 
 
 @njit(cache=True, nogil=True)
@@ -342,8 +345,8 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
 
     Two tokens at a time: q, k, v of tokens t and t+1 are gathered into two-token lane buffers and out_t,
     out_{t+1} scattered from one, so that every buffer but the inputs and outputs stays in L1 (measured a little
-    faster than whole-sequence buffers), and S is read and written once per pair of tokens (``_linear_step2``);
-    an odd last token goes alone (``_linear_step1``)."""
+    faster than whole-sequence buffers), and S is read and written once per pair of tokens (``_outer_step2``);
+    an odd last token goes alone (``_outer_step1``)."""
     n0 = g * L
     nl = min(L, N - n0)
     qg = aligned_empty(2 * d * L, q)
@@ -364,10 +367,10 @@ def _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g):
             _gather_token(k, ks, bk, fk, nl, t + m, d, kg, m)
             _gather_token(v, vs, bv, fv, nl, t + m, dv, vg, m)
         fin = _finite_acc(vg, n * dv, _finite_acc(kg, n * d, _finite_acc(qg, n * d, fin)))
-        if n == 2:
-            _linear_step2(S, qg, kg, vg, og, d, dv)
+        if n == 2:                                      # S[j, i] += v[j] k[i], out[j] = sum_i S[j, i] q[i]
+            _outer_step2(S, vg, 0, kg, 0, qg, 0, og, 0, dv, d)
         else:
-            _linear_step1(S, qg, kg, vg, og, d, dv)
+            _outer_step1(S, vg, 0, kg, 0, qg, 0, og, 0, dv, d)
         for m in range(n):
             _scatter_token(og, m, out, os, bo, fo, nl, t + m, dv)
         t += n
@@ -381,138 +384,6 @@ def _linear_forward_range(g0, g1, q, qs, k, ks, v, vs, out, os, N, H, T, d, dv):
     for g in range(g0, g1):
         ok &= _linear_forward_group(q, qs, k, ks, v, vs, out, os, N, H, T, d, dv, g)
     return ok
-
-
-@njit(cache=True, nogil=True)
-def _dq_step1(S, kg, vg, dog, buf, t, d, dv):
-    """Token t of the backward's forward sweep: S^T += k_t v_t^T (S stored transposed), buf_t = dq_t = S_t^T dout_t.
-    Rows i of S^T 4 at a time."""
-    dL = d * L
-    vL = dv * L
-    tv = t * vL
-    td = t * dL
-    i = 0
-    while i + 4 <= d:
-        k0 = wload(kg, td + i * L)
-        k1 = wload(kg, td + (i + 1) * L)
-        k2 = wload(kg, td + (i + 2) * L)
-        k3 = wload(kg, td + (i + 3) * L)
-        a0 = wzeros(kg)
-        a1 = wzeros(kg)
-        a2 = wzeros(kg)
-        a3 = wzeros(kg)
-        for j in range(dv):
-            vj = wload(vg, tv + j * L)
-            dj = wload(dog, tv + j * L)
-            o = i * vL + j * L
-            s0 = vfma(vj, k0, wload(S, o))
-            vstore(S, o, s0)
-            a0 = vfma(s0, dj, a0)
-            s1 = vfma(vj, k1, wload(S, o + vL))
-            vstore(S, o + vL, s1)
-            a1 = vfma(s1, dj, a1)
-            s2 = vfma(vj, k2, wload(S, o + 2 * vL))
-            vstore(S, o + 2 * vL, s2)
-            a2 = vfma(s2, dj, a2)
-            s3 = vfma(vj, k3, wload(S, o + 3 * vL))
-            vstore(S, o + 3 * vL, s3)
-            a3 = vfma(s3, dj, a3)
-        vstore(buf, td + i * L, a0)
-        vstore(buf, td + (i + 1) * L, a1)
-        vstore(buf, td + (i + 2) * L, a2)
-        vstore(buf, td + (i + 3) * L, a3)
-        i += 4
-    while i < d:
-        ki = wload(kg, td + i * L)
-        acc = wzeros(kg)
-        for j in range(dv):
-            o = i * vL + j * L
-            s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
-            vstore(S, o, s)
-            acc = vfma(s, wload(dog, tv + j * L), acc)
-        vstore(buf, td + i * L, acc)
-        i += 1
-
-
-@njit(cache=True, nogil=True)
-def _dq_step2(S, kg, vg, dog, buf, t, d, dv):
-    """Tokens t and t+1 of the backward's forward sweep in one pass over S: each entry loaded once, updated and
-    read for token t, updated and read for token t+1, stored once (the operations of two ``_dq_step1`` calls, in
-    their order)."""
-    dL = d * L
-    vL = dv * L
-    tv = t * vL
-    td = t * dL
-    uv = tv + vL
-    ud = td + dL
-    i = 0
-    while i + 4 <= d:
-        k0 = wload(kg, td + i * L)
-        k1 = wload(kg, td + (i + 1) * L)
-        k2 = wload(kg, td + (i + 2) * L)
-        k3 = wload(kg, td + (i + 3) * L)
-        h0 = wload(kg, ud + i * L)
-        h1 = wload(kg, ud + (i + 1) * L)
-        h2 = wload(kg, ud + (i + 2) * L)
-        h3 = wload(kg, ud + (i + 3) * L)
-        a0 = wzeros(kg)
-        a1 = wzeros(kg)
-        a2 = wzeros(kg)
-        a3 = wzeros(kg)
-        b0 = wzeros(kg)
-        b1 = wzeros(kg)
-        b2 = wzeros(kg)
-        b3 = wzeros(kg)
-        for j in range(dv):
-            vj = wload(vg, tv + j * L)
-            dj = wload(dog, tv + j * L)
-            wj = wload(vg, uv + j * L)
-            ej = wload(dog, uv + j * L)
-            o = i * vL + j * L
-            s0 = vfma(vj, k0, wload(S, o))
-            a0 = vfma(s0, dj, a0)
-            s0 = vfma(wj, h0, s0)
-            b0 = vfma(s0, ej, b0)
-            vstore(S, o, s0)
-            s1 = vfma(vj, k1, wload(S, o + vL))
-            a1 = vfma(s1, dj, a1)
-            s1 = vfma(wj, h1, s1)
-            b1 = vfma(s1, ej, b1)
-            vstore(S, o + vL, s1)
-            s2 = vfma(vj, k2, wload(S, o + 2 * vL))
-            a2 = vfma(s2, dj, a2)
-            s2 = vfma(wj, h2, s2)
-            b2 = vfma(s2, ej, b2)
-            vstore(S, o + 2 * vL, s2)
-            s3 = vfma(vj, k3, wload(S, o + 3 * vL))
-            a3 = vfma(s3, dj, a3)
-            s3 = vfma(wj, h3, s3)
-            b3 = vfma(s3, ej, b3)
-            vstore(S, o + 3 * vL, s3)
-        vstore(buf, td + i * L, a0)
-        vstore(buf, td + (i + 1) * L, a1)
-        vstore(buf, td + (i + 2) * L, a2)
-        vstore(buf, td + (i + 3) * L, a3)
-        vstore(buf, ud + i * L, b0)
-        vstore(buf, ud + (i + 1) * L, b1)
-        vstore(buf, ud + (i + 2) * L, b2)
-        vstore(buf, ud + (i + 3) * L, b3)
-        i += 4
-    while i < d:
-        ki = wload(kg, td + i * L)
-        hi = wload(kg, ud + i * L)
-        acc = wzeros(kg)
-        acc2 = wzeros(kg)
-        for j in range(dv):
-            o = i * vL + j * L
-            s = vfma(wload(vg, tv + j * L), ki, wload(S, o))
-            acc = vfma(s, wload(dog, tv + j * L), acc)
-            s = vfma(wload(vg, uv + j * L), hi, s)
-            acc2 = vfma(s, wload(dog, uv + j * L), acc2)
-            vstore(S, o, s)
-        vstore(buf, td + i * L, acc)
-        vstore(buf, ud + i * L, acc2)
-        i += 1
 
 
 @njit(cache=True, nogil=True)
@@ -681,15 +552,15 @@ def _linear_backward_group(q, qs, k, ks, v, vs, dout, dos, dq, dqs, dk, dks, dvv
     dL = d * L
     vL = dv * L
     # ---- forward sweep: S_t stored transposed (S[i, j] at (i*dv + j)*L); dq_t[i] = sum_j S_t[j,i] dout_t[j],
-    # two tokens per pass over S (``_dq_step2``), as in the forward
+    # two tokens per pass over S (``_outer_step2``), as in the forward
     buf = aligned_empty(T * dL, q)
     S = aligned_zeros(d * vL, q)
     t = 0
-    while t + 2 <= T:
-        _dq_step2(S, kg, vg, dog, buf, t, d, dv)
+    while t + 2 <= T:                                   # S[i, j] += k[i] v[j], dq[i] = sum_j S[i, j] dout[j]
+        _outer_step2(S, kg, t * dL, vg, t * vL, dog, t * vL, buf, t * dL, d, dv)
         t += 2
     if t < T:
-        _dq_step1(S, kg, vg, dog, buf, t, d, dv)
+        _outer_step1(S, kg, t * dL, vg, t * vL, dog, t * vL, buf, t * dL, d, dv)
     # ---- reverse sweep: G_t (dv x d, G[j, i] at (j*d + i)*L), two tokens per pass over G (``_g_step2``)
     dkg = aligned_zeros(T * dL, q)
     dvg = aligned_empty(T * vL, q)
@@ -1075,63 +946,6 @@ def _column_sums(A, T, s, x, w, gx, like):
 
 
 @njit(cache=True, nogil=True)
-def _column_sums2(A, T, s, x, w, gx, like):
-    """``_column_sums`` of columns s and s+1 together (s + 1 < T): the two columns' entries of a row sit side by
-    side and share the loads of x, 4 columns i at a time (half the loads per multiply-add of one column at a
-    time). Column s+1 has no entry in row s; the sums run over t in the same order as ``_column_sums``."""
-    wL = w * L
-    i = 0
-    while i + 4 <= w:
-        p = wload(A, (s * T + s) * L)                   # row s: column s only
-        o = s * wL + i * L
-        a0 = vfma(p, wload(x, o), wzeros(like))
-        a1 = vfma(p, wload(x, o + L), wzeros(like))
-        a2 = vfma(p, wload(x, o + 2 * L), wzeros(like))
-        a3 = vfma(p, wload(x, o + 3 * L), wzeros(like))
-        b0 = wzeros(like)
-        b1 = wzeros(like)
-        b2 = wzeros(like)
-        b3 = wzeros(like)
-        for t in range(s + 1, T):
-            p = wload(A, (t * T + s) * L)
-            r = wload(A, (t * T + s + 1) * L)
-            o = t * wL + i * L
-            x0 = wload(x, o)
-            x1 = wload(x, o + L)
-            x2 = wload(x, o + 2 * L)
-            x3 = wload(x, o + 3 * L)
-            a0 = vfma(p, x0, a0)
-            a1 = vfma(p, x1, a1)
-            a2 = vfma(p, x2, a2)
-            a3 = vfma(p, x3, a3)
-            b0 = vfma(r, x0, b0)
-            b1 = vfma(r, x1, b1)
-            b2 = vfma(r, x2, b2)
-            b3 = vfma(r, x3, b3)
-        o = s * wL + i * L
-        vstore(gx, o, a0)
-        vstore(gx, o + L, a1)
-        vstore(gx, o + 2 * L, a2)
-        vstore(gx, o + 3 * L, a3)
-        o += wL
-        vstore(gx, o, b0)
-        vstore(gx, o + L, b1)
-        vstore(gx, o + 2 * L, b2)
-        vstore(gx, o + 3 * L, b3)
-        i += 4
-    while i < w:
-        a0 = vfma(wload(A, (s * T + s) * L), wload(x, s * wL + i * L), wzeros(like))
-        b0 = wzeros(like)
-        for t in range(s + 1, T):
-            xi = wload(x, t * wL + i * L)
-            a0 = vfma(wload(A, (t * T + s) * L), xi, a0)
-            b0 = vfma(wload(A, (t * T + s + 1) * L), xi, b0)
-        vstore(gx, s * wL + i * L, a0)
-        vstore(gx, (s + 1) * wL + i * L, b0)
-        i += 1
-
-
-@njit(cache=True, nogil=True)
 def _column_sums4(A, T, s, x, w, gx, like):
     """``_column_sums`` of columns s..s+3 together (s + 3 < T): each row's x loads shared by the four columns, 4
     columns i at a time. Rows s..s+2 add only to the columns they have entries in; every column's sum runs over
@@ -1247,13 +1061,10 @@ def _softmax_backward_group(q, qs, k, ks, v, vs, P, scale, dout, dos, dq, dqs, d
         _column_sums4(dS, T, s, qg, d, gk, qg)
         _column_sums4(Pg, T, s, dog, dv, gv, qg)
         s += 4
-    while s + 2 <= T:
-        _column_sums2(dS, T, s, qg, d, gk, qg)
-        _column_sums2(Pg, T, s, dog, dv, gv, qg)
-        s += 2
-    if s < T:
+    while s < T:                                        # the last T mod 4 columns one at a time
         _column_sums(dS, T, s, qg, d, gk, qg)
         _column_sums(Pg, T, s, dog, dv, gv, qg)
+        s += 1
     _scatter_qkv(gq, dq, dqs, gk, dk, dks, gv, dvv, dvs, n0, nl, H, T, d, dv)
     return ok
 
