@@ -49,13 +49,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 # ---------------------------------------------------------------------------------------------- FLOP counts
-from mesa_ref.flops import attention_flops  # noqa: E402  (the counts and their formulas: mesa_ref/flops.py)
+from mesa_ref.flops import attention_flops, model_flops as count_flops  # noqa: E402  (formulas: mesa_ref/flops.py)
 
 
 def model_flops(kind_layers, cfg, V: int, chunk: int | None = None) -> dict:
     """``mesa_ref.flops.model_flops`` at the size of the LM config ``cfg``."""
-    from mesa_ref.flops import model_flops as count
-    return count(kind_layers, width=cfg.width, heads=cfg.heads, key_size=cfg.key_size, T=cfg.T, mlp=cfg.mlp,
+    return count_flops(kind_layers, width=cfg.width, heads=cfg.heads, key_size=cfg.key_size, T=cfg.T, mlp=cfg.mlp,
                  vocab=V, chunk=chunk)
 
 

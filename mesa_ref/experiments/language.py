@@ -156,14 +156,12 @@ def _model_of(ctx, result):
 
 def loss_at(xs, losses, budget):
     """The learning curve's loss at ``budget`` (of the same quantity as xs: steps, FLOPs or seconds), linearly
-    interpolated between the evaluations around it; None beyond the curve's last point."""
+    interpolated between the evaluations around it (``np.interp``); None beyond the curve's last point."""
     pts = [(float(x), float(v)) for x, v in zip(xs, losses) if v is not None]
     if not pts or budget > pts[-1][0] * (1 + 1e-9):
         return None
-    for (x0, v0), (x1, v1) in zip(pts, pts[1:]):
-        if budget <= x1:
-            return v0 + (v1 - v0) * (budget - x0) / (x1 - x0) if x1 > x0 else v1
-    return pts[-1][1]
+    x, v = zip(*pts)
+    return float(np.interp(budget, x, v))
 
 
 def equal_compute(cfg: LMConfig, records: dict, curves: dict, V: int) -> dict:
@@ -171,20 +169,18 @@ def equal_compute(cfg: LMConfig, records: dict, curves: dict, V: int) -> dict:
     loss_at_budget[a][b] = kind a's held-out loss (its learning curve) when a has spent what b spent in all, in
     training FLOPs and in training seconds (None where b spent more than a did)."""
     tokens = cfg.batch * cfg.T
-    flops, used_flops, used_seconds, at_flops, at_seconds = {}, {}, {}, {}, {}
+    flops, spent = {}, {}
     for kind, model in records.items():
         f = model_flops(model["layers"], width=model["width"], heads=model["heads"], key_size=model["key_size"],
                         T=cfg.T, mlp=model["mlp"], vocab=V)
         flops[kind] = {"forward_per_token": f["forward"], "train_per_token": f["train"],
                        "attention_share_forward": f["attention_share"]}
-        c = curves[kind]
-        used_flops[kind] = float(c["step"][-1]) * tokens * f["train"]
-        used_seconds[kind] = float(c["seconds"][-1])
-    for a in records:
-        c = curves[a]
-        cum_flops = [float(s) * tokens * flops[a]["train_per_token"] for s in c["step"]]
-        at_flops[a] = {b: loss_at(cum_flops, c["loss"], used_flops[b]) for b in records}
-        at_seconds[a] = {b: loss_at(c["seconds"], c["loss"], used_seconds[b]) for b in records}
+        spent[kind] = [float(s) * tokens * f["train"] for s in curves[kind]["step"]]    # FLOPs at each evaluation
+    used_flops = {k: spent[k][-1] for k in records}
+    used_seconds = {k: float(curves[k]["seconds"][-1]) for k in records}
+    at_flops = {a: {b: loss_at(spent[a], curves[a]["loss"], used_flops[b]) for b in records} for a in records}
+    at_seconds = {a: {b: loss_at(curves[a]["seconds"], curves[a]["loss"], used_seconds[b]) for b in records}
+                  for a in records}
     return {"flops": flops, "train_flops": used_flops, "train_seconds": used_seconds,
             "loss_at_flop_budget": at_flops, "loss_at_time_budget": at_seconds,
             "notes": "loss_at_*_budget[a][b]: kind a's held-out learning-curve loss (the job's test set) once a "
