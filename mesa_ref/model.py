@@ -162,7 +162,11 @@ class Transformer:
             h = h + delta
             if c.clip is not None:
                 h, lc["clip1"] = ops.clip_forward(h, c=c.clip)
-            if c.mlp:
+            if c.mlp and c.layernorm and c.clip is None:                   # the sub-block as one op (ops/mlp_block.py)
+                h, lc["mlp_block"] = ops.mlp_block_forward(h, params[f"l{i}.ln2.w"], params[f"l{i}.ln2.b"],
+                                                           params[f"l{i}.mlp.w1"], params[f"l{i}.mlp.b1"],
+                                                           params[f"l{i}.mlp.w2"], params[f"l{i}.mlp.b2"])
+            elif c.mlp:
                 m = h
                 if c.layernorm:
                     m, lc["ln2"] = ops.layernorm_forward(h, params[f"l{i}.ln2.w"], params[f"l{i}.ln2.b"])
@@ -209,7 +213,10 @@ class Transformer:
         H = c.heads
         for i in reversed(range(len(c.layers))):
             kind, lc = c.layers[i], cache.layers[i]
-            if c.mlp:
+            if "mlp_block" in lc:
+                (dh, grads[f"l{i}.ln2.w"], grads[f"l{i}.ln2.b"], grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"],
+                 grads[f"l{i}.mlp.w2"], grads[f"l{i}.mlp.b2"]) = ops.mlp_block_backward(dh, lc["mlp_block"])
+            elif c.mlp:
                 if c.clip is not None:
                     dh = ops.clip_backward(dh, lc["clip2"])
                 (dm, grads[f"l{i}.mlp.w1"], grads[f"l{i}.mlp.b1"], grads[f"l{i}.mlp.w2"],

@@ -8,13 +8,22 @@ The products are those of ``gemm.py`` on lane vectors (sums along the summed ind
 rounding only); the GELU is ``elementwise.bias_gelu_fwd`` / ``gelu_bwd_rows``. Shapes are flat C-order
 arrays: x, dx (N*D), z, t (N*M), y, dy (N*E), W1 (D*M), W2 (M*E), W1t = W1^T (M*D), W2t = W2^T (E*M); M and E
 multiples of 8.
+
+The pre-LayerNorm sub-block with its residual, y = x + mlp(layernorm(x)) (``ln_mlp_fwd_rows`` / ``ln_mlp_bwd_rows``),
+goes the same way: each block of rows is normalised into a buffer right before its products (``elementwise.
+layernorm_fwd`` on the block's rows), and the residual is added as the block's output is written, so neither
+the normalised input nor the MLP's output goes out to memory. The backward normalises the block again (the same
+operations on the same rows: bit for bit the forward's values) instead of reading a stored copy, and runs the
+LayerNorm's backward and the residual addition on the block while its gradient is in cache. The LayerNorm sees
+the rows in the groups of 16 that one call on rows lo..hi would (R is a multiple of 16), so with lo = 0 the
+results are those of the three ops one after the other, bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .elementwise import bias_gelu_fwd, gelu_bwd_rows
+from .elementwise import bias_gelu_fwd, gelu_bwd_rows, layernorm_bwd, layernorm_fwd
 from .gemm import ab_panels, ab_rows, atb_rows
 
 R = 128     # rows per block: the block's R x M hidden activations (and its dg, dz in the backward) stay in L2
@@ -66,4 +75,70 @@ def mlp_bwd_rows(dy, x, z, t, W1t, W2t, D, M, E, lo, hi, dx, dW1, dW2t, db1, db2
         ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
         atb_rows(x[s0 * D:s1 * D], DZ, D, M, 0, r, dW1)
         ab_rows(DZ, W1t, M, D, 0, r, dx[s0 * D:s1 * D])
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def ln_mlp_fwd_rows(x, lw, lb, eps, W1, b1, W2, b2, D, M, lo, hi, z, t, y):
+    """Rows lo..hi-1: m = layernorm(x; lw, lb), z = m W1 + b1, t, y = x + (gelu(z) W2 + b2) (E = D). Returns False
+    when some x or z is NaN or inf (the LayerNorm's row sums find the first, the GELU the second)."""
+    G = np.empty(R * M, x.dtype)
+    Mb = np.empty(R * D, x.dtype)
+    Hb = np.empty(R * D, x.dtype)
+    Rb = np.empty(R, x.dtype)
+    ok = True
+    for s0 in range(lo, hi, R):
+        s1 = min(hi, s0 + R)
+        r = s1 - s0
+        xb = x[s0 * D:s1 * D]
+        ok &= layernorm_fwd(xb, lw, lb, eps, D, Mb[:r * D], Hb[:r * D], Rb[:r])
+        zb = z[s0 * M:s1 * M]
+        ab_panels(Mb, W1, D, M, 0, r, zb, True)
+        ok &= bias_gelu_fwd(zb, b1, M, G[:r * M], t[s0 * M:s1 * M])
+        yb = y[s0 * D:s1 * D]
+        ab_rows(G, W2, M, D, 0, r, yb)
+        for i in range(r):
+            for j in range(D):
+                yb[i * D + j] = xb[i * D + j] + (yb[i * D + j] + b2[j])
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def ln_mlp_bwd_rows(dy, x, lw, lb, eps, z, t, W1t, W2t, D, M, lo, hi, dx, dW1, dW2t, db1, db2, sw, sb):
+    """Rows lo..hi-1 of the sub-block's backward: dm = dz W1^T with dz = (dy W2^T) gelu'(z), then the LayerNorm's
+    backward of dm, dx = dy + that; adds the rows' m^T dz to dW1 (D*M), dy^T g to dW2t (E*M), the column sums of
+    dz, dy to db1, db2 and the LayerNorm's sums of dm xhat, dm to sw, sb (float64). m and xhat are recomputed
+    from x. Returns False when some dy W2^T is NaN or inf."""
+    G = np.empty(R * M, x.dtype)
+    DG = np.empty(R * M, x.dtype)
+    DZ = np.empty(R * M, x.dtype)
+    Mb = np.empty(R * D, x.dtype)
+    Hb = np.empty(R * D, x.dtype)
+    DM = np.empty(R * D, x.dtype)
+    DX = np.empty(R * D, x.dtype)
+    Rb = np.empty(R, x.dtype)
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1.0)
+    ok = True
+    for s0 in range(lo, hi, R):
+        s1 = min(hi, s0 + R)
+        r = s1 - s0
+        layernorm_fwd(x[s0 * D:s1 * D], lw, lb, eps, D, Mb[:r * D], Hb[:r * D], Rb[:r])
+        zb = z[s0 * M:s1 * M]
+        tb = t[s0 * M:s1 * M]
+        for e in range(r * M):
+            G[e] = half * zb[e] * (one + tb[e])
+        dyb = dy[s0 * D:s1 * D]
+        atb_rows(dyb, G, D, M, 0, r, dW2t)
+        for i in range(r):
+            for j in range(D):
+                db2[j] += float(dyb[i * D + j])
+        ab_panels(dyb, W2t, D, M, 0, r, DG, True)
+        ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
+        atb_rows(Mb, DZ, D, M, 0, r, dW1)
+        ab_rows(DZ, W1t, M, D, 0, r, DM)
+        layernorm_bwd(DM[:r * D], Hb[:r * D], Rb[:r], lw, D, DX[:r * D], sw, sb)
+        dxb = dx[s0 * D:s1 * D]
+        for e in range(r * D):
+            dxb[e] = dyb[e] + DX[e]
     return ok

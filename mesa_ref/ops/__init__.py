@@ -2,7 +2,9 @@
 
 NAME_forward(inputs..., *, options) -> (out, cache);  NAME_backward(dout, cache) -> grads.
 dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition of the two; a backend may fuse it),
-and mlp the whole MLP sub-block, gelu(x W1 + b1) W2 + b2 (the composition of dense_gelu and dense).
+and mlp the whole MLP, gelu(x W1 + b1) W2 + b2 (the composition of dense_gelu and dense); mlp_block is the
+pre-LayerNorm sub-block with its residual branch, x + mlp(layernorm(x)) (the composition of layernorm, mlp and
+the addition).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. ``batch_map`` says how a backend splits one training step's
@@ -22,12 +24,14 @@ from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_en
 from .mesa import MesaCache, mesa_backward, mesa_direct, mesa_forward, validate_mesa_inputs
 from .mesa_chunkwise import MesaChunkCache, mesa_chunkwise_backward, mesa_chunkwise_forward
 from .mlp import MLPCache, mlp_backward, mlp_forward
+from .mlp_block import MLPBlockCache, mlp_block_backward, mlp_block_forward
 from .posenc import sinusoidal_positional_encoding
 
 __all__ = [
     "dense_forward", "dense_backward",
     "dense_gelu_forward", "dense_gelu_backward",
     "mlp_forward", "mlp_backward",
+    "mlp_block_forward", "mlp_block_backward",
     "linear_attention_forward", "linear_attention_backward",
     "softmax_attention_forward", "softmax_attention_backward",
     "layernorm_forward", "layernorm_backward",
@@ -40,6 +44,6 @@ __all__ = [
     "mse_forward", "mse_backward",
     "batch_map",
     "cross_entropy_forward", "cross_entropy_backward",
-    "DenseCache", "DenseGeluCache", "MLPCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
+    "DenseCache", "DenseGeluCache", "MLPCache", "MLPBlockCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache",
     "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",
 ]
