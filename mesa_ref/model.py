@@ -141,12 +141,13 @@ class Transformer:
         H = c.heads
         for i, kind in enumerate(c.layers):
             lc = {}
-            a = h
-            if c.layernorm:
-                a, lc["ln1"] = ops.layernorm_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"])
-            # one product for the three projections: [B,T,D] x [D, 3*H*d] -> [B,T,3*H*d]  [L2]
+            # one product for the three projections: [B,T,D] x [D, 3*H*d] -> [B,T,3*H*d]  [L2], after the LayerNorm
+            # as one op where there is one (ops/layernorm_dense.py)
             w_qkv = xp.concatenate([params[f"l{i}.wq"], params[f"l{i}.wk"], params[f"l{i}.wv"]], axis=1)
-            qkv, lc["qkv"] = ops.dense_forward(a, w_qkv)
+            if c.layernorm:
+                qkv, lc["ln_qkv"] = ops.layernorm_dense_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"], w_qkv)
+            else:
+                qkv, lc["qkv"] = ops.dense_forward(h, w_qkv)
             q, k, v = ops.split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
             if kind == "linear":
                 o, lc["attn"] = ops.linear_attention_forward(q, k, v)
@@ -181,10 +182,11 @@ class Transformer:
         if c.input == "constructed":
             y = h[..., : c.output_dim]                                       # [B,T,n]
         else:
-            f = h
             if c.layernorm:
-                f, top["ln_f"] = ops.layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])
-            y, top["out"] = ops.dense_forward(f, params["out.w"], params["out.b"])       # [B,T,out]
+                y, top["ln_out"] = ops.layernorm_dense_forward(h, params["ln_f.w"], params["ln_f.b"],
+                                                               params["out.w"], params["out.b"])   # [B,T,out]
+            else:
+                y, top["out"] = ops.dense_forward(h, params["out.w"], params["out.b"])       # [B,T,out]
         cache = ForwardCache(x=x, residuals=residuals, layers=layers, top=top, param_keys=tuple(params), params=params)
         return y, cache
 
@@ -205,11 +207,11 @@ class Transformer:
             dh = xp.zeros_like(h_last)
             dh[..., : c.output_dim] = dy
         else:
-            df, grads["out.w"], grads["out.b"] = ops.dense_backward(dy, top["out"])
             if c.layernorm:
-                dh, grads["ln_f.w"], grads["ln_f.b"] = ops.layernorm_backward(df, top["ln_f"])
+                (dh, grads["ln_f.w"], grads["ln_f.b"], grads["out.w"],
+                 grads["out.b"]) = ops.layernorm_dense_backward(dy, top["ln_out"])
             else:
-                dh = df
+                dh, grads["out.w"], grads["out.b"] = ops.dense_backward(dy, top["out"])
         H = c.heads
         for i in reversed(range(len(c.layers))):
             kind, lc = c.layers[i], cache.layers[i]
@@ -245,12 +247,15 @@ class Transformer:
             # the product for da is needed by everything below block i, and by block 0's LayerNorm; below block 0
             # of constructed input sits only x itself
             need_da = input_grad or i > 0 or c.layernorm or c.input != "constructed"
-            da, dw_qkv, _ = ops.dense_backward(ops.merge_qkv(dq, dk, dv), lc["qkv"], input_grad=need_da)
+            dqkv = ops.merge_qkv(dq, dk, dv)
+            if c.layernorm:
+                da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"], dw_qkv, _ = ops.layernorm_dense_backward(dqkv,
+                                                                                                       lc["ln_qkv"])
+            else:
+                da, dw_qkv, _ = ops.dense_backward(dqkv, lc["qkv"], input_grad=need_da)
             HD = dw_qkv.shape[1] // 3
             for j, name in enumerate(("wq", "wk", "wv")):
                 grads[f"l{i}.{name}"] = xp.ascontiguousarray(dw_qkv[:, j * HD:(j + 1) * HD])
-            if c.layernorm:
-                da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"] = ops.layernorm_backward(da, lc["ln1"])
             if need_da:
                 dh = dh + da                                                 # residual branch
         dx = None

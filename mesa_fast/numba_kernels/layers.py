@@ -39,6 +39,7 @@ from mesa_ref.ops import dense as _ref_dense
 from mesa_ref.ops import dense_gelu as _ref_dg
 from mesa_ref.ops import heads as _ref_heads
 from mesa_ref.ops import layernorm as _ref_ln
+from mesa_ref.ops import layernorm_dense as _ref_lnd
 from mesa_ref.ops import loss as _ref_loss
 from mesa_ref.ops import mlp as _ref_mlp
 from mesa_ref.ops import mlp_block as _ref_block
@@ -469,6 +470,133 @@ def layernorm_backward(dy, cache):
 
 
 # --------------------------------------------------------------------------------------------
+# [L4] + [L1] a LayerNorm and the dense layer it feeds, row block by row block (numba_kernels/lndense.py)
+# --------------------------------------------------------------------------------------------
+
+class LayerNormDenseFastCache(NamedTuple):
+    x2: np.ndarray          # (N, D) the input, rows flattened, C-contiguous
+    w: np.ndarray           # (D,) LayerNorm weight, C-contiguous
+    b: np.ndarray           # (D,) LayerNorm bias, C-contiguous
+    eps: float
+    a2: np.ndarray          # (N, D) layernorm(x), the dense layer's input (for dW = a^T dy)
+    W: np.ndarray           # (D, O)
+    has_c: bool             # whether the dense layer has a bias
+    x_shape: tuple          # the input's shape (..., D)
+
+
+def _ln_dense_fusable(x, w, b, W, c, eps) -> bool:
+    """Whether the fused kernels take these inputs: NumPy arrays of one float dtype with the shapes the reference
+    accepts (no empty axis), finite parameters, eps > 0. Anything else goes through the composition of this
+    module's layernorm and dense ops, whose checks raise the reference's ValueErrors."""
+    arrays = [a for a in (x, w, b, W, c) if a is not None]
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return False
+    dt = x.dtype
+    if dt not in (np.float32, np.float64) or any(a.dtype != dt for a in arrays):
+        return False
+    if x.ndim < 1 or x.size == 0 or W.ndim != 2 or W.shape[0] != x.shape[-1] or W.shape[1] == 0:
+        return False
+    D, O = W.shape
+    if w.shape != (D,) or b.shape != (D,) or (c is not None and c.shape != (O,)):
+        return False
+    if not (isinstance(eps, (int, float, np.floating)) and eps > 0):
+        return False
+    return all(all_finite(a) for a in arrays[1:])
+
+
+def _ln_dense_composed_forward(x, w, b, W, c, eps):
+    a, c1 = layernorm_forward(x, w, b, eps=eps)
+    y, c2 = dense_forward(a, W, c)
+    return y, _ref_lnd.LayerNormDenseCache(c1, c2)
+
+
+def layernorm_dense_forward(x, w, b, W, c=None, *, eps=1e-5):
+    """[L4] + [L1] y = layernorm(x) W + c -> (y (..., O), cache).
+
+    Fused (``lndense.ln_dense_fwd_rows``, rows shared out to the thread pool) where ``_ln_dense_fusable``: each
+    block of rows is normalised right before its product, and the LayerNorm's own cache is not written.
+    Otherwise, and whenever the fused pass meets a NaN or inf in x, the composition of ``layernorm_forward`` and
+    ``dense_forward`` runs instead, so errors come out as the reference's; finite inputs whose product overflows
+    come back as they are, as there."""
+    if not _numpy(x, w, b, W, c):
+        return _ref_lnd.layernorm_dense_forward(x, w, b, W, c, eps=eps)
+    if not _ln_dense_fusable(x, w, b, W, c, eps):
+        return _ln_dense_composed_forward(x, w, b, W, c, eps)
+    from . import lndense as _l
+    dt = x.dtype
+    D, O = W.shape
+    x2 = np.ascontiguousarray(x.reshape(-1, D))
+    N = x2.shape[0]
+    a2 = np.empty((N, D), dt)
+    y2 = np.empty((N, O), dt)
+    wf, bf, Wc = np.ascontiguousarray(w), np.ascontiguousarray(b), np.ascontiguousarray(W)
+    cf = c if c is not None else np.zeros(O, dt)
+    e = dt.type(eps)
+    with _dense.one_blas_thread():
+        ok = map_chunks(lambda lo, hi: _l.ln_dense_fwd_rows(x2.reshape(-1), wf, bf, e, a2.reshape(-1), a2, Wc, cf,
+                                                            c is not None, y2, D, lo, hi),
+                        N, min_chunk=_dense.MIN_ROWS)
+    if not all(ok):
+        return _ln_dense_composed_forward(x, w, b, W, c, eps)
+    return (y2.reshape(x.shape[:-1] + (O,)),
+            LayerNormDenseFastCache(x2, wf, bf, eps, a2, Wc, c is not None, tuple(x.shape)))
+
+
+def _ln_dense_composed_cache(cache: LayerNormDenseFastCache):
+    """The composition's cache rebuilt from a fused forward's: the LayerNorm run again on x (the same values)."""
+    x2, w, b, eps, a2, W, has_c, x_shape = cache
+    _, c1 = layernorm_forward(x2.reshape(x_shape), w, b, eps=eps)
+    return _ref_lnd.LayerNormDenseCache(c1, DenseFastCache(a2, W, has_c, x_shape))
+
+
+def layernorm_dense_backward(dy, cache):
+    """Returns (dx (..., D), dw, db (D,), dW (D, O), dc (O,) or None).  Fused (``lndense.ln_dense_bwd_rows``: da =
+    dy W^T never leaves the cache; dW = a^T dy one product per range of rows, as the dense op's) for a fused
+    forward's cache and a well-formed NumPy dy; the composition of ``dense_backward`` and ``layernorm_backward``
+    for anything else, and when the LayerNorm's sums find a NaN or inf in da (a NaN or inf in dy puts one there),
+    so errors come out as the reference's."""
+    if not isinstance(cache, LayerNormDenseFastCache):
+        if isinstance(cache, _ref_lnd.LayerNormDenseCache):
+            da, dW, dc = dense_backward(dy, cache.dense)
+            dx, dw, db = layernorm_backward(da, cache.ln)
+            return dx, dw, db, dW, dc
+        return _ref_lnd.layernorm_dense_backward(dy, cache)
+    x2, w, b, eps, a2, W, has_c, x_shape = cache
+    D, O = W.shape
+    dt = x2.dtype
+    if not (isinstance(dy, np.ndarray) and dy.dtype == dt and tuple(dy.shape) == x_shape[:-1] + (O,)):
+        return layernorm_dense_backward(dy, _ln_dense_composed_cache(cache))
+    from . import lndense as _l
+    dy2 = np.ascontiguousarray(dy.reshape(-1, O))
+    N = dy2.shape[0]
+    dx = np.empty(N * D, dt)
+    Wt = np.ascontiguousarray(W.T)
+    Wtf = _dense._narrow(W.T, dt)
+    narrow = Wtf is not None
+    if not narrow:
+        Wtf = Wt.reshape(-1)
+    e = dt.type(eps)
+
+    def rows(lo, hi):
+        sw, sb = np.zeros(D), np.zeros(D)
+        _l.ln_dense_bwd_rows(dy2, dy2.reshape(-1), x2.reshape(-1), w, b, e, Wt, Wtf, narrow, dx, D, lo, hi, sw, sb)
+        return sw, sb, _dense.xt_dy(a2, dy2, lo, hi)
+
+    with _dense.one_blas_thread():
+        parts = map_chunks(rows, N, min_chunk=_dense.MIN_ROWS)
+    sw, sb, dW = parts[0]
+    dW = np.array(dW, order="C")
+    for p in parts[1:]:                     # partial sums in range order: the same result on every run
+        sw += p[0]
+        sb += p[1]
+        dW += p[2]
+    if not all_finite(sb):                  # sb: column sums of da = dy W^T
+        return layernorm_dense_backward(dy, _ln_dense_composed_cache(cache))
+    dc = dy2.sum(axis=0) if has_c else None
+    return dx.reshape(x_shape), sw.astype(dt), sb.astype(dt), dW, dc
+
+
+# --------------------------------------------------------------------------------------------
 # [L4] + [L1] + [L5] the pre-LayerNorm MLP sub-block with its residual, row block by row block
 # (numba_kernels/mlp.py: ln_mlp_fwd_rows / ln_mlp_bwd_rows)
 # --------------------------------------------------------------------------------------------
@@ -758,7 +886,8 @@ def mse_forward(pred, target):
 FAST_OPS = ("dense_forward", "dense_backward", "dense_gelu_forward", "dense_gelu_backward", "mlp_forward",
             "mlp_backward", "mlp_block_forward", "mlp_block_backward",
             "linear_attention_forward", "linear_attention_backward", "softmax_attention_forward",
-            "softmax_attention_backward", "layernorm_forward", "layernorm_backward",
+            "softmax_attention_backward", "layernorm_forward", "layernorm_backward", "layernorm_dense_forward",
+            "layernorm_dense_backward",
             "gelu_forward", "gelu_backward", "clip_forward", "clip_backward", "split_qkv", "split_heads", "merge_qkv",
             "mse_forward")
 __all__ = list(FAST_OPS)
