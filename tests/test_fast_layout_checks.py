@@ -445,13 +445,15 @@ def blas():
     """{library path: thread count} of every BLAS library loaded now."""
     return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 '''
+# SciPy's BLAS, which the thread limiter loads when it is made: loaded first, so that every "before" lists it
+_SCIPY_BLAS = "import scipy.linalg.cython_blas\n"
 
 
-def _run_blas2(code):
+def _run_blas2(code, preload=True):
     """Run ``code`` (after _BLAS_HELPERS) in a process where the BLAS libraries start with 2 threads."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, "-c", _BLAS_HELPERS + code], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", (_SCIPY_BLAS if preload else "") + _BLAS_HELPERS + code],
+                       capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:] + r.stdout[-2000:]
 
 
@@ -505,6 +507,29 @@ ts = [threading.Thread(target=lambda: [F.dense_forward(x, W) for _ in range(20)]
 assert blas() == start, blas()
 print("ok")
 ''')
+
+
+def test_numba_blas_products_run_single_threaded_too():
+    """The fused LayerNorm + dense op multiplies inside Numba (np.dot, SciPy's BLAS: another library than NumPy's).
+    With a dense op run first (so the thread limiter exists before the fused op loads that library), every BLAS
+    library loaded, that one included, has 1 thread while an op runs and 2 again afterwards."""
+    _run_blas2(r'''
+import numpy as np
+from mesa_fast import ops as F
+from mesa_fast.numba_kernels import dense
+rng = np.random.default_rng(0)
+y, cache = F.dense_forward(rng.standard_normal((3000, 8)), rng.standard_normal((8, 5)))
+x = rng.standard_normal((3000, 40))
+w, b, W = np.ones(40), np.zeros(40), rng.standard_normal((40, 24))
+y, cache = F.layernorm_dense_forward(x, w, b, W)
+F.layernorm_dense_backward(np.ones_like(y), cache)
+libs = blas()
+assert len(libs) >= 2 and set(libs.values()) == {2}, libs
+with dense.one_blas_thread():
+    assert set(blas().values()) == {1}, blas()
+assert blas() == libs, blas()
+print("ok")
+''', preload=False)
 
 
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])

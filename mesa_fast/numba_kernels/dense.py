@@ -7,7 +7,8 @@ same BLAS calls (a hand-written Numba product was slower at these sizes); what d
   cores are shared with other processes a product can then take hundreds of times longer than on one thread
   (the measurements are in docs/performance.md).
 * So while a dense op runs, the BLAS libraries loaded in the process are limited to one thread through
-  threadpoolctl (``one_blas_thread``: a ``ThreadpoolController`` made on first use and kept, and its
+  threadpoolctl (``one_blas_thread``: a ``ThreadpoolController`` made on first use and kept, with SciPy's BLAS,
+  which Numba's np.dot calls, loaded before it so that it is among the libraries limited, and its
   ``limit(limits=1, user_api="blas")``; building a controller on every call would cost more than a small
   product), and the previous thread counts come back when the op returns, so the caller's own NumPy code keeps
   its threads between our ops. Nothing is changed at import. The limit is process-wide, as BLAS libraries
@@ -51,6 +52,10 @@ def blas_controller() -> ThreadpoolController:
     global _controller
     with _blas_lock:
         if _controller is None:
+            # SciPy's BLAS first: Numba's np.dot (lndense.py) calls it, and a controller lists only the libraries
+            # loaded when it is made. Left out, its threads were not limited: each shard's products started a
+            # second BLAS thread, and the step slowed down badly (benchmarks/notes.md has the measurement)
+            import scipy.linalg.cython_blas  # noqa: F401
             _controller = ThreadpoolController()
         return _controller
 
