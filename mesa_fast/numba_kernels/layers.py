@@ -478,7 +478,8 @@ class LayerNormDenseFastCache(NamedTuple):
     w: np.ndarray           # (D,) LayerNorm weight, C-contiguous
     b: np.ndarray           # (D,) LayerNorm bias, C-contiguous
     eps: float
-    a2: np.ndarray          # (N, D) layernorm(x), the dense layer's input (for dW = a^T dy)
+    a2: object              # (N, D) layernorm(x), the dense layer's input (for dW = a^T dy), or None where the
+                            # backward makes dW block by block (``_own_dw``)
     W: np.ndarray           # (D, O)
     has_c: bool             # whether the dense layer has a bias
     x_shape: tuple          # the input's shape (..., D)
@@ -504,6 +505,14 @@ def _ln_dense_fusable(x, w, b, W, c, eps) -> bool:
     return all(all_finite(a) for a in arrays[1:])
 
 
+def _own_dw(O) -> bool:
+    """Whether the fused backward makes dW = a^T dy itself, block by block from the recomputed a (``gemm.atb_rows``,
+    while a and dy are in cache; then the forward does not keep a): for outputs a multiple of 16 and at least 64
+    wide (the QKV product), where that measured faster than one BLAS product over the stored a
+    (benchmarks/notes.md); otherwise (the readout) BLAS, as the dense op."""
+    return O % 16 == 0 and O >= 64
+
+
 def _ln_dense_composed_forward(x, w, b, W, c, eps):
     a, c1 = layernorm_forward(x, w, b, eps=eps)
     y, c2 = dense_forward(a, W, c)
@@ -514,7 +523,8 @@ def layernorm_dense_forward(x, w, b, W, c=None, *, eps=1e-5):
     """[L4] + [L1] y = layernorm(x) W + c -> (y (..., O), cache).
 
     Fused (``lndense.ln_dense_fwd_rows``, rows shared out to the thread pool) where ``_ln_dense_fusable``: each
-    block of rows is normalised right before its product, and the LayerNorm's own cache is not written.
+    block of rows is normalised right before its product, and the LayerNorm's own cache is not written (nor the
+    normalised rows, where the backward makes dW from recomputed ones: ``_own_dw``).
     Otherwise, and whenever the fused pass meets a NaN or inf in x, the composition of ``layernorm_forward`` and
     ``dense_forward`` runs instead, so errors come out as the reference's; finite inputs whose product overflows
     come back as they are, as there."""
@@ -527,31 +537,35 @@ def layernorm_dense_forward(x, w, b, W, c=None, *, eps=1e-5):
     D, O = W.shape
     x2 = np.ascontiguousarray(x.reshape(-1, D))
     N = x2.shape[0]
-    a2 = np.empty((N, D), dt)
+    keep_a = not _own_dw(O)
+    a2 = np.empty((N, D) if keep_a else (0, D), dt)
     y2 = np.empty((N, O), dt)
     wf, bf, Wc = np.ascontiguousarray(w), np.ascontiguousarray(b), np.ascontiguousarray(W)
     cf = c if c is not None else np.zeros(O, dt)
     e = dt.type(eps)
     with _dense.one_blas_thread():
-        ok = map_chunks(lambda lo, hi: _l.ln_dense_fwd_rows(x2.reshape(-1), wf, bf, e, a2.reshape(-1), a2, Wc, cf,
-                                                            c is not None, y2, D, lo, hi),
+        ok = map_chunks(lambda lo, hi: _l.ln_dense_fwd_rows(x2.reshape(-1), wf, bf, e, keep_a, a2.reshape(-1), a2, Wc,
+                                                            cf, c is not None, y2, D, lo, hi),
                         N, min_chunk=_dense.MIN_ROWS)
     if not all(ok):
         return _ln_dense_composed_forward(x, w, b, W, c, eps)
     return (y2.reshape(x.shape[:-1] + (O,)),
-            LayerNormDenseFastCache(x2, wf, bf, eps, a2, Wc, c is not None, tuple(x.shape)))
+            LayerNormDenseFastCache(x2, wf, bf, eps, a2 if keep_a else None, Wc, c is not None, tuple(x.shape)))
 
 
 def _ln_dense_composed_cache(cache: LayerNormDenseFastCache):
     """The composition's cache rebuilt from a fused forward's: the LayerNorm run again on x (the same values)."""
     x2, w, b, eps, a2, W, has_c, x_shape = cache
-    _, c1 = layernorm_forward(x2.reshape(x_shape), w, b, eps=eps)
+    a, c1 = layernorm_forward(x2.reshape(x_shape), w, b, eps=eps)
+    if a2 is None:
+        a2 = np.ascontiguousarray(a.reshape(x2.shape))
     return _ref_lnd.LayerNormDenseCache(c1, DenseFastCache(a2, W, has_c, x_shape))
 
 
 def layernorm_dense_backward(dy, cache):
     """Returns (dx (..., D), dw, db (D,), dW (D, O), dc (O,) or None).  Fused (``lndense.ln_dense_bwd_rows``: da =
-    dy W^T never leaves the cache; dW = a^T dy one product per range of rows, as the dense op's) for a fused
+    dy W^T never leaves the cache; dW = a^T dy block by block there (``_own_dw``), or one product per range of rows
+    over the stored a, as the dense op's) for a fused
     forward's cache and a well-formed NumPy dy; the composition of ``dense_backward`` and ``layernorm_backward``
     for anything else, and when the LayerNorm's sums find a NaN or inf in da (a NaN or inf in dy puts one there),
     so errors come out as the reference's."""
@@ -577,10 +591,14 @@ def layernorm_dense_backward(dy, cache):
         Wtf = Wt.reshape(-1)
     e = dt.type(eps)
 
+    own = a2 is None
+
     def rows(lo, hi):
         sw, sb = np.zeros(D), np.zeros(D)
-        _l.ln_dense_bwd_rows(dy2, dy2.reshape(-1), x2.reshape(-1), w, b, e, Wt, Wtf, narrow, dx, D, lo, hi, sw, sb)
-        return sw, sb, _dense.xt_dy(a2, dy2, lo, hi)
+        dWp = np.zeros(D * O if own else 0, dt)
+        _l.ln_dense_bwd_rows(dy2, dy2.reshape(-1), x2.reshape(-1), w, b, e, Wt, Wtf, narrow, own, dWp, dx, D, lo, hi,
+                             sw, sb)
+        return sw, sb, (dWp.reshape(D, O) if own else _dense.xt_dy(a2, dy2, lo, hi))
 
     with _dense.one_blas_thread():
         parts = map_chunks(rows, N, min_chunk=_dense.MIN_ROWS)
