@@ -290,16 +290,32 @@ class MLPFastCache(NamedTuple):
     t: np.ndarray           # (N, M) tanh(sqrt(2/pi) (z + 0.044715 z^3)); gelu(z) = 0.5 z (1 + t)
 
 
+def _float_numpy(arrays) -> bool:
+    """Whether the arrays are all NumPy arrays of one float dtype, float32 or float64 (the fused ops' first
+    condition)."""
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return False
+    dt = arrays[0].dtype
+    return dt in (np.float32, np.float64) and all(a.dtype == dt for a in arrays)
+
+
+def _ln_params_fusable(x, w, b, eps) -> bool:
+    """The LayerNorm's part of a fused op's conditions (x at least 1-D): w and b NumPy arrays of x's dtype and shape
+    (D,), finite, and eps > 0."""
+    D = x.shape[-1]
+    for a in (w, b):
+        if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != (D,) or not all_finite(a):
+            return False
+    return isinstance(eps, (int, float, np.floating)) and eps > 0
+
+
 def _mlp_fusable(x, W1, b1, W2, b2) -> bool:
     """Whether the fused kernels take these inputs: NumPy arrays of one float dtype with the shapes the reference
     accepts, D, M and E multiples of 8 (whole lane vectors in the products), finite weights and biases. Anything
     else goes through the composition of this module's dense_gelu and dense ops, whose checks raise the
     reference's ValueErrors."""
     arrays = [a for a in (x, W1, b1, W2, b2) if a is not None]
-    if not all(isinstance(a, np.ndarray) for a in arrays):
-        return False
-    dt = x.dtype
-    if dt not in (np.float32, np.float64) or any(a.dtype != dt for a in arrays):
+    if not _float_numpy(arrays):
         return False
     if x.ndim < 1 or W1.ndim != 2 or W2.ndim != 2 or x.shape[-1] != W1.shape[0] or W2.shape[0] != W1.shape[1]:
         return False
@@ -489,20 +505,14 @@ def _ln_dense_fusable(x, w, b, W, c, eps) -> bool:
     """Whether the fused kernels take these inputs: NumPy arrays of one float dtype with the shapes the reference
     accepts (no empty axis), finite parameters, eps > 0. Anything else goes through the composition of this
     module's layernorm and dense ops, whose checks raise the reference's ValueErrors."""
-    arrays = [a for a in (x, w, b, W, c) if a is not None]
-    if not all(isinstance(a, np.ndarray) for a in arrays):
-        return False
-    dt = x.dtype
-    if dt not in (np.float32, np.float64) or any(a.dtype != dt for a in arrays):
+    arrays = [a for a in (x, W, c) if a is not None]
+    if not _float_numpy(arrays):
         return False
     if x.ndim < 1 or x.size == 0 or W.ndim != 2 or W.shape[0] != x.shape[-1] or W.shape[1] == 0:
         return False
-    D, O = W.shape
-    if w.shape != (D,) or b.shape != (D,) or (c is not None and c.shape != (O,)):
+    if c is not None and c.shape != (W.shape[1],):
         return False
-    if not (isinstance(eps, (int, float, np.floating)) and eps > 0):
-        return False
-    return all(all_finite(a) for a in arrays[1:])
+    return _ln_params_fusable(x, w, b, eps) and all(all_finite(a) for a in arrays[1:])
 
 
 def _own_dw(O) -> bool:
@@ -637,13 +647,8 @@ def _block_fusable(x, w, b, W1, b1, W2, b2, eps) -> bool:
     """Whether the fused kernels take these inputs: the MLP's conditions (``_mlp_fusable``), an MLP that maps back
     to the width D, finite LayerNorm parameters of shape (D,) and x's dtype, eps > 0. Anything else goes through
     the composition of this module's layernorm and mlp ops, whose checks raise the reference's ValueErrors."""
-    if not _mlp_fusable(x, W1, b1, W2, b2) or W2.shape[1] != x.shape[-1]:
-        return False
-    D = x.shape[-1]
-    for a in (w, b):
-        if not isinstance(a, np.ndarray) or a.dtype != x.dtype or a.shape != (D,) or not all_finite(a):
-            return False
-    return isinstance(eps, (int, float, np.floating)) and eps > 0
+    return (_mlp_fusable(x, W1, b1, W2, b2) and W2.shape[1] == x.shape[-1]
+            and _ln_params_fusable(x, w, b, eps))
 
 
 def _block_composed_forward(x, w, b, W1, b1, W2, b2, eps):

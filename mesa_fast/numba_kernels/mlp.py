@@ -30,6 +30,36 @@ R = 128     # rows per block: the block's R x M hidden activations (and its dg, 
 
 
 @njit(cache=True, nogil=True)
+def _block_fwd(xb, W1, b1, W2, D, M, E, r, zb, G, tb, yb):
+    """One block of r rows: zb = xb W1 + b1, tb = tanh(...), G = gelu(zb), yb = G W2 (without b2; the callers add
+    it, and the residual). Returns False when some z is NaN or inf."""
+    ab_panels(xb, W1, D, M, 0, r, zb, True)
+    ok = bias_gelu_fwd(zb, b1, M, G[:r * M], tb)
+    ab_rows(G, W2, M, E, 0, r, yb)
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def _block_bwd(dyb, xb, zb, tb, W1t, W2t, D, M, E, r, G, DG, DZ, dxb, dW1, dW2t, db1, db2):
+    """One block of r rows: g = 0.5 z (1 + t) again, dW2t += dy^T g, db2 += the column sums of dy, dz = (dy W2^T)
+    gelu'(z) with db1 += its column sums, dW1 += x^T dz, dxb = dz W1^T. Returns False when some dy W2^T is NaN or
+    inf."""
+    half = xb.dtype.type(0.5)
+    one = xb.dtype.type(1.0)
+    for e in range(r * M):
+        G[e] = half * zb[e] * (one + tb[e])
+    atb_rows(dyb, G, E, M, 0, r, dW2t)
+    for i in range(r):
+        for j in range(E):
+            db2[j] += float(dyb[i * E + j])
+    ab_panels(dyb, W2t, E, M, 0, r, DG, True)
+    ok = gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
+    atb_rows(xb, DZ, D, M, 0, r, dW1)
+    ab_rows(DZ, W1t, M, D, 0, r, dxb)
+    return ok
+
+
+@njit(cache=True, nogil=True)
 def mlp_fwd_rows(x, W1, b1, W2, b2, D, M, E, lo, hi, z, t, y):
     """Rows lo..hi-1: z = x W1 + b1, t, y = gelu(z) W2 + b2. Returns False when some z is NaN or inf."""
     G = np.empty(R * M, x.dtype)
@@ -37,11 +67,8 @@ def mlp_fwd_rows(x, W1, b1, W2, b2, D, M, E, lo, hi, z, t, y):
     for s0 in range(lo, hi, R):
         s1 = min(hi, s0 + R)
         r = s1 - s0
-        zb = z[s0 * M:s1 * M]
-        ab_panels(x[s0 * D:s1 * D], W1, D, M, 0, r, zb, True)
-        ok &= bias_gelu_fwd(zb, b1, M, G[:r * M], t[s0 * M:s1 * M])
         yb = y[s0 * E:s1 * E]
-        ab_rows(G, W2, M, E, 0, r, yb)
+        ok &= _block_fwd(x[s0 * D:s1 * D], W1, b1, W2, D, M, E, r, z[s0 * M:s1 * M], G, t[s0 * M:s1 * M], yb)
         for i in range(r):
             for j in range(E):
                 yb[i * E + j] += b2[j]
@@ -56,25 +83,11 @@ def mlp_bwd_rows(dy, x, z, t, W1t, W2t, D, M, E, lo, hi, dx, dW1, dW2t, db1, db2
     G = np.empty(R * M, x.dtype)
     DG = np.empty(R * M, x.dtype)
     DZ = np.empty(R * M, x.dtype)
-    half = x.dtype.type(0.5)
-    one = x.dtype.type(1.0)
     ok = True
     for s0 in range(lo, hi, R):
         s1 = min(hi, s0 + R)
-        r = s1 - s0
-        zb = z[s0 * M:s1 * M]
-        tb = t[s0 * M:s1 * M]
-        for e in range(r * M):
-            G[e] = half * zb[e] * (one + tb[e])
-        dyb = dy[s0 * E:s1 * E]
-        atb_rows(dyb, G, E, M, 0, r, dW2t)
-        for i in range(r):
-            for j in range(E):
-                db2[j] += float(dyb[i * E + j])
-        ab_panels(dyb, W2t, E, M, 0, r, DG, True)
-        ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
-        atb_rows(x[s0 * D:s1 * D], DZ, D, M, 0, r, dW1)
-        ab_rows(DZ, W1t, M, D, 0, r, dx[s0 * D:s1 * D])
+        ok &= _block_bwd(dy[s0 * E:s1 * E], x[s0 * D:s1 * D], z[s0 * M:s1 * M], t[s0 * M:s1 * M], W1t, W2t, D, M, E,
+                         s1 - s0, G, DG, DZ, dx[s0 * D:s1 * D], dW1, dW2t, db1, db2)
     return ok
 
 
@@ -92,11 +105,8 @@ def ln_mlp_fwd_rows(x, lw, lb, eps, W1, b1, W2, b2, D, M, lo, hi, z, t, y):
         r = s1 - s0
         xb = x[s0 * D:s1 * D]
         ok &= layernorm_fwd(xb, lw, lb, eps, D, Mb[:r * D], Hb[:r * D], Rb[:r])
-        zb = z[s0 * M:s1 * M]
-        ab_panels(Mb, W1, D, M, 0, r, zb, True)
-        ok &= bias_gelu_fwd(zb, b1, M, G[:r * M], t[s0 * M:s1 * M])
         yb = y[s0 * D:s1 * D]
-        ab_rows(G, W2, M, D, 0, r, yb)
+        ok &= _block_fwd(Mb, W1, b1, W2, D, M, D, r, z[s0 * M:s1 * M], G, t[s0 * M:s1 * M], yb)
         for i in range(r):
             for j in range(D):
                 yb[i * D + j] = xb[i * D + j] + (yb[i * D + j] + b2[j])
@@ -117,26 +127,14 @@ def ln_mlp_bwd_rows(dy, x, lw, lb, eps, z, t, W1t, W2t, D, M, lo, hi, dx, dW1, d
     DM = np.empty(R * D, x.dtype)
     DX = np.empty(R * D, x.dtype)
     Rb = np.empty(R, x.dtype)
-    half = x.dtype.type(0.5)
-    one = x.dtype.type(1.0)
     ok = True
     for s0 in range(lo, hi, R):
         s1 = min(hi, s0 + R)
         r = s1 - s0
         layernorm_fwd(x[s0 * D:s1 * D], lw, lb, eps, D, Mb[:r * D], Hb[:r * D], Rb[:r])
-        zb = z[s0 * M:s1 * M]
-        tb = t[s0 * M:s1 * M]
-        for e in range(r * M):
-            G[e] = half * zb[e] * (one + tb[e])
         dyb = dy[s0 * D:s1 * D]
-        atb_rows(dyb, G, D, M, 0, r, dW2t)
-        for i in range(r):
-            for j in range(D):
-                db2[j] += float(dyb[i * D + j])
-        ab_panels(dyb, W2t, D, M, 0, r, DG, True)
-        ok &= gelu_bwd_rows(DG[:r * M], zb, tb, M, DZ[:r * M], db1)
-        atb_rows(Mb, DZ, D, M, 0, r, dW1)
-        ab_rows(DZ, W1t, M, D, 0, r, DM)
+        ok &= _block_bwd(dyb, Mb, z[s0 * M:s1 * M], t[s0 * M:s1 * M], W1t, W2t, D, M, D, r, G, DG, DZ, DM, dW1, dW2t,
+                         db1, db2)
         layernorm_bwd(DM[:r * D], Hb[:r * D], Rb[:r], lw, D, DX[:r * D], sw, sb)
         dxb = dx[s0 * D:s1 * D]
         for e in range(r * D):
