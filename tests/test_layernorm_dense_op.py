@@ -9,6 +9,7 @@ from mesa_fast import ops as F
 from mesa_fast.numba_kernels import layers as fast_layers
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
+from op_agreement import check_fast_against_reference, raises_same, rel
 
 BAD = [np.nan, np.inf, -np.inf]
 NAMES = ("dx", "dw", "db", "dW", "dc")
@@ -32,10 +33,6 @@ def _composed(ns, inputs, dy):
     da, dW, dc = ns.dense_backward(dy, c2)
     dx, dw, db = ns.layernorm_backward(da, c1)
     return y, (dx, dw, db, dW, dc)
-
-
-def rel(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def test_reference_is_the_composition():
@@ -120,21 +117,9 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     shape, O, bias = CASES[case]
     rng = np.random.default_rng(4)
     inputs = _inputs(rng, shape, O, dtype, bias)
-    y, cache = F.layernorm_dense_forward(*inputs)
+    cache = check_fast_against_reference(F.layernorm_dense_forward, F.layernorm_dense_backward,
+                                         R.layernorm_dense_forward, R.layernorm_dense_backward, inputs, rng, NAMES)
     assert isinstance(cache, fast_layers.LayerNormDenseFastCache)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = F.layernorm_dense_backward(dy, cache)
-    f64 = [None if a is None else a.astype(np.float64) for a in inputs]
-    ty, tcache = R.layernorm_dense_forward(*f64)
-    tgrads = R.layernorm_dense_backward(dy.astype(np.float64), tcache)
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert y.dtype == dtype and y.shape == ty.shape and rel(y, ty) <= tol
-    for name, a, b in zip(NAMES, grads, tgrads):
-        if b is None:
-            assert a is None, name
-            continue
-        assert a.dtype == dtype and a.shape == b.shape, name
-        assert rel(a, b) <= tol, (name, rel(a, b))
 
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
@@ -150,16 +135,6 @@ def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def _raises_same(call_f, call_r):
-    messages = []
-    for call in (call_f, call_r):
-        with np.errstate(all="ignore"), pytest.raises(ValueError) as e:
-            call()
-        messages.append(str(e.value))
-    assert messages[0] == messages[1], messages
-    return messages[0]
-
-
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("arg", range(5), ids=["x", "w", "b", "W", "c"])
 def test_non_finite_input_raises_the_reference_error(arg, bad):
@@ -169,7 +144,7 @@ def test_non_finite_input_raises_the_reference_error(arg, bad):
         pos = tuple(int(rng.integers(n)) for n in inputs[arg].shape)
         inputs[arg] = inputs[arg].copy()
         inputs[arg][pos] = bad
-        msg = _raises_same(lambda: F.layernorm_dense_forward(*inputs), lambda: R.layernorm_dense_forward(*inputs))
+        msg = raises_same(lambda: F.layernorm_dense_forward(*inputs), lambda: R.layernorm_dense_forward(*inputs))
         assert "non-finite" in msg, msg
 
 
@@ -201,7 +176,7 @@ def test_overflow_in_the_layernorm_gradient_raises_the_reference_error():
         assert isinstance(fc, fast_layers.LayerNormDenseFastCache)
         da = R.dense_backward(dy, rc.dense)[0]           # the dense backward is fine ...
         assert not np.isfinite(da).all()                 # ... and hands the LayerNorm an inf
-        msg = _raises_same(lambda: F.layernorm_dense_backward(dy, fc), lambda: R.layernorm_dense_backward(dy, rc))
+        msg = raises_same(lambda: F.layernorm_dense_backward(dy, fc), lambda: R.layernorm_dense_backward(dy, rc))
     assert msg.startswith("dout: contains non-finite values"), msg
 
 
@@ -215,11 +190,11 @@ def test_bad_arguments_raise_the_reference_error():
         (x, w, b, W, c[:5]),                       # the bias does not fit W
     ]
     for args in cases:
-        _raises_same(lambda: F.layernorm_dense_forward(*args), lambda: R.layernorm_dense_forward(*args))
+        raises_same(lambda: F.layernorm_dense_forward(*args), lambda: R.layernorm_dense_forward(*args))
     for eps in (0.0, -1.0):
-        _raises_same(lambda: F.layernorm_dense_forward(x, w, b, W, c, eps=eps),
-                     lambda: R.layernorm_dense_forward(x, w, b, W, c, eps=eps))
+        raises_same(lambda: F.layernorm_dense_forward(x, w, b, W, c, eps=eps),
+                    lambda: R.layernorm_dense_forward(x, w, b, W, c, eps=eps))
     _, fc = F.layernorm_dense_forward(x, w, b, W, c)
     _, rc = R.layernorm_dense_forward(x, w, b, W, c)
     for bad in (np.ones((3, 11, 8)), np.ones((3, 11, 24), np.float32), np.ones((3, 24))):
-        _raises_same(lambda: F.layernorm_dense_backward(bad, fc), lambda: R.layernorm_dense_backward(bad, rc))
+        raises_same(lambda: F.layernorm_dense_backward(bad, fc), lambda: R.layernorm_dense_backward(bad, rc))

@@ -10,6 +10,7 @@ from mesa_fast import ops as F
 from mesa_fast.numba_kernels import layers as fast_layers
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
+from op_agreement import check_fast_against_reference, raises_same
 
 BAD = [np.nan, np.inf, -np.inf]
 NAMES = ("dx", "dw", "db", "dW1", "db1", "dW2", "db2")
@@ -35,10 +36,6 @@ def _composed(ns, inputs, dy):
     dm, dW1, db1, dW2, db2 = ns.mlp_backward(dy, c2)
     dxl, dw, db = ns.layernorm_backward(dm, c1)
     return x + delta, (dy + dxl, dw, db, dW1, db1, dW2, db2)
-
-
-def rel(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def test_reference_is_the_composition():
@@ -109,20 +106,8 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     shape, M, bias = CASES[case]
     rng = np.random.default_rng(4)
     inputs = _inputs(rng, shape, M, dtype, bias)
-    y, cache = F.mlp_block_forward(*inputs)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = F.mlp_block_backward(dy, cache)
-    f64 = [None if a is None else a.astype(np.float64) for a in inputs]
-    ty, tcache = R.mlp_block_forward(*f64)
-    tgrads = R.mlp_block_backward(dy.astype(np.float64), tcache)
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert y.dtype == dtype and y.shape == ty.shape and rel(y, ty) <= tol
-    for name, a, b in zip(NAMES, grads, tgrads):
-        if b is None:
-            assert a is None, name
-            continue
-        assert a.dtype == dtype and a.shape == b.shape, name
-        assert rel(a, b) <= tol, (name, rel(a, b))
+    check_fast_against_reference(F.mlp_block_forward, F.mlp_block_backward, R.mlp_block_forward, R.mlp_block_backward,
+                                 inputs, rng, NAMES)
 
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
@@ -138,16 +123,6 @@ def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def _raises_same(call_f, call_r):
-    messages = []
-    for call in (call_f, call_r):
-        with np.errstate(all="ignore"), pytest.raises(ValueError) as e:
-            call()
-        messages.append(str(e.value))
-    assert messages[0] == messages[1], messages
-    return messages[0]
-
-
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("arg", range(7), ids=["x", "w", "b", "W1", "b1", "W2", "b2"])
 def test_non_finite_input_raises_the_reference_error(arg, bad):
@@ -157,7 +132,7 @@ def test_non_finite_input_raises_the_reference_error(arg, bad):
         pos = tuple(int(rng.integers(n)) for n in inputs[arg].shape)
         inputs[arg] = inputs[arg].copy()
         inputs[arg][pos] = bad
-        msg = _raises_same(lambda: F.mlp_block_forward(*inputs), lambda: R.mlp_block_forward(*inputs))
+        msg = raises_same(lambda: F.mlp_block_forward(*inputs), lambda: R.mlp_block_forward(*inputs))
         assert "non-finite" in msg, msg
 
 
@@ -189,7 +164,7 @@ def test_overflow_in_the_layernorm_gradient_raises_the_reference_error():
         assert isinstance(fc, fast_layers.MLPBlockFastCache)
         dm = R.mlp_backward(dy, rc.mlp)[0]               # the MLP's own backward is fine ...
         assert not np.isfinite(dm).all()                 # ... and hands the LayerNorm an inf
-        msg = _raises_same(lambda: F.mlp_block_backward(dy, fc), lambda: R.mlp_block_backward(dy, rc))
+        msg = raises_same(lambda: F.mlp_block_backward(dy, fc), lambda: R.mlp_block_backward(dy, rc))
     assert msg.startswith("dout: contains non-finite values"), msg
 
 
@@ -203,11 +178,11 @@ def test_bad_arguments_raise_the_reference_error():
         (x, w, b, W1, b1, W2[:, :4], b2[:4]),               # the MLP does not map back to the width
     ]
     for args in cases:
-        _raises_same(lambda: F.mlp_block_forward(*args), lambda: R.mlp_block_forward(*args))
+        raises_same(lambda: F.mlp_block_forward(*args), lambda: R.mlp_block_forward(*args))
     for eps in (0.0, -1.0):
-        _raises_same(lambda: F.mlp_block_forward(x, w, b, W1, b1, W2, b2, eps=eps),
-                     lambda: R.mlp_block_forward(x, w, b, W1, b1, W2, b2, eps=eps))
+        raises_same(lambda: F.mlp_block_forward(x, w, b, W1, b1, W2, b2, eps=eps),
+                    lambda: R.mlp_block_forward(x, w, b, W1, b1, W2, b2, eps=eps))
     _, fc = F.mlp_block_forward(x, w, b, W1, b1, W2, b2)
     _, rc = R.mlp_block_forward(x, w, b, W1, b1, W2, b2)
     for bad in (np.ones((3, 11, 24)), np.ones((3, 11, 8), np.float32), np.ones((3, 8))):
-        _raises_same(lambda: F.mlp_block_backward(bad, fc), lambda: R.mlp_block_backward(bad, rc))
+        raises_same(lambda: F.mlp_block_backward(bad, fc), lambda: R.mlp_block_backward(bad, rc))

@@ -8,6 +8,7 @@ from mesa_fast import ops as F
 from mesa_fast.numba_kernels import layers as fast_layers
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
+from op_agreement import check_fast_against_reference
 
 BAD = [np.nan, np.inf, -np.inf]
 NAMES = ("dx", "dW1", "db1", "dW2", "db2")
@@ -21,10 +22,6 @@ def _inputs(rng, shape, M, E, dtype, bias=True):
     b1 = rng.standard_normal(M).astype(dtype) if bias else None
     b2 = rng.standard_normal(E).astype(dtype) if bias else None
     return x, W1, b1, W2, b2
-
-
-def rel(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def test_reference_is_the_composition_of_dense_gelu_and_dense():
@@ -76,21 +73,9 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     shape, M, E, bias = CASES[case]
     rng = np.random.default_rng(3)
     inputs = _inputs(rng, shape, M, E, dtype, bias)
-    y, cache = F.mlp_forward(*inputs)
+    cache = check_fast_against_reference(F.mlp_forward, F.mlp_backward, R.mlp_forward, R.mlp_backward, inputs, rng,
+                                         NAMES)
     assert isinstance(cache, fast_layers.MLPFastCache) == (case != "composed")
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = F.mlp_backward(dy, cache)
-    f64 = [None if a is None else a.astype(np.float64) for a in inputs]
-    ty, tcache = R.mlp_forward(*f64)
-    tgrads = R.mlp_backward(dy.astype(np.float64), tcache)
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert y.dtype == dtype and y.shape == ty.shape and rel(y, ty) <= tol
-    for name, a, b in zip(NAMES, grads, tgrads):
-        if b is None:
-            assert a is None, name
-            continue
-        assert a.dtype == dtype and a.shape == b.shape, name
-        assert rel(a, b) <= tol, (name, rel(a, b))
 
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
