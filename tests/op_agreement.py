@@ -9,6 +9,22 @@ def rel(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-300))
 
 
+def ulps_apart(a, b):
+    """Largest |a - b| in units in the last place of b's largest entry (b's dtype): how far apart two roundings
+    of the same sums are, on the scale of the output."""
+    b = np.asarray(b)
+    unit = np.spacing(np.abs(b).max().astype(b.dtype)) if b.size else 1.0
+    return float(np.abs(np.asarray(a, np.float64) - b.astype(np.float64)).max() / max(float(unit), 1e-300))
+
+
+def assert_within_ulps(a, b, ulps, err_msg=""):
+    """a and b (same dtype and shape) differ by at most ``ulps`` units in the last place of b's largest entry.
+    For results that sum the same terms in another order, e.g. in two BLAS builds (NumPy's and SciPy's)."""
+    assert a.dtype == b.dtype and a.shape == b.shape, err_msg
+    got = ulps_apart(a, b)
+    assert got <= ulps, f"{err_msg}: {got:.1f} ulps apart (allowed {ulps})"
+
+
 def check_fast_against_reference(fast_fwd, fast_bwd, ref_fwd, ref_bwd, inputs, rng, names):
     """Runs the fast op on ``inputs`` (one dtype; None for an absent bias) and its backward on a dy drawn from rng,
     and the reference on float64 copies with the same dy. Asserts the output and every gradient: the input dtype,

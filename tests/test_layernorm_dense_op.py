@@ -9,7 +9,7 @@ from mesa_fast import ops as F
 from mesa_fast.numba_kernels import layers as fast_layers
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
-from op_agreement import check_fast_against_reference, raises_same, rel
+from op_agreement import assert_within_ulps, check_fast_against_reference, raises_same, rel, ulps_apart
 
 BAD = [np.nan, np.inf, -np.inf]
 NAMES = ("dx", "dw", "db", "dW", "dc")
@@ -76,16 +76,23 @@ def _own_dw(O):
     return O % 16 == 0 and O >= 64
 
 
+# Allowed distance from the fast composition, in ulps of each array's largest entry. Both sides sum the same
+# products, but the fused op's run through the BLAS that Numba's np.dot calls (SciPy's bundled OpenBLAS) and the
+# composition's through NumPy's (another build, which may pick other kernels for the CPU it finds), and dW of the
+# QKV product is summed block by block by our own kernel: the orders differ, so the roundings may too. Observed on
+# this project's machines: up to 1 ulp for y, dx and dW of the products of width <= 64, up to 6 for dW over all
+# rows. A wrong block, row or LayerNorm statistic is off by O(1) of the output, millions of ulps.
+ULPS = 16
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", ["qkv", "readout", "lm"])
-def test_fast_is_the_fast_composition_bit_for_bit(case, dtype):
-    """On one range of rows the fused op computes what this namespace's layernorm and dense compute, bit for bit, at
-    the model's shapes (the query/key/value product and the readout at width 40, the language model's product at
-    width 64): the LayerNorm sees the rows in the same groups and the products give the same sums. The exception
-    is dW where the fused backward makes it block by block (``_own_dw``: the QKV products): the same sums in
-    another order than BLAS's, so equal to rounding. At other shapes the two agree to rounding only (the BLAS
-    that Numba's np.dot calls per block need not sum as NumPy's matmul over all rows does);
-    test_fast_matches_reference covers them."""
+def test_fast_is_the_fast_composition_to_rounding(case, dtype):
+    """On one range of rows the fused op computes what this namespace's layernorm and dense compute, to the rounding
+    of another summation order (``ULPS``), at the model's shapes (the query/key/value product and the readout at
+    width 40, the language model's product at width 64): the LayerNorm sees the rows in the same groups and the
+    products sum the same terms. Not bit for bit: two BLAS builds are involved (see ``ULPS``).
+    test_fast_matches_reference covers other shapes against the float64 reference."""
     shape, O, bias = CASES[case]
     rng = np.random.default_rng(3)
     inputs = _inputs(rng, shape, O, dtype, bias)
@@ -95,14 +102,12 @@ def test_fast_is_the_fast_composition_bit_for_bit(case, dtype):
     assert (cache.a2 is None) == _own_dw(O)
     grads = F.layernorm_dense_backward(dy, cache)
     y2, grads2 = _composed(F, inputs, dy)
-    np.testing.assert_array_equal(y, y2)
+    assert_within_ulps(y, y2, ULPS, "y")
     for name, a, b in zip(NAMES, grads, grads2):
         if b is None:
             assert a is None, name
-        elif name == "dW" and _own_dw(O):
-            assert a.dtype == b.dtype and rel(a, b) <= (1e-6 if dtype == np.float32 else 1e-14), rel(a, b)
         else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+            assert_within_ulps(a, b, ULPS, name)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
