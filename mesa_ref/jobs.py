@@ -332,7 +332,7 @@ def local_cluster(workers: int | None = None, **kw):
     from distributed import LocalCluster
     n = workers or os.cpu_count() or 1
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                         env=env, **kw)
 
 

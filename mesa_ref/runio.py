@@ -42,6 +42,8 @@ def run_cli(body, *, interrupted: str) -> int:
 def ensure_writable_dir(path) -> Path:
     """Create ``path`` if needed and check that files can be created in it; raise CLIError otherwise."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"output directory {str(p)!r} is a file, not a directory")
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-", delete=True):
@@ -51,7 +53,25 @@ def ensure_writable_dir(path) -> Path:
     return p
 
 
+def current_umask() -> int:
+    """The process's file-creation mask. Read from /proc where it exists: setting the mask to read it (the only
+    portable way) would briefly change it for every thread of the process, e.g. a Dask worker's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``. The file
+    gets the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask: 0644 under umask 022), not
+    the temporary file's private 0600, so collaborators on a shared file system can read the results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,6 +79,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

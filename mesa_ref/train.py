@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -217,30 +218,77 @@ def _progress(it, enabled, **kw):
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return it
-    return tqdm(it, dynamic_ncols=True, leave=False, **kw)
+    return tqdm(it, dynamic_ncols=True, leave=True, **kw)
 
 
 # ---------------------------------------------------------------------------- command line
+RUN_FILES = ("config.json", "metrics.json", "metrics.csv", "checkpoint.npz")   # what a run directory holds
+
+
+def schedule_for(steps: int, warmup_steps: int | None = None, decay_steps: int | None = None) -> tuple[int, int]:
+    """(warm-up, cosine horizon) for a command-line run of ``steps`` steps: unless given, the paper's proportions
+    at 20,000 steps (1,000 warm-up steps, the cosine reaching its floor at the last step), scaled to ``steps``.
+    ``TrainConfig``'s own defaults (1,000 and 20,000, the authors' fixed schedule) are left alone: the figures'
+    jobs use them and their keys depend on them."""
+    ref = TrainConfig()
+    warm = round(steps * ref.warmup_steps / 20000) if warmup_steps is None else warmup_steps
+    decay = steps if decay_steps is None else decay_steps
+    return warm, decay
+
+
 def build_parser(prog="python -m mesa_ref.train"):
-    p = argparse.ArgumentParser(prog=prog, description="Train a Transformer on fully observed linear dynamics "
-                                "([T1], constructed tokens [T2]); defaults are the authors' default model.")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--layers", type=int, default=2, help="number of attention layers (default 2)")
-    p.add_argument("--attention", choices=("linear", "softmax", "mesa"), default="linear")
-    p.add_argument("--heads", type=int, default=ModelConfig.heads)
-    p.add_argument("--batch", type=int, default=TrainConfig.batch)
-    p.add_argument("--lr", type=float, default=None, help="peak lr (default 3e-4; 4e-4 for mesa)")
-    p.add_argument("--clip-mode", choices=("global_norm", "elementwise"), default=TrainConfig.clip_mode)
-    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Train a Transformer on fully observed linear dynamics ([T1], "
+                                "constructed tokens [T2]); defaults are the authors' default model.")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimisation steps")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="initialisation and data seed")
+    p.add_argument("--layers", type=int, default=2, help="number of attention layers")
+    p.add_argument("--attention", choices=("linear", "softmax", "mesa"), default="linear", help="attention kind")
+    p.add_argument("--heads", type=int, default=ModelConfig.heads, help="attention heads per layer")
+    p.add_argument("--batch", type=int, default=TrainConfig.batch, help="sequences per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (None: 3e-4; 4e-4 for mesa)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps (None: steps/20, the paper's 1,000 of 20,000)")
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help="step at which the cosine decay reaches its floor (None: --steps)")
+    p.add_argument("--clip-mode", choices=("global_norm", "elementwise"), default=TrainConfig.clip_mode,
+                   help="gradient clipping at 1: by global norm, or element-wise as the authors' optax.clip")
+    p.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="test loss every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+                   help="checkpoint every N steps")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter and data dtype")
     p.add_argument("--backend", choices=("ref", "fast"), default="ref",
                    help="ref: mesa_ref.ops (NumPy); fast: mesa_fast.ops (Numba on the CPU, CuPy on a GPU)")
-    p.add_argument("--out", default="runs/train", help="run directory (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz if present")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", default="runs/train", help="run directory; one that already holds a run is refused "
+                                                       "unless --resume or --overwrite is given")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    what.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def prepare_run_dir(path, *, resume: bool, overwrite: bool) -> Path:
+    """The run directory ``path``, checked: a directory that already holds a run (any of ``RUN_FILES``) is refused
+    unless ``resume`` (continue it) or ``overwrite`` (its run files are deleted first) is given."""
+    out = ensure_writable_dir(path)
+    present = [n for n in RUN_FILES if (out / n).exists()]
+    if present and not (resume or overwrite):
+        raise CLIError(f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
+                       f"--overwrite to replace it, or choose another --out")
+    if present and overwrite:
+        for n in present:
+            (out / n).unlink()
+    return out
+
+
+def _recorded_schedule(out: Path):
+    """(warmup_steps, decay_steps) recorded in ``out``'s config.json, or (None, None)."""
+    try:
+        rec = json.loads((out / "config.json").read_text())["train"]
+        return int(rec["warmup_steps"]), int(rec["decay_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
 
 
 def main(argv=None, *, default_backend=None) -> int:
@@ -252,20 +300,32 @@ def main(argv=None, *, default_backend=None) -> int:
     def body() -> int:
         if args.layers < 1:
             raise CLIError(f"--layers: expected a positive integer, got {args.layers}")
+        for flag in ("warmup_steps", "decay_steps"):
+            v = getattr(args, flag)
+            if v is not None and v < (0 if flag == "warmup_steps" else 1):
+                raise CLIError(f"--{flag.replace('_', '-')}: expected a {'non-negative' if v < 0 else 'positive'} "
+                               f"integer, got {v}")
+        out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        warm, decay = args.warmup_steps, args.decay_steps
+        if args.resume and (out / "checkpoint.npz").exists():
+            # a resumed run keeps the schedule it started with, even when --steps now extends it
+            rw, rd = _recorded_schedule(out)
+            warm, decay = (rw if warm is None else warm), (rd if decay is None else decay)
+        warm, decay = schedule_for(args.steps, warm, decay)
         lr = args.lr if args.lr is not None else (4e-4 if args.attention == "mesa" else 3e-4)
         tcfg = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, lr=lr, clip_mode=args.clip_mode,
-                           eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
+                           eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                           warmup_steps=warm, decay_steps=decay)
         mcfg = ModelConfig(layers=(args.attention,) * args.layers, heads=args.heads)
         ops, xp = resolve_backend(args.backend)
         if args.backend == "fast":
             import mesa_fast
             mesa_fast.keep_freed_memory()      # a process-wide heap setting: made here, never on import
-        out = ensure_writable_dir(args.out)
         res = train(Transformer(mcfg, ops=ops), DynamicsTask(), tcfg, out, resume=args.resume,
                     progress=not args.no_progress, dtype=np.dtype(args.dtype), xp=xp)
         m = res.metrics
-        print(f"test loss {m['initial_test_loss']:.4f} -> {m['final_test_loss']:.4f} after {tcfg.steps} steps; "
-              f"run directory {out}")
+        print(f"test loss {m['initial_test_loss']:.4f} -> {m['final_test_loss']:.4f} after {tcfg.steps} steps "
+              f"(warm-up {warm}, cosine to step {decay}); run directory {out}")
         return 0
 
     return run_cli(body, interrupted="interrupted (the last checkpoint is intact; rerun with --resume)")

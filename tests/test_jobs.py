@@ -236,3 +236,19 @@ def test_scheduler_from_dasks_environment_variable(tmp_path, cluster):
     assert r.returncode == 0, r.stderr
     assert f"at {address}" in r.stdout and "dashboard" in r.stdout
     assert sum(ln.startswith("finish") for ln in r.stdout.splitlines()) == 2     # the two smoke depths
+
+
+def test_embedded_cluster_listens_on_loopback_only():
+    """The embedded cluster's scheduler and its dashboard (which shows workers' state, logs and profiles, with no
+    authentication) accept connections from this machine only: every socket this process listens on after starting
+    it is bound to 127.0.0.1, the dashboard's port among them."""
+    import psutil
+    from distributed import Client
+
+    from mesa_ref.jobs import local_cluster
+    with local_cluster(1) as cluster, Client(cluster):
+        port = cluster.scheduler.http_server.port
+        listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert port in [a.port for a in listening]
+        assert all(a.ip == "127.0.0.1" for a in listening), listening
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")

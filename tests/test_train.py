@@ -170,3 +170,85 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert set(a) == set(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _run_files(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if not p.name.startswith(".")}
+
+
+def test_second_run_into_the_same_directory_is_refused_and_the_first_is_kept(tmp_path):
+    run = tmp_path / "x"
+    first = _cli(["--steps", "6", "--batch", "8", "--layers", "1", "--eval-every", "3", "--out", str(run)], timeout=300)
+    assert first.returncode == 0, first.stderr
+    before = _run_files(run)
+    assert set(before) == {"config.json", "metrics.json", "metrics.csv", "checkpoint.npz"}
+    r = _cli(["--steps", "2", "--batch", "8", "--layers", "1", "--out", str(run)], timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "already holds a run" in r.stderr and "--resume" in r.stderr and "--overwrite" in r.stderr
+    assert _run_files(run) == before                       # byte for byte
+    r = _cli(["--steps", "2", "--batch", "8", "--layers", "1", "--out", str(run), "--overwrite"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 2
+    r = _cli(["--out", str(run), "--resume", "--overwrite"])
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_an_out_that_is_a_file_is_named_so(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    r = _cli(["--steps", "1", "--out", str(f)])
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_schedule_follows_steps_unless_set(tmp_path):
+    """The command line scales the paper's schedule (1,000 warm-up steps of 20,000) to --steps; the flags set
+    it explicitly; TrainConfig's defaults (which the figures' job keys hash) stay the authors' fixed ones."""
+    from mesa_ref.train import learning_rate, schedule_for
+    assert (TrainConfig().warmup_steps, TrainConfig().decay_steps) == (1000, 20000)
+    assert schedule_for(20000) == (1000, 20000) and schedule_for(300) == (15, 300)
+    assert schedule_for(300, 0, 1000) == (0, 1000)
+    c = TrainConfig(steps=300, warmup_steps=15, decay_steps=300)
+    assert learning_rate(15, c) == pytest.approx(c.lr)                      # warm-up is over at 5% of the run
+    assert learning_rate(299, c) < 1.01 * c.final_lr                         # and the cosine ends with the run
+    r = _cli(["--steps", "40", "--batch", "8", "--layers", "1", "--eval-every", "20", "--out", str(tmp_path / "a")],
+             timeout=300)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert (rec["warmup_steps"], rec["decay_steps"]) == (2, 40)
+    lrs = json.loads((tmp_path / "a" / "metrics.json").read_text())["lr"]   # at steps 0, 20, 40
+    assert lrs[1] > 0.4 * rec["lr"] and lrs[2] < 1.1 * rec["final_lr"]      # fixed 1000/20000: 6e-6 and 1.2e-5
+    r = _cli(["--steps", "4", "--batch", "8", "--layers", "1", "--warmup-steps", "0", "--decay-steps", "100",
+              "--out", str(tmp_path / "b")], timeout=300)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b" / "config.json").read_text())["train"]
+    assert (rec["warmup_steps"], rec["decay_steps"]) == (0, 100)
+    r = _cli(["--decay-steps", "0", "--out", str(tmp_path / "c")])
+    assert r.returncode == 2 and "--decay-steps" in r.stderr
+
+
+def test_every_cli_option_has_help_and_shows_its_default():
+    from mesa_ref.train import build_parser
+    p = build_parser()
+    options = [a for a in p._actions if a.dest != "help"]
+    assert all(a.help for a in options), [a.dest for a in options if not a.help]
+    text = " ".join(p.format_help().split())
+    assert text.count("(default: ") == len(options)
+    assert "(default: runs/train)" in text and "(default: 2500)" in text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_output_files_follow_the_umask(tmp_path, umask):
+    """Results, checkpoints and figures are written through a private temporary file; the finished file gets the
+    mode a plain open() would give it (0644 under umask 022), so collaborators can read it."""
+    import os
+    import stat
+    from mesa_ref.runio import atomic_write_bytes, save_checkpoint, write_json
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_checkpoint(tmp_path / "c.npz", {"w": np.zeros(3)}, {"step": 1})
+        atomic_write_bytes(tmp_path / "sub" / "f.png", b"png")
+    finally:
+        os.umask(old)
+    for f in ("a.json", "c.npz", "sub/f.png"):
+        assert stat.S_IMODE((tmp_path / f).stat().st_mode) == 0o666 & ~umask, f
