@@ -1,7 +1,7 @@
 """The backend switch of ``mesa_fast``: which kernels run the mesa layer for NumPy input.
 
-    mesa_fast.set_backend("numba" | "cupy" | "auto")      (or the MESA_BACKEND environment variable)
-    mesa_fast.get_backend()  -> "numba" | "cupy"           (the resolved choice)
+    mesa_fast.set_backend("numba" | "cupy" | "auto" | "cudasim")   (or the MESA_BACKEND environment variable)
+    mesa_fast.get_backend()  -> "numba" | "cupy" | "cudasim"        (the resolved choice)
 
 Dispatch rule. In every op of ``mesa_fast.ops``, NumPy in -> NumPy out and CuPy in -> CuPy out. Where the work
 runs depends on the op:
@@ -15,6 +15,12 @@ runs depends on the op:
                copied back. (Convenient, but every call pays two transfers; pass CuPy arrays to avoid them.)
       "auto":  "cupy" if CuPy imports and a CUDA device is usable, else "numba". The choice is
                made once, on first use, logged at INFO level, and reported by ``get_backend()``.
+      "cudasim": the CUDA kernels (mesa_fast/cuda/mesa.py) run on the NumPy arrays in Numba's CUDA simulator,
+               one Python thread per GPU thread. Very slow (seconds for a few short sequences): for checking the
+               GPU kernels' logic without a GPU, and for debugging them with print or pdb; never for training.
+               Needs NUMBA_ENABLE_CUDASIM=1 in the environment before numba is imported (for example
+               ``NUMBA_ENABLE_CUDASIM=1 MESA_BACKEND=cudasim python ...``); without it, choosing "cudasim"
+               raises ValueError saying so. "auto" never picks it.
 * The other ops with Numba kernels (dense, linear and softmax attention, layernorm, gelu, clip, MSE, head
   layout; ``numba_kernels/layers.py``) have no CUDA twin: NumPy input always runs the Numba kernels (copying it
   to a GPU would buy nothing), CuPy input runs the reference op, which is written against an array module.
@@ -22,7 +28,7 @@ runs depends on the op:
   layer [M5] among them).
 
 An explicit ``set_backend`` call wins over MESA_BACKEND; the variable is read when no explicit
-choice was made. A name other than the three raises ValueError (an unusable "cupy" raises
+choice was made. A name other than the four raises ValueError (an unusable "cupy" raises
 RuntimeError at first use, naming what is missing). Within mesa_fast, CuPy is imported only here, lazily
 (``get_cupy``; ``mesa_fast.cuda`` goes through it); ``mesa_ref.ops._common.array_module`` imports it when a CuPy
 array comes in.
@@ -35,7 +41,8 @@ import threading
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "cupy_available", "get_cupy"]
 
-BACKENDS = ("numba", "cupy", "auto")
+BACKENDS = ("numba", "cupy", "auto", "cudasim")
+SIM_VAR = "NUMBA_ENABLE_CUDASIM"
 ENV_VAR = "MESA_BACKEND"
 
 _log = logging.getLogger("mesa_fast")
@@ -52,10 +59,10 @@ def _check_name(name, source):
 
 
 def set_backend(name: str) -> str:
-    """Choose the kernels for NumPy input: "numba", "cupy" or "auto". Returns the resolved name.
+    """Choose the kernels for NumPy input: "numba", "cupy", "auto" or "cudasim". Returns the resolved name.
 
-    Raises ValueError for any other name. "cupy" is checked at once (RuntimeError if CuPy or a
-    CUDA device is missing); "auto" resolves now and logs its choice.
+    Raises ValueError for any other name, and for "cudasim" when Numba's CUDA simulator is off. "cupy" is
+    checked at once (RuntimeError if CuPy or a CUDA device is missing); "auto" resolves now and logs its choice.
     """
     global _requested
     name = _check_name(name, "backend")
@@ -65,7 +72,7 @@ def set_backend(name: str) -> str:
 
 
 def get_backend() -> str:
-    """The backend NumPy input goes to now: "numba" or "cupy" (after resolving "auto")."""
+    """The backend NumPy input goes to now: "numba", "cupy" or "cudasim" (after resolving "auto")."""
     global _auto_choice
     with _lock:
         requested = _requested
@@ -73,6 +80,9 @@ def get_backend() -> str:
         requested = _check_name(os.environ.get(ENV_VAR, "auto"), f"backend (from ${ENV_VAR})")
     if requested == "numba":
         return "numba"
+    if requested == "cudasim":
+        _check_simulator()
+        return "cudasim"
     if requested == "cupy":
         ok, _, reason = _probe_cupy()
         if not ok:
@@ -85,6 +95,15 @@ def get_backend() -> str:
             _log.info("mesa_fast backend 'auto' chose %r (%s)", _auto_choice,
                       "CuPy and a CUDA device found" if ok else reason)
         return _auto_choice
+
+
+def _check_simulator():
+    """ValueError unless Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1 when numba was imported)."""
+    from numba import config  # noqa: PLC0415  (numba is imported with mesa_fast anyway)
+    if not config.ENABLE_CUDASIM:
+        raise ValueError(f"backend 'cudasim' needs Numba's CUDA simulator: set {SIM_VAR}=1 in the environment "
+                         "before numba is imported (e.g. NUMBA_ENABLE_CUDASIM=1 MESA_BACKEND=cudasim python ...); "
+                         f"{SIM_VAR} is {os.environ.get(SIM_VAR, 'unset')!r} here")
 
 
 def _probe_cupy():

@@ -6,7 +6,7 @@
 Shapes as the reference: q, k (B, H, T, d); v (B, H, T, dv); lam, gamma (H,); out (B, H, T, dv).
 Validation is the reference's own ``validate_mesa_inputs`` (same ValueErrors, same messages).
 Kernels: NumPy input -> ``numba_kernels.mesa`` or ``numba_kernels.plain`` (``numba_kernels.kernels("mesa")``
-picks; or the GPU, see ``mesa_fast.backend``); CuPy
+picks; or the GPU, or Numba's CUDA simulator for the backend "cudasim", see ``mesa_fast.backend``); CuPy
 input -> ``cuda.mesa``. Float32 in -> float32 arithmetic and output; float64 -> float64.
 
 Backward strategies (chosen at forward time, as in the reference):
@@ -46,9 +46,10 @@ class MesaFastCache(NamedTuple):
     gamma:    (H,) or None  forgetting factor in q's dtype (private copy); None = [M2].
     backward: str           "store" | "checkpoint".
     checkpoint_every: int or None   as validated (recorded; the fast backward needs only R_0).
-    engine:   str           "numba" | "cupy": the kernels that made it (the backward uses the same).
+    engine:   str           "numba" | "cupy" | "cudasim": the kernels that made it (the backward uses the same;
+                            "cudasim": the CUDA kernels in Numba's simulator, on NumPy arrays).
     qt_raw:   q~_t = R_t q_t in the kernels' layout: the SIMD Numba kernels: the lane layout, flat
-              (G*T*d*8,) (see numba_kernels/mesa.py); the plain Numba kernels and cupy: (B, H, T, d).
+              (G*T*d*8,) (see numba_kernels/mesa.py); the plain Numba kernels, cupy and cudasim: (B, H, T, d).
               Use the ``qt`` property.
     w_raw:    w_t = c_t sqrt(beta_t) ("store"; empty for "checkpoint"), same layout as qt_raw.
     to_host:  bool          NumPy input computed on the GPU: the backward returns NumPy too.
@@ -82,8 +83,13 @@ def _numba():
 
 
 def _cuda():
-    from .cuda import mesa as ck  # noqa: PLC0415  (imports cupy on first use)
+    from .cuda import mesa as ck  # noqa: PLC0415  (imports numba.cuda on first use)
     return ck
+
+
+def cp_module():
+    """The cupy module (RuntimeError naming what is missing when CuPy or a GPU is not usable)."""
+    return get_cupy()
 
 
 def mesa_forward(q, k, v, lam, *, gamma=None, backward="store", checkpoint_every=None):
@@ -111,13 +117,17 @@ def mesa_forward(q, k, v, lam, *, gamma=None, backward="store", checkpoint_every
         out, qt_raw, w_raw = _numba().forward(q, k, v, lam, gamma, store_w)
         return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "numba", qt_raw, w_raw, False)
     ck = _cuda()
+    if engine == "cudasim":               # the CUDA kernels in Numba's simulator, on the NumPy arrays
+        out, qt_raw, w_raw = ck.forward(np, q, k, v, lam, gamma, store_w)
+        return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "cudasim", qt_raw, w_raw, False)
     copy_back = xp is np                  # NumPy input on the "cupy" backend: NumPy out
     if copy_back:
         cp = get_cupy()
         q, k, v, lam = (cp.asarray(x) for x in (q, k, v, lam))
         gamma = None if gamma is None else cp.asarray(gamma)
-    q, k, v = (ck.contiguous(x) for x in (q, k, v))
-    out, qt_raw, w_raw = ck.forward(q, k, v, lam, gamma, store_w)
+    cp = cp_module()
+    q, k, v = (cp.ascontiguousarray(x) for x in (q, k, v))
+    out, qt_raw, w_raw = ck.forward(cp, q, k, v, lam, gamma, store_w)
     if copy_back:
         out = to_host(out)
     return out, MesaFastCache(q, k, v, lam, gamma, backward, C, "cupy", qt_raw, w_raw, copy_back)
@@ -141,7 +151,7 @@ def mesa_backward(dout, cache):
     B, H, T, d = cache.q.shape
     dv = cache.v.shape[3]
     check_dout(dout, (B, H, T, dv), cache.q.dtype)
-    want_module = np if (cache.engine == "numba" or cache.to_host) else array_module(cache.q)
+    want_module = np if (cache.engine in ("numba", "cudasim") or cache.to_host) else array_module(cache.q)
     if array_module(dout) is not want_module:
         raise ValueError(f"dout: expected a {want_module.__name__} array like the forward's inputs, "
                          f"got {type(dout).__module__}.{type(dout).__name__}")
@@ -149,11 +159,14 @@ def mesa_backward(dout, cache):
     if cache.engine == "numba":
         dq, dk, dv_, dlam, dgamma = _numba().backward(dout, cache.k, cache.v, cache.lam, cache.gamma,
                                                       store_w, cache.qt_raw, cache.w_raw)
+    elif cache.engine == "cudasim":
+        dq, dk, dv_, dlam, dgamma = _cuda().backward(np, dout, cache.k, cache.v, cache.lam, cache.gamma,
+                                                     store_w, cache.qt_raw, cache.w_raw)
     else:
         ck = _cuda()
         if cache.to_host:
             dout = get_cupy().asarray(dout)
-        dq, dk, dv_, dlam, dgamma = ck.backward(ck.contiguous(dout), cache.k, cache.v, cache.lam,
+        dq, dk, dv_, dlam, dgamma = ck.backward(cp_module(), dout, cache.k, cache.v, cache.lam,
                                                 cache.gamma, store_w, cache.qt_raw, cache.w_raw)
         if cache.to_host:
             dq, dk, dv_, dlam = (to_host(x) for x in (dq, dk, dv_, dlam))
