@@ -33,7 +33,7 @@ lock:
 	test -x $(UV) || ($(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q "uv==$(UV_VERSION)")
 	$(UV) lock --upgrade
 
-# Quick (CPU, minutes) versions of every figure script, written to figures/.
+# Quick (CPU, minutes) versions of every figure, written to figures/ (fig9, a speed benchmark: scripts/fig9_speed.py).
 reproduce: $(STAMP)
 	$(PY) scripts/make_figures.py --quick --out figures
 

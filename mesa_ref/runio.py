@@ -106,6 +106,11 @@ def _to_jsonable(obj):
     return obj
 
 
+def as_json(obj):
+    """``obj`` as it reads back from its JSON file (arrays as lists, tuples as lists, non-finite floats as None)."""
+    return json.loads(json.dumps(_to_jsonable(obj)))
+
+
 def write_json(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=2) + "\n").encode())
 
@@ -120,11 +125,13 @@ def read_json(path) -> dict:
         raise CLIError(f"{path} is not valid JSON: {e}") from None
 
 
-def save_figure(fig, path, **kw) -> None:
-    """Save a matplotlib figure atomically (format from the suffix)."""
+def figure_bytes(fig, fmt: str = "png", **kw) -> bytes:
+    """A matplotlib figure as file bytes, with no creation time or other run-dependent metadata in them: the same
+    figure drawn twice gives the same bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **kw)
-    atomic_write_bytes(path, buf.getvalue())
+    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else None, **kw)
+    return buf.getvalue()
+
 
 
 def save_checkpoint(path, arrays: dict, meta: dict) -> None:

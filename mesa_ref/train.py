@@ -34,7 +34,7 @@ from .model import Transformer
 from .ops._common import array_module
 from .ops._common import to_host as _host  # noqa: F401  (old private name, kept for importers)
 from .optim import AdamW, check_lr_scale  # noqa: F401  (AdamW(params, tcfg): the one optimiser, mesa_ref/optim.py)
-from .runio import CLIError, ensure_writable_dir, load_checkpoint, run_cli, save_checkpoint, write_json
+from .runio import CLIError, as_json, ensure_writable_dir, load_checkpoint, run_cli, save_checkpoint, write_json
 from .tasks import DynamicsTask  # noqa: F401  (the trainer's task; re-exported)
 
 
@@ -130,7 +130,7 @@ def train(model: Transformer, task, tcfg: TrainConfig, out_dir=None, *, resume: 
         ensure_writable_dir(out)
         if resume and ckpt.exists():
             arrays, meta = load_checkpoint(ckpt)
-            if _without_steps(meta.get("config")) != _without_steps(_jsonable(config_record)):
+            if _without_steps(meta.get("config")) != _without_steps(as_json(config_record)):
                 raise CLIError(f"{ckpt}: was written with a different configuration; use another --out or drop --resume")
             try:
                 params = {k: xp.asarray(arrays["p." + k]) for k in params}
@@ -193,12 +193,6 @@ def _without_steps(record):
     if not isinstance(record, dict) or "train" not in record:
         return record
     return {**record, "train": {k: v for k, v in record["train"].items() if k != "steps"}}
-
-
-def _jsonable(obj):
-    import json
-    from .runio import _to_jsonable
-    return json.loads(json.dumps(_to_jsonable(obj)))
 
 
 def _write_metrics(out: Path, metrics: dict) -> None:

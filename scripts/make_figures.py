@@ -7,9 +7,13 @@
     python scripts/make_figures.py --full --train       ... training whatever results are missing
     python scripts/make_figures.py --full --retrain     ... training every job again
 
---full leaves out fig9_speed unless --only names it: that figure is a benchmark of this machine, not a redraw.
-Other flags: --out DIR, --backend ref|fast, --seed N, --only fig2,fig7, --scheduler ADDRESS (an existing
-Dask scheduler; DASK_SCHEDULER_ADDRESS works too), --workers N (local cluster size; 0: no Dask).
+fig9_speed runs only when --only names it (or with --quick --replot): it is a benchmark of this machine, not a redraw.
+Other flags: --out DIR, --store DIR (the job store: default figures/full/jobs, the shipped results, for --full,
+whatever --out is; OUT/.cache/jobs otherwise), --replot (redraw every PNG from its JSON, nothing recomputed),
+--backend ref|fast, --seed N, --only fig2,fig7, --scheduler ADDRESS (an existing Dask scheduler;
+DASK_SCHEDULER_ADDRESS works too), --workers N (local cluster size; 0: no Dask).
+A figure's JSON and PNG are rewritten only where their numbers changed (see mesa_ref/experiments/common.py:
+write_figure); each script prints what it rewrote and what it kept.
 Jobs phase: the jobs of every selected figure are collected, each key once (figures share jobs), and the
 missing ones run together, so the cluster stays busy across figures.  Then each figure script runs its analysis
 from the stored results (``--no-train``).  Prints one line per script with its exit status and wall time and a
@@ -71,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="store_true", help="with --full: train the jobs whose results are missing")
     p.add_argument("--retrain", action="store_true", help="train every selected figure's jobs again")
     p.add_argument("--out", default=None, help="output directory (default figures/, or figures/full/ with --full)")
+    p.add_argument("--store", default=None, help="job store (default figures/full/jobs, the shipped results, with "
+                                                 "--full; OUT/.cache/jobs otherwise)")
+    p.add_argument("--replot", action="store_true", help="redraw every PNG from its JSON; nothing is recomputed")
     p.add_argument("--backend", choices=("ref", "fast"), default=None, help="passed to every script")
     p.add_argument("--seed", type=int, default=None, help="passed to every script")
     p.add_argument("--only", default=None, help="comma-separated script names or prefixes (e.g. fig2,fig7)")
@@ -82,17 +89,23 @@ def main(argv=None) -> int:
         print("error: choose --quick (CPU minutes) or --full (the paper's sizes)", file=sys.stderr)
         return 2
     scripts = figure_scripts(args.only)
-    if mode == "full" and not args.only:
-        # fig9 measures speed on this machine: at full size it is a benchmark run, not a redraw of shipped results
+    if not args.only and (mode == "full" or not args.replot):
+        # fig9 measures speed on this machine: a benchmark run, not a reproduction, and its numbers (timings) differ
+        # on every run, so a redraw would always rewrite it. It runs when --only names it (or on its own).
         scripts = [s for s in scripts if s.stem != "fig9_speed"]
     if not scripts:
         print("error: no figure scripts found" + (f" matching --only {args.only}" if args.only else ""),
               file=sys.stderr)
         return 2
+    if args.replot and (args.train or args.retrain):
+        print("error: --replot redraws from the saved JSON: it does not go with --train or --retrain", file=sys.stderr)
+        return 2
     from mesa_ref.experiments.common import default_out, default_store
     out = Path(args.out) if args.out else default_out(mode)
-    train = args.train or args.retrain or mode != "full"
-    flags = ["--out", str(out), *_mode_flags(mode)]
+    store = Path(args.store) if args.store else (default_store(ROOT / default_out("full"), "full") if mode == "full"
+                                                 else default_store(out, mode))
+    train = (args.train or args.retrain or mode != "full") and not args.replot
+    flags = ["--out", str(out), *_mode_flags(mode)] + (["--replot"] if args.replot else ["--store", str(store)])
     if not sys.stderr.isatty():      # progress bars only clutter a log (every harness script takes --no-progress)
         flags.append("--no-progress")
     if args.backend:
@@ -111,7 +124,7 @@ def main(argv=None) -> int:
             if jobs:
                 print(f"== jobs: {len(jobs)} from {len(scripts)} figure script(s)", flush=True)
                 workers = args.workers if args.workers is not None else (0 if mode == "smoke" else None)
-                run_jobs(jobs, default_store(out, mode), scheduler=args.scheduler, workers=workers,
+                run_jobs(jobs, store, scheduler=args.scheduler, workers=workers,
                          retrain=args.retrain, progress=sys.stderr.isatty(), log=lambda s: print(s, flush=True))
         except CLIError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -122,7 +135,7 @@ def main(argv=None) -> int:
     failed = []
     for script in scripts:
         t0 = time.perf_counter()
-        sflags = flags + (["--no-train"] if mode == "full" and not train else [])
+        sflags = flags + (["--no-train"] if mode == "full" and not train and not args.replot else [])
         print(f"== {script.stem} {' '.join(sflags)}", flush=True)
         rc = subprocess.call([sys.executable, str(script), *sflags], cwd=ROOT)
         dt = time.perf_counter() - t0

@@ -132,7 +132,8 @@ def test_make_figures_trains_shared_jobs_once(tmp_path):
 
 def test_full_figures_without_results_ask_for_training(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--full", "--only", "fig3",
-                        "--backend", "ref", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                        "--backend", "ref", "--out", str(tmp_path), "--store", str(tmp_path / "empty")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "missing" in r.stderr and "--train" in r.stderr and "fig3_depth/linear_L6" in r.stderr
     assert not (tmp_path / "fig3_depth.json").exists()
@@ -166,3 +167,85 @@ def test_per_step_log_plot_range_follows_the_curves_not_the_bands():
     lo, hi = ax.get_ylim()
     plt.close(fig)
     assert lo == pytest.approx(0.005) and hi == pytest.approx(2.0)
+
+
+def _copy_run(src, dst, name):
+    import shutil
+    shutil.copytree(src / ".cache", dst / ".cache")
+    for suffix in (".json", ".png"):
+        shutil.copy(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+
+
+def test_a_redraw_with_unchanged_numbers_leaves_the_files_byte_identical(smoke_dir, tmp_path, capsys):
+    """Recomputing a figure whose numbers did not change rewrites neither its JSON (whose date, timing and command
+    do change) nor its PNG, and says so."""
+    name = "fig2_one_layer_gd"
+    _copy_run(smoke_dir, tmp_path, name)
+    before = {s: (tmp_path / f"{name}{s}").read_bytes() for s in (".json", ".png")}
+    capsys.readouterr()
+    assert _mains()[name](["--smoke", "--backend", "ref", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"kept {tmp_path / name}.json" in out and f"kept {tmp_path / name}.png" in out and "rewrote" not in out
+    assert {s: (tmp_path / f"{name}{s}").read_bytes() for s in (".json", ".png")} == before
+
+
+@pytest.mark.parametrize("factor, rewritten", [(1 + 1e-9, False), (1 + 1e-3, True)])
+def test_a_figure_is_rewritten_only_when_its_numbers_moved(smoke_dir, tmp_path, capsys, factor, rewritten):
+    """The committed-file rule: a number off by 1e-9 relative (rounding) is kept as it is; one off by 1e-3 makes
+    the recomputation replace the file, and the message names the largest change."""
+    name = "fig2_one_layer_gd"
+    _copy_run(smoke_dir, tmp_path, name)
+    path = tmp_path / f"{name}.json"
+    d = json.loads(path.read_text())
+    d["per_step_loss"]["model"][3] *= factor
+    path.write_text(json.dumps(d))
+    stamped = path.read_bytes()
+    capsys.readouterr()
+    assert _mains()[name](["--smoke", "--backend", "ref", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    if rewritten:
+        assert f"rewrote {path} (largest relative change 0.001, at per_step_loss.model[3])" in out, out
+        fresh = json.loads(path.read_text())
+        assert fresh["per_step_loss"]["model"][3] == pytest.approx(d["per_step_loss"]["model"][3] / factor, rel=1e-12)
+    else:
+        assert f"kept {path}" in out and path.read_bytes() == stamped
+
+
+def test_largest_change_ignores_when_and_where_only():
+    from mesa_ref.experiments.common import REDRAW_RTOL, largest_change
+    old = {"a": [1.0, 2.0], "b": {"c": 3}, "date": "2026-01-01", "seconds": 5.0,
+           "config": {"store": "figures/jobs", "mode": "full"}}
+    new = {"a": [1.0, 2.0 * (1 + 1e-10)], "b": {"c": 3}, "date": "2026-12-07", "seconds": 9.0,
+           "config": {"store": "/tmp/jobs", "mode": "full"}}
+    change, where = largest_change(old, new)
+    assert change < REDRAW_RTOL and where == "a[1]"
+    assert largest_change(old, {**new, "config": {"store": "x", "mode": "quick"}})[0] == float("inf")
+    assert largest_change(old, {**new, "a": [1.0]})[0] == float("inf")
+    assert largest_change(old, {**new, "extra": 1})[0] == float("inf")
+    assert largest_change({"x": 0.0}, {"x": 1e-13})[0] == 0.0                # below the absolute floor
+    assert largest_change({"x": 1.0}, {"x": 1.01})[0] == pytest.approx(0.01 / 1.01)
+
+
+def test_make_figures_replot_passes_through(smoke_dir, tmp_path):
+    name = "fig1_weights"
+    for suffix in (".json", ".png"):
+        (tmp_path / f"{name}{suffix}").write_bytes((smoke_dir / f"{name}{suffix}").read_bytes())
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--smoke", "--replot", "--only",
+                        "fig1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"kept {tmp_path / name}.png: unchanged" in r.stdout and ".json" not in r.stdout.replace(
+        f"== {name}", ""), r.stdout
+    assert not (tmp_path / ".cache").exists()                         # nothing trained, nothing recomputed
+
+
+def test_full_figures_redraw_from_the_shipped_store_into_another_folder(tmp_path):
+    """--full --out ELSEWHERE reads figures/full/jobs by default: the figure is redrawn, nothing is trained."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_figures.py"), "--full", "--only", "fig1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "(stored result)" in r.stdout and "start " not in r.stdout
+    shipped = json.loads((ROOT / "figures" / "full" / "fig1_weights.json").read_text())
+    redrawn = json.loads((tmp_path / "fig1_weights.json").read_text())
+    assert redrawn["config"]["jobs"] == shipped["config"]["jobs"]
+    assert redrawn["gd_similarity"] == pytest.approx(shipped["gd_similarity"], rel=1e-6)
+    assert not (tmp_path / "jobs").exists()

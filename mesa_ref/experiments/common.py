@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
-from ..runio import CLIError, ensure_writable_dir, read_json, run_cli, save_figure, write_json
+from ..runio import CLIError, as_json, atomic_write_bytes, ensure_writable_dir, figure_bytes, read_json, run_cli, write_json
 
 
 @dataclass
@@ -84,12 +84,13 @@ def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 
 def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dict | None = None, t0: int = 1,
-                  logy: bool = True, ylabel: str = "loss per time step (MSE / 2)") -> None:
+                  logy: bool = True, ylabel: str = "loss per time step (MSE / 2)", legend: dict | None = None) -> None:
     """Draw method -> per-time-step loss curves (and mean +- spread bands) on ``ax``.
 
     With ``logy`` the y-range is set by the curves (a factor 2 of margin), not by the bands: where the spread is
     larger than the mean, the band's lower edge (mean - spread <= 0) runs off the bottom of the panel instead of
-    stretching the axis down to the floor it is cut at."""
+    stretching the axis down to the floor it is cut at. ``legend``: options of the panel's legend (e.g. a place
+    outside the axes)."""
     lo, hi = np.inf, 0.0
     for name, ys in per_step.items():
         ys = np.asarray(ys, dtype=float)
@@ -107,7 +108,28 @@ def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dic
         ax.set_yscale("log")
         if hi > 0:
             ax.set_ylim(lo / 2, hi * 2)
-    label_axes(ax, "time step t (context length)", ylabel)
+    label_axes(ax, "time step t (context length)", ylabel, **(legend or {}))
+
+
+_SIZE_FIELDS = (("steps", ("steps", "train_steps", "softmax_steps")), ("batch", ("batch", "train_batch")),
+                ("T", ("T", "train_T")), ("n", ("n",)), ("B", ("B",)), ("H", ("H",)), ("d", ("d",)))
+
+
+def mode_line(data: dict) -> str:
+    """What made a figure, for its title: the mode (quick: CPU-sized; full size: the paper's settings, or our own
+    where the paper gives none) and the sizes in its config (training steps, batch, sequence length...)."""
+    cfg = data.get("config", {})
+    values, mode = cfg.get("values", {}), cfg.get("mode", "quick" if data.get("quick") else "full")
+    sizes = []
+    for label, names in _SIZE_FIELDS:
+        for name in names:
+            if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+                sizes.append(f"{label} {values[name]:,}")
+                break
+    what = {"quick": "quick run (CPU-sized)", "smoke": "smoke test (tiny sizes)", "full": "full size"}.get(mode, mode)
+    if mode == "full" and cfg.get("deviations"):
+        what += f" ({len(cfg['deviations'])} setting(s) differ from the paper: see the JSON)"
+    return what + (": " + ", ".join(sizes) if sizes else "")
 
 
 def label_axes(ax, xlabel: str, ylabel: str, title: str | None = None, *, title_size=None, **legend_kw) -> None:
@@ -238,81 +260,165 @@ def figure_jobs(exp: Experiment, args, backend: str) -> dict:
 
 
 def run_experiment(exp: Experiment, argv=None) -> int:
-    """Parse flags, run the jobs and the analysis (unless --replot), write JSON then PNG atomically."""
-    parser = experiment_parser(exp)
-    args = parser.parse_args(argv)
+    """The figure's command line: check the flags, compute the figure's numbers (unless --replot), then write the
+    JSON and PNG where they changed (``write_figure``)."""
+    args = experiment_parser(exp).parse_args(argv)
     mode = mode_of(args)
 
     def body() -> int:
-        if args.workers is not None and args.workers < 0:
-            raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
-        if args.partial and (args.retrain or args.replot):
-            raise CLIError("--partial analyses the stored results only: it does not go with --retrain or --replot")
-        if args.set and args.out is None:
-            raise CLIError("--set changes the config: give --out DIR so the mode's own figure is not overwritten")
+        _check_flags(args)
         base_out = ensure_writable_dir(args.out if args.out is not None else default_out(mode))
         out = ensure_writable_dir(base_out / "partial") if args.partial else base_out
         json_path, png_path = out / f"{exp.name}.json", out / f"{exp.name}.png"
-        if args.replot:
-            data = read_json(json_path)
-        else:
-            from ..jobs import cost_summary, run_jobs
-            backend = args.backend or ("fast" if fast_available() else "ref")
-            ops, xp = resolve_backend(backend)
-            cfg = exp.config(mode, args)
-            jobs = figure_jobs(exp, args, backend)
-            store = Path(args.store) if args.store else default_store(base_out, mode)
-            missing = []
-            if args.partial:
-                from ..jobs import Store
-                missing = [k for k, j in jobs.items() if not Store(store).finished(j)]
-                jobs = {k: j for k, j in jobs.items() if k not in missing}
-                if not jobs:
-                    raise CLIError(f"--partial: none of this figure's job results is in {store}")
-            t0 = time.perf_counter()
-            workers = args.workers
-            if workers is None and mode == "smoke" and args.scheduler is None:
-                workers = 0             # seconds-long test sizes: a cluster would cost more than the jobs
-            by_key = run_jobs(list(jobs.values()), store, scheduler=args.scheduler, workers=workers,
-                              train=not (args.no_train or args.partial), retrain=args.retrain,
-                              progress=not args.no_progress)
-            results = {k: by_key[j.key] for k, j in jobs.items()}
-            ctx = Context(name=exp.name, quick=mode != "full", seed=args.seed, out=out, backend=backend, ops=ops,
-                          xp=xp, progress=not args.no_progress, args=args)
-            data = exp.analyse(ctx, cfg, results)
-            cost = cost_summary(results.values())
-            from .cost import figure_jax_hours
-            jax_total, jax_per_job = figure_jax_hours({k: (j.key, j.record()) for k, j in jobs.items()})
-            for k, j in jobs.items():
-                cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_per_job[k]
-            full = exp.modes["full"]
-            data = {"figure": exp.name, **data, "complete": not missing,
-                    **({"missing_jobs": missing} if missing else {}),
-                    "config": {"mode": mode, "values": dataclasses.asdict(cfg),
-                                   "deviations": deviations(cfg, full, "paper" if exp.full_is_paper else "full size"),
-                                   "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
-                                   "store": _relative(store)},
-                    "cost": {"cpu_hours": cost["cpu_hours"],
-                             "jax_hours_estimate": jax_total,
-                             "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
-                    "seed": args.seed, "quick": mode != "full", "backend": backend,
-                    "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",
-                                                                  *(sys.argv[1:] if argv is None else argv)]),
-                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": f"{platform.machine()} {platform.system()} python {platform.python_version()}",
-                    "seconds": round(time.perf_counter() - t0, 1)}
-            write_json(json_path, data)
-        import matplotlib
-        matplotlib.use("Agg")
-        fig = exp.plot(data)
-        save_figure(fig, png_path, dpi=130, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-        print(f"wrote {json_path} and {png_path}")
+        data = None if args.replot else compute_figure(exp, args, mode, base_out, out, argv)
+        for line in write_figure(exp, data, json_path, png_path):
+            print(line)
         return 0
 
     return run_cli(body, interrupted="interrupted; nothing was written for this figure (finished jobs stay in "
                                      "the store)")
+
+
+def _check_flags(args) -> None:
+    if args.workers is not None and args.workers < 0:
+        raise CLIError(f"--workers: expected 0 or a positive integer, got {args.workers}")
+    if args.partial and (args.retrain or args.replot):
+        raise CLIError("--partial analyses the stored results only: it does not go with --retrain or --replot")
+    if args.set and args.out is None:
+        raise CLIError("--set changes the config: give --out DIR so the mode's own figure is not overwritten")
+
+
+def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, argv) -> dict:
+    """Run the figure's jobs (training what is missing, unless --no-train or --partial) and its analysis; return
+    the figure's JSON record (``figure_record``)."""
+    from ..jobs import Store, run_jobs
+    backend = args.backend or ("fast" if fast_available() else "ref")
+    ops, xp = resolve_backend(backend)
+    jobs = figure_jobs(exp, args, backend)
+    store = Path(args.store) if args.store else default_store(base_out, mode)
+    missing = []
+    if args.partial:
+        missing = [k for k, j in jobs.items() if not Store(store).finished(j)]
+        jobs = {k: j for k, j in jobs.items() if k not in missing}
+        if not jobs:
+            raise CLIError(f"--partial: none of this figure's job results is in {store}")
+    t0 = time.perf_counter()
+    workers = args.workers
+    if workers is None and mode == "smoke" and args.scheduler is None:
+        workers = 0             # seconds-long test sizes: a cluster would cost more than the jobs
+    by_key = run_jobs(list(jobs.values()), store, scheduler=args.scheduler, workers=workers,
+                      train=not (args.no_train or args.partial), retrain=args.retrain, progress=not args.no_progress)
+    results = {k: by_key[j.key] for k, j in jobs.items()}
+    ctx = Context(name=exp.name, quick=mode != "full", seed=args.seed, out=out, backend=backend, ops=ops, xp=xp,
+                  progress=not args.no_progress, args=args)
+    data = exp.analyse(ctx, cfg := exp.config(mode, args), results)
+    return figure_record(exp, data, cfg=cfg, mode=mode, jobs=jobs, results=results, missing=missing, store=store,
+                         args=args, backend=backend, argv=argv, seconds=time.perf_counter() - t0)
+
+
+def figure_record(exp: Experiment, data: dict, *, cfg, mode, jobs, results, missing, store, args, backend, argv,
+                  seconds) -> dict:
+    """The figure JSON: the analysis' numbers, then the config and its deviations from the paper, every job's key
+    and record, what the jobs cost (ours, and the estimate for the authors' code), and how the file was made."""
+    from ..jobs import cost_summary
+    from .cost import figure_jax_hours
+    cost = cost_summary(results.values())
+    jax_total, jax_per_job = figure_jax_hours({k: (j.key, j.record()) for k, j in jobs.items()})
+    for k, j in jobs.items():
+        cost["jobs"][j.key]["jax_hours_estimate"], cost["jobs"][j.key]["jax_basis"] = jax_per_job[k]
+    full = exp.modes["full"]
+    return {"figure": exp.name, **data, "complete": not missing, **({"missing_jobs": missing} if missing else {}),
+            "config": {"mode": mode, "values": dataclasses.asdict(cfg),
+                       "deviations": deviations(cfg, full, "paper" if exp.full_is_paper else "full size"),
+                       "jobs": {k: {"key": j.key, "record": j.record()} for k, j in jobs.items()},
+                       "store": _relative(store)},
+            "cost": {"cpu_hours": cost["cpu_hours"], "jax_hours_estimate": jax_total,
+                     "jobs": {k: cost["jobs"][j.key] for k, j in jobs.items()}},
+            "seed": args.seed, "quick": mode != "full", "backend": backend,
+            "command": " ".join(shlex.quote(a) for a in ["python", f"scripts/{exp.name}.py",
+                                                          *(sys.argv[1:] if argv is None else argv)]),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {platform.system()} python {platform.python_version()}",
+            "seconds": round(seconds, 1)}
+
+
+# ------------------------------------------------------------------------------------ writing only what changed
+# A figure JSON already on disk is replaced only when a recomputation changes its numbers by more than REDRAW_RTOL
+# (relative; absolute below REDRAW_ATOL), or changes anything else but the fields in VOLATILE (when and where it
+# was made, and how long that took). Re-evaluating the stored models moves the numbers by about 1e-10 relative on
+# the machine that made them, by float rounding; REDRAW_RTOL is far tighter than any claim the tests check
+# (percent-level ratios) and than the three significant digits docs/reproduction.md prints. Where the JSON is kept,
+# the PNG is drawn from the kept numbers, so it too comes out byte for byte the same.
+REDRAW_RTOL = 1e-6
+REDRAW_ATOL = 1e-12
+VOLATILE = frozenset({"date", "seconds", "machine", "command", "config.store"})   # dotted paths into the JSON
+
+
+def largest_change(old, new, path: str = ""):
+    """(relative change, where) of the numbers of ``new`` against ``old``, ignoring the ``VOLATILE`` fields (where,
+    when, by which command and from which store the file was made, and how long it took); inf where anything but a
+    number differs (another key, length, string or type)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        def keys(d):
+            return {k for k in d if (f"{path}.{k}" if path else str(k)) not in VOLATILE}
+        ko, kn = keys(old), keys(new)
+        if ko != kn:
+            return float("inf"), f"{path or 'top level'}: keys {sorted(ko ^ kn)}"
+        return max((largest_change(old[k], new[k], f"{path}.{k}" if path else str(k)) for k in sorted(ko)),
+                   default=(0.0, path), key=lambda c: c[0])
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return float("inf"), f"{path}: length {len(old)} -> {len(new)}"
+        return max((largest_change(a, b, f"{path}[{i}]") for i, (a, b) in enumerate(zip(old, new))),
+                   default=(0.0, path), key=lambda c: c[0])
+    number = (int, float)
+    if isinstance(old, number) and isinstance(new, number) and not isinstance(old, bool) \
+            and not isinstance(new, bool):
+        d = abs(float(new) - float(old))
+        if d <= REDRAW_ATOL:
+            return 0.0, path
+        return d / max(abs(float(old)), abs(float(new))), path
+    return (0.0, path) if old == new else (float("inf"), f"{path}: {old!r} -> {new!r}")
+
+
+def write_figure(exp: Experiment, data: dict | None, json_path: Path, png_path: Path) -> list[str]:
+    """Write the figure's JSON (``data``; None: --replot, read it) and its PNG, each only where it changed: the
+    JSON when ``largest_change`` exceeds REDRAW_RTOL, the PNG when its bytes differ. Returns the lines to print,
+    saying what was rewritten and by how much, or kept."""
+    lines = []
+    if data is None:
+        data = read_json(json_path)
+    else:
+        data, old = as_json(data), _read_existing(json_path)
+        change, where = largest_change(old, data) if old is not None else (float("inf"), "new file")
+        if change > REDRAW_RTOL:
+            write_json(json_path, data)
+            lines.append(f"rewrote {json_path} ({where})" if change == float("inf") or old is None else
+                         f"rewrote {json_path} (largest relative change {change:.2g}, at {where})")
+        else:
+            data = old
+            lines.append(f"kept {json_path}: its numbers are within {REDRAW_RTOL:g} of the recomputed ones "
+                         f"(largest relative change {change:.2g})")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = exp.plot(data)
+    png = figure_bytes(fig, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    if png_path.exists() and png_path.read_bytes() == png:
+        lines.append(f"kept {png_path}: unchanged")
+    else:
+        atomic_write_bytes(png_path, png)
+        lines.append(f"rewrote {png_path}")
+    return lines
+
+
+def _read_existing(path: Path):
+    """The JSON at ``path``, or None where there is none or it does not parse (then it is rewritten)."""
+    try:
+        return read_json(path)
+    except CLIError:
+        return None
 
 
 def _relative(path: Path) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from ..data import linear_dynamics
 from ..probing import PROBE_LAM, probe_model
 from . import probing
-from .common import Experiment, label_axes
+from .common import Experiment, label_axes, mode_line
 from .dynamics import train_summary
 from .probing import SoftmaxRunConfig, host_model, probe_sets
 
@@ -136,8 +136,7 @@ def plot(data):
     ax.set_xticks(range(len(ys)))
     label_axes(ax, "layer (0 = input)", "held-out probe error (normalised MSE)",
                "token construction: s_{t-1} becomes readable after layer 1", title_size=10)
-    fig.suptitle("Fig. 5 - the copy layer: softmax Transformer on raw tokens"
-                 + (" (quick run)" if data.get("quick") else ""))
+    fig.suptitle(f"Fig. 5 - the copy layer: softmax Transformer on raw tokens\n{mode_line(data)}")
     fig.tight_layout()
     return fig
 

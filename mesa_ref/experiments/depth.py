@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, label_axes, plot_per_step
+from .common import Experiment, label_axes, mode_line, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
                        trained_model, tune_baselines, tune_k_step)
 
@@ -100,19 +100,23 @@ def plot(data):
         styles[k] = dict(color="C4", ls=":", lw=1.2, alpha=0.5 + 0.5 * i / 3,
                          label=f"[A4] Neumann ({k[9:]} terms) + GD step")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
-    plot_per_step(ax, {k: ps[k] for k in models + base}, data.get("per_step_spread"), styles=styles)
+    plot_per_step(ax, {k: ps[k] for k in models + base}, data.get("per_step_spread"), styles=styles,
+                  legend=dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3))
     ax.set_title("per-time-step loss on [T1] (bands: +-1 std over evaluation seeds)", fontsize=10)
     depths = [int(k[8:]) for k in models]
     fl, sp = data["final_loss"], data.get("final_spread", {})
     ax2.errorbar(depths, [fl[k] for k in models], yerr=[sp.get(k, 0.0) for k in models], fmt="o-", color="C0",
                  capsize=3, label="trained linear models")
-    for k, st in (("lsq", dict(color="k")), ("gd", dict(color="C1", ls="--"))):
+    for k, st, name in (("lsq", dict(color="k"), "least squares"), ("gd", dict(color="C1", ls="--"), "one GD step")):
         ax2.axhline(fl[k], lw=1.2, label=styles[k]["label"], **st)
+        ax2.annotate(name, (0.02, fl[k]), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                     textcoords="offset points", fontsize=8, color=st["color"], va="bottom")
     ax2.set_yscale("log")
     ax2.set_xticks(depths)
     label_axes(ax2, "number of layers", "test loss (MSE / 2, mean over t)", "mean loss vs depth (bars: std over seeds)",
-               title_size=10, loc="center right")
-    fig.suptitle("Fig. 3 - deeper linear self-attention models approach least squares", fontsize=11)
+               title_size=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
+    fig.suptitle(f"Fig. 3 - deeper linear self-attention models approach least squares\n{mode_line(data)}",
+                 fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -45,7 +45,7 @@ from ..fewshot import fewshot_errors, tune_tokens
 from ..jobs import Job
 from ..tasks import LinearTask
 from ..train import TrainConfig
-from .common import Experiment, label_axes
+from .common import Experiment, label_axes, mode_line
 from .probing import host_model
 
 NAME = "fig6_icl"
@@ -222,8 +222,7 @@ def plot(data: dict):
         cur = data["tuning_curves"][k]
         ax.plot(cur["step"], cur["loss"], color=c, label=f"tuning {k}")
     label_axes(ax, "tuning step", "training loss (x positions)", "EOS / prompt tuning (Adam, frozen model)")
-    fig.suptitle(f"Fig. 6: in-context learning of an autoregressively trained model "
-                 f"({'quick' if data.get('quick') else 'full'} mode)")
+    fig.suptitle(f"Fig. 6: in-context learning of an autoregressively trained model\n{mode_line(data)}")
     fig.tight_layout()
     return fig
 

@@ -47,7 +47,7 @@ from ..ops._common import to_host
 from ..tasks import LanguageTask
 from ..text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
 from ..train import TrainConfig
-from .common import Experiment, label_axes
+from .common import Experiment, label_axes, mode_line
 
 NAME = "fig8_language"
 KINDS = ("softmax", "linear", "mesa", "hybrid")
@@ -248,20 +248,29 @@ def plot(data: dict):
         c = data["learning_curves"][k]
         ax.plot(c["step"], c["loss"], label=f"{k} ({data['param_count'][k]} params)", **STYLES[k])
     ax.axhline(H, color="gray", linestyle=":", label=f"unigram entropy {H:.2f}")
-    label_axes(ax, "training step", "held-out cross-entropy (nats / token)", "learning curves")
+    vals = data.get("config", {}).get("values", {})
+    label_axes(ax, "training step", "held-out cross-entropy (nats / token)",
+               f"learning curves: each job's own test set ({vals.get('test_batches', '?')} x {vals.get('batch', '?')} "
+               f"windows)", title_size=9)
     ax = axes[1]
+    T = len(data["loss_per_position"][KINDS[0]])
+    width = max(1, T // 32)                         # about 32 points: one position alone is too noisy to read
     for k in KINDS:
         ys = np.asarray(data["loss_per_position"][k], dtype=float)
-        ax.plot(np.arange(1, len(ys) + 1), ys, label=f"{k}: {data['heldout_loss'][k]:.3f}", **STYLES[k])
+        n = len(ys) // width * width
+        centres = np.arange(n).reshape(-1, width).mean(axis=1) + 1
+        ax.plot(centres, ys[:n].reshape(-1, width).mean(axis=1), marker=".", label=f"{k}: {data['heldout_loss'][k]:.3f}",
+                **STYLES[k])
     ax.axhline(H, color="gray", linestyle=":", label="unigram entropy")
     label_axes(ax, "position in the context window", "held-out cross-entropy (nats / token)",
-               "loss per position (held-out)")
+               f"loss per position on {vals.get('eval_windows', '?')} fixed held-out windows (legend: their mean)\n"
+               f"each point the mean over {width} consecutive position(s); another sample than the left panel's, "
+               "hence other levels", title_size=9)
     corpus = data.get("corpus", {})
     source = corpus.get("source", "?")
     if source != DEFAULT_SOURCE:
         source = source.replace("\\", "/").rsplit("/", 1)[-1]
-    fig.suptitle(f"Fig. 8: {corpus.get('level', 'char')}-level language modelling on {source} "
-                 f"({'quick' if data.get('quick') else 'full'} mode)")
+    fig.suptitle(f"Fig. 8: {corpus.get('level', 'char')}-level language modelling on {source}\n{mode_line(data)}")
     fig.tight_layout()
     return fig
 

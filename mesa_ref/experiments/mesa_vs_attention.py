@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, plot_per_step
+from .common import Experiment, mode_line, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, LinearTask, NonlinearTask, PartialTask, eval_batches,
                        evaluate_models, ratio_after, train_summary, trained_model, tune_baselines)
 
@@ -187,12 +187,13 @@ def plot(data):
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
     for ax, tname in zip(axes[0], names):
         t = data["tasks"][tname]
-        plot_per_step(ax, t["per_step_loss"], t.get("per_step_spread"), styles=_styles(t["per_step_loss"]))
+        plot_per_step(ax, t["per_step_loss"], t.get("per_step_spread"), styles=_styles(t["per_step_loss"]),
+                      legend=dict(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2))
         ax.set_title(TITLES.get(tname, tname), fontsize=10)
     r = data.get("mesa_vs_lsq_ratio_t10")
     fig.suptitle("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
                  + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
-                 + "  (bands: +-1 std over evaluation seeds)", fontsize=10)
+                 + f"  (bands: +-1 std over evaluation seeds)\n{mode_line(data)}", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import analysis, solvers
 from ..jobs import Job
-from .common import Experiment, label_axes, plot_per_step
+from .common import Experiment, label_axes, mode_line, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, baseline_predictions, eval_batches, model_predictions, ratio_after,
                        summarise, train_summary, trained_model, tune_baselines)
 
@@ -120,8 +120,9 @@ def plot_fig1(data):
             ax.set_title(f"head {h + 1}: {title}\ncos with GD pattern {sim:.2f}", fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     sims = ", ".join(f"{s:.2f}" for s in data["gd_similarity"])
-    fig.suptitle(f"Fig. 1 - trained one-layer linear attention on constructed tokens [T2] (n = {n})\n"
-                 f"GD similarity per head: {sims} (max {data['gd_similarity_max']:.3f})", fontsize=10)
+    fig.suptitle(f"Fig. 1 - trained one-layer linear attention on constructed tokens [T2] (n = {n}); {mode_line(data)}\n"
+                 f"GD similarity per head = cos(W_K^T W_Q, GD) x cos(P W_V, GD), the panels' two cosines: {sims}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -203,7 +204,7 @@ def plot_fig2(data):
     label_axes(ax2, "interpolation alpha (0: trained weights, 1: constructed)", "test loss (MSE / 2, mean over t)",
                "[A5] loss along weight interpolation", title_size=10)
     fig.suptitle("Fig. 2 - a trained one-layer linear self-attention layer implements one step of gradient "
-                 "descent", fontsize=11)
+                 f"descent\n{mode_line(data)}", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -50,7 +50,7 @@ from ..probing import PROBE_LAM, linearise_layer, probe_model
 from ..tasks import LinearTask
 from ..train import TrainConfig
 from . import depth
-from .common import Experiment, label_axes
+from .common import Experiment, label_axes, mode_line
 from .dynamics import train_summary
 
 NAME = "fig4_probing"
@@ -267,7 +267,7 @@ def plot(data):
         ax.set_title("softmax model: linearising one layer [P4]", fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Fig. 4 - probing across layers [P1]" + (" (quick run)" if data.get("quick") else ""))
+    fig.suptitle(f"Fig. 4 - probing across layers [P1]\n{mode_line(data)}")
     fig.tight_layout()
     return fig
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Experiment
+from .common import Experiment, mode_line
 
 NAME = "fig9_speed"
 
@@ -123,7 +123,7 @@ def plot(data):
         ax.set_title(f"{title}\n{shape}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Fig. 9: mesa-layer speed (Sherman-Morrison recursion [M2], backward [M3])")
+    fig.suptitle(f"Fig. 9: mesa-layer speed (Sherman-Morrison recursion [M2], backward [M3])\n{mode_line(data)}")
     fig.tight_layout()
     return fig
 
