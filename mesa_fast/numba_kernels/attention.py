@@ -1,6 +1,6 @@
 """Numba CPU kernels for causal linear attention [L2] (and the small element-wise ops the model uses).
 
-Plain version first. ``plain.py`` computes the same [L2] and [L3] kernels (``linear_forward``,
+Plain version first: ``mesa_fast/numba_kernels/plain.py`` computes the same [L2] and [L3] kernels (``linear_forward``,
 ``linear_backward``, ``softmax_forward``, ``softmax_backward``: same arguments, same results up to rounding) the
 plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py holds
 it to the reference ops: read it before this file. This version is faster because one sequence's rows are short
