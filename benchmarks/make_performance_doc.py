@@ -7,8 +7,8 @@
 Inputs: every ``benchmarks/results/*.json`` (each rendered with the date, commit, command and machine it
 records) and ``benchmarks/notes.md`` (copied in after the tables: measurements that are not saved runs, what was
 tried and dropped). The output depends on those files alone (no clock, no git), so tests/test_performance_doc.py
-can regenerate it and compare. Five kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
-``mesa_stability.py``'s, ``bench_plain_vs_simd.py``'s and ``bench_huge_pages.py``'s; any other JSON gets its date, command and machine and a
+can regenerate it and compare. Six kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
+``mesa_stability.py``'s, ``bench_plain_vs_simd.py``'s, ``bench_huge_pages.py``'s and ``cuda_resources.py``'s; any other JSON gets its date, command and machine and a
 pointer to the file.
 """
 from __future__ import annotations
@@ -263,6 +263,30 @@ def render_huge_pages(d, name):
     return lines
 
 
+def render_cuda_resources(d, name):
+    """cuda_resources.py: registers, spills and shared memory of the mesa layer's CUDA kernels, from ptxas -v."""
+    _need(d, ("date", "command", "machine", "toolkit", "kernels", "shared"), name)
+    tk = d["toolkit"]
+    lines = [f"#### `{name}`: resources of the mesa layer's CUDA kernels (compiled, not run)", "",
+             f"- date: {d['date']}; {_commit(d, d)}; machine: {_machine(d['machine'])}",
+             f"- command: `{d['command']}`",
+             f"- toolkit: NVVM {tk.get('nvvm', '?')} (numba-cuda {tk.get('numba_cuda', '?')}), "
+             f"ptxas {tk.get('ptxas', '?')}",
+             "- registers per thread, spills and stack frame from `ptxas -v` on the PTX of "
+             "`numba.cuda.compile_ptx`; they do not depend on d (one kernel per dtype serves every d). Shared "
+             "memory is dynamic, sized per launch (`mesa_fast/cuda/mesa.py: shared_bytes`); above 48 KiB a launch "
+             "opts in to more (up to 227 KiB per block on sm_90, 163 KiB on sm_80)", ""]
+    rows = [[r["kernel"], r["dtype"], r["arch"], r["registers"], r["spill_stores"], r["spill_loads"],
+             r["stack_frame"], r["static_smem"]] for r in d["kernels"]]
+    lines += _table(["kernel", "dtype", "target", "registers / thread", "spill stores (bytes)", "spill loads (bytes)",
+                     "stack frame (bytes)", "static shared (bytes)"], rows)
+    lines.append("")
+    rows = [[f"{r['shape']} (d={r['d']}, dv={r['dv']})", r["threads"], r["dtype"], r["kernel"],
+             "yes" if r["gamma"] else "no", f"{r['shared_bytes'] / 1024:.1f}"] for r in d["shared"]]
+    lines += _table(["shape", "threads / block", "dtype", "kernel", "gamma", "dynamic shared (KiB / block)"], rows)
+    return lines
+
+
 def render_other(d, name):
     meta = d.get("meta", d) if isinstance(d, dict) else {}
     return [f"#### `{name}`", "", f"- date: {meta.get('date', 'not recorded')}; {_commit(d, meta)}",
@@ -277,6 +301,8 @@ def kind_of(d) -> str:
         return "plain_vs_simd"
     if d.get("benchmark") == "huge_pages":
         return "huge_pages"
+    if d.get("benchmark") == "cuda_resources":
+        return "cuda_resources"
     if "meta" in d and "rows" in d:
         return "mesa_stability"
     results = d.get("results")
@@ -293,6 +319,7 @@ SECTIONS = (("bench_mesa", "Mesa layer, forward + backward", render_bench_mesa),
             ("mesa_stability", "Numerical error of the mesa-layer backward", render_mesa_stability),
             ("plain_vs_simd", "Plain against SIMD Numba kernels", render_plain_vs_simd),
             ("huge_pages", "Huge pages", render_huge_pages),
+            ("cuda_resources", "CUDA kernels: registers, spills, shared memory", render_cuda_resources),
             ("other", "Other saved results", render_other))
 
 

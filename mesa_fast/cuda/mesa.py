@@ -53,7 +53,7 @@ import numpy as np
 from numba import cuda, from_dtype
 
 __all__ = ["forward", "backward", "shared_bytes", "default_threads", "kernels", "contiguous",
-           "simulator_enabled", "SHARED_LIMIT_DEFAULT", "MAX_THREADS"]
+           "simulator_enabled", "signature", "SHARED_LIMIT_DEFAULT", "MAX_THREADS"]
 
 SHARED_LIMIT_DEFAULT = 48 * 1024      # bytes of shared memory a block gets without opting in
 
@@ -434,6 +434,15 @@ def _build(np_dtype):
             dgam_n[n] = dga
 
     return {"fwd": (mesa_fwd, cuda.jit(mesa_fwd)), "bwd": (mesa_bwd, cuda.jit(mesa_bwd))}
+
+
+def signature(kind, dtype):
+    """The Numba signature the wrappers launch ``kind`` ("fwd" | "bwd") with: flat C-contiguous arrays of dtype, int64
+    sizes and flags (what ``numba.cuda.compile_ptx`` needs; mesa_fast/cuda/resources.py)."""
+    from numba import int64, void  # noqa: PLC0415
+    a = from_dtype(np.dtype(dtype))[::1]
+    n_arrays_in, n_arrays_out = {"fwd": (5, 3), "bwd": (5, 7)}[kind]
+    return void(*([a] * n_arrays_in + [int64] * 6 + [a] * n_arrays_out))
 
 
 _kernels: dict = {}
