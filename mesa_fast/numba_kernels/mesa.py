@@ -1,12 +1,12 @@
 """Numba CPU kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3).
 
-Plain version first: ``mesa_fast/numba_kernels/plain.py``, functions ``forward`` and ``backward``. They compute
-the same thing (same arguments; q~_t and w_t come back as (B, H, T, d) arrays instead of the lane layout below)
-the plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py
-holds them to the reference op: read them before this file. This version is faster because the passes over R, S, D and C run 8 sequences per vector
-instruction: in the plain version a pass over a d x d matrix vectorises only along rows of d = 20 (two 8-wide
-vectors and a scalar remainder) and the dot products (k.c, q~.u, the rows of D_t v_t) not at all, since IEEE sums
-keep their order. ``benchmarks/bench_plain_vs_simd.py`` measures the two against each other
+Plain version first: ``mesa_fast/numba_kernels/plain.py``, functions ``forward`` and ``backward``. They compute the
+same thing (same arguments; q~_t and w_t come back as (B, H, T, d) arrays instead of the lane layout below) the
+plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py holds
+them to the reference op: read them before this file. This version is faster because the passes over R, S, D and C
+run 8 sequences per vector instruction: in the plain version a pass over a d x d matrix vectorises only along rows
+of d = 20 (two 8-wide vectors and a scalar remainder) and the dot products (k.c, q~.u, the rows of D_t v_t) not at
+all, since IEEE sums keep their order. ``benchmarks/bench_plain_vs_simd.py`` measures the two against each other
 (docs/performance.md); this version runs by default, MESA_FAST_KERNELS=plain runs the plain one.
 
 Re-expresses ``mesa_ref.ops.mesa.mesa_forward`` / ``mesa_backward``: the Sherman-Morrison recursion
