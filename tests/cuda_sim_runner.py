@@ -62,7 +62,7 @@ def main(out_dir):
     from mesa_fast import ops as fast_ops
     from mesa_fast.cuda import mesa as ck
 
-    arrays, meta = {}, {"timing_s": {}, "engine": {}, "errors": {}}
+    arrays, meta = {}, {"timing_s": {}, "engine": {}, "errors": {}, "case_errors": {}}
     names = ("out", "qt", "dq", "dk", "dv", "dlam", "dgamma")
     for name, shape, threads in CASES:
         for dt_name, dt in DTYPES.items():
@@ -73,9 +73,15 @@ def main(out_dir):
                     key = case_key(name, dt_name, gamma, strategy)
                     t0 = time.perf_counter()
                     store = strategy == "store"
-                    out, qt, w = ck.forward(np, q, k, v, lam, gam, store, threads=threads)
-                    dq, dk, dv, dlam, dgamma = ck.backward(np, g, k, v, lam, gam, store, qt, w, threads=threads)
-                    meta["timing_s"][key] = time.perf_counter() - t0
+                    try:
+                        out, qt, w = ck.forward(np, q, k, v, lam, gam, store, threads=threads)
+                        dq, dk, dv, dlam, dgamma = ck.backward(np, g, k, v, lam, gam, store, qt, w,
+                                                               threads=threads)
+                    except Exception as exc:      # recorded, so that the other cases still report
+                        meta["case_errors"][key] = f"{type(exc).__name__}: {exc}"
+                        continue
+                    finally:
+                        meta["timing_s"][key] = time.perf_counter() - t0
                     for n, x in zip(names, (out, qt, dq, dk, dv, dlam, dgamma)):
                         if x is not None:
                             arrays[f"{key}/{n}"] = x

@@ -4,8 +4,8 @@ Truth is the float64 reference (mesa_ref.ops.mesa); the fast kernels run in floa
 to ~1e-10) and in float32 (compared with the float64 truth through the tolerance table TOL).
 Also: exact properties of the fast kernels (strategies agree bit for bit, a sequence's result
 does not depend on its batch neighbours), a finite-difference check of the fast op itself,
-validation parity with the reference, the backend switch, and the CuPy/CUDA kernels (skipped
-without CuPy and a GPU).
+validation parity with the reference, the backend switch, and the Numba CUDA kernels on CuPy arrays
+(skipped without CuPy and a GPU).
 """
 import os
 
@@ -334,7 +334,8 @@ def test_auto_without_gpu_picks_numba_and_logs(clean_backend, caplog):
 
 
 # ----------------------------------------------------------------------------------------------
-# CuPy / CUDA kernels (skipped without CuPy and a usable GPU)
+# the Numba CUDA kernels (mesa_fast/cuda/mesa.py) on CuPy arrays (skipped without CuPy and a usable GPU; the same
+# kernels run in Numba's CUDA simulator in tests/test_cuda_kernels.py, which needs no GPU)
 # ----------------------------------------------------------------------------------------------
 
 needs_gpu = pytest.mark.skipif(not fast_backend.cupy_available(),
@@ -372,6 +373,23 @@ def test_cupy_noncontiguous_and_strategies_bitwise_equal():
     c, _ = _run(fast_ops, qt, k, v, g, lam, gam)
     for name, x, y in zip(NAMES, a, c):
         cp.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("threads", [1, 4, 32, 256])
+def test_cupy_kernels_any_block_size(threads):
+    """Block sizes from one thread (every reduction serial) to the largest allowed, d = 33 above and below them."""
+    import cupy as cp
+
+    from mesa_fast.cuda import mesa as ck
+    q, k, v, g, lam, gam = _inputs(2, 3, 17, 33, 7, seed=9, gamma=True)
+    truth, _ = _run(ref, q, k, v, g, lam, gam)
+    dq_ = [cp.asarray(x) for x in (q, k, v, g, lam, gam)]
+    out, qt, w = ck.forward(cp, dq_[0], dq_[1], dq_[2], dq_[4], dq_[5], True, threads=threads)
+    grads = ck.backward(cp, dq_[3], dq_[1], dq_[2], dq_[4], dq_[5], True, qt, w, threads=threads)
+    for name, a, want in zip(NAMES, (out,) + grads, truth):
+        _assert_close(name, cp.asnumpy(a), want, _tol(np.float64, name, 17))
 
 
 @pytest.mark.gpu
