@@ -2,7 +2,7 @@
 
     import mesa_fast
     mesa_fast.ops.mesa_forward(q, k, v, lam)     # same names and signatures as mesa_ref.ops
-    mesa_fast.set_backend("numba" | "cupy" | "auto")   # or the MESA_BACKEND environment variable
+    mesa_fast.set_backend("numba" | "cupy" | "auto" | "cudasim")   # or MESA_BACKEND; cudasim: mesa_fast.backend
     mesa_fast.get_backend()                            # the resolved choice
     mesa_fast.keep_freed_memory()                      # optional, once per process: see below
 

@@ -19,7 +19,7 @@ S_t, dv x d) is O(d^2): at the paper's d = 20 and the language model's d = 64 it
 B*H (1024 at the paper shape, 128 at the lm shape) blocks fill the GPU's multiprocessors. Splitting one sequence
 over several blocks would need a grid-wide barrier per token; packing several sequences into one block would
 shorten neither the chain of T dependent steps nor the per-token work. (The lm shape is better served by the
-chunkwise form [M5], which turns the recursion into matrix products; see DESIGN.md.)
+chunkwise form [M5], which turns the recursion into matrix products; see docs/design.md.)
 
 Inside a block, a matrix-vector pass over an nrows x ncols matrix spreads the work as P = nthr // nrows partial
 sums per row (P = 1 when nrows > nthr; a thread then takes several rows): work item e = p*nrows + i takes row
