@@ -223,6 +223,9 @@ def test_largest_change_ignores_when_and_where_only():
     assert largest_change(old, {**new, "a": [1.0]})[0] == float("inf")
     assert largest_change(old, {**new, "extra": 1})[0] == float("inf")
     assert largest_change({"x": 0.0}, {"x": 1e-13})[0] == 0.0                # below the absolute floor
+    timed = {"train_metrics": {"m": {"loss": [1.0], "seconds": [0.5]}}, "eq": {"loss_at_time_budget": {"a": 1.0}}}
+    retimed = {"train_metrics": {"m": {"loss": [1.0], "seconds": [0.9]}}, "eq": {"loss_at_time_budget": {"a": None}}}
+    assert largest_change(timed, retimed)[0] == 0.0                           # wall-clock numbers, at any depth
     assert largest_change({"x": 1.0}, {"x": 1.01})[0] == pytest.approx(0.01 / 1.01)
 
 

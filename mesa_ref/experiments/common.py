@@ -356,15 +356,18 @@ REDRAW_ATOL = 1e-12
 # Dotted paths into the JSON. "cost" holds what the training took, where and at which commit: a job retrained in a
 # fresh checkout (the quick figures' store is not committed) changes those and nothing else.
 VOLATILE = frozenset({"date", "seconds", "machine", "command", "config.store", "cost"})
+# Keys that are wall-clock measurements wherever they stand (a job's learning curve records its seconds; fig8 derives
+# losses at equal training time from them): a retrained job's timings differ on every run.
+TIMING_KEYS = frozenset({"seconds", "train_seconds", "loss_at_time_budget"})
 
 
 def largest_change(old, new, path: str = ""):
     """(relative change, where) of the numbers of ``new`` against ``old``, ignoring the ``VOLATILE`` fields (where,
-    when, by which command and from which store the file was made, and how long it took); inf where anything but a
-    number differs (another key, length, string or type)."""
+    when, by which command and from which store the file was made, and how long it took) and ``TIMING_KEYS`` at any
+    depth; inf where anything but a number differs (another key, length, string or type)."""
     if isinstance(old, dict) and isinstance(new, dict):
         def keys(d):
-            return {k for k in d if (f"{path}.{k}" if path else str(k)) not in VOLATILE}
+            return {k for k in d if (f"{path}.{k}" if path else str(k)) not in VOLATILE and k not in TIMING_KEYS}
         ko, kn = keys(old), keys(new)
         if ko != kn:
             return float("inf"), f"{path or 'top level'}: keys {sorted(ko ^ kn)}"
