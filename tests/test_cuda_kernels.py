@@ -24,7 +24,6 @@ import pytest
 
 import cuda_sim_runner as runner
 import mesa_fast
-from mesa_fast import backend as fast_backend
 from mesa_ref.ops import mesa as ref
 from test_fast_mesa import _bad_inputs, _tol
 
@@ -141,14 +140,6 @@ def test_simulator_time_is_reported(sim):
 
 
 # ------------------------------------------------------------------------------------------ without the simulator
-@pytest.fixture
-def clean_backend(monkeypatch):
-    monkeypatch.delenv("MESA_BACKEND", raising=False)
-    fast_backend._reset_for_tests()
-    yield monkeypatch
-    fast_backend._reset_for_tests()
-
-
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"),
                     reason="this process runs the simulator")
 def test_cudasim_without_the_simulator_is_a_clear_value_error(clean_backend):

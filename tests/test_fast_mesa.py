@@ -289,13 +289,6 @@ def test_numpy_in_numpy_out_same_dtype():
 # the backend switch
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def clean_backend(monkeypatch):
-    monkeypatch.delenv("MESA_BACKEND", raising=False)
-    fast_backend._reset_for_tests()
-    yield monkeypatch
-    fast_backend._reset_for_tests()
-
 
 def test_set_backend_numba(clean_backend):
     assert mesa_fast.set_backend("numba") == "numba"
