@@ -170,6 +170,16 @@ def _build(np_dtype):
                 acc += s * z[col]
             part[p * nrows + r] = acc
 
+    @cuda.jit(device=True, inline="always")
+    def start_recursion(R, kb, c, k, bk, r0, d, tid, nthr):
+        """[M2] R_0 = I/lam, k_1 into kb and c_1 = R_0 k_1: the start the forward and the backward's rebuild of R_t
+        share, so that the backward's R_t is the forward's bit for bit. The caller syncs after."""
+        for e in range(tid, d * d, nthr):
+            R[e] = r0 if e // d == e % d else F(0)
+        for i in range(tid, d, nthr):
+            kb[i] = k[bk + i]
+            c[i] = r0 * k[bk + i]
+
     def mesa_fwd(q, k, v, lam, gam, H, T, d, dv, has_gamma, store_w, out, qt, wst):
         """Forward [M2] (gamma [M4]) of sequence n = blockIdx.x; arrays flat, C order (see module doc).
 
@@ -200,19 +210,14 @@ def _build(np_dtype):
         scal = sm[o + 3 * nthr:o + 3 * nthr + 2]
 
         h = n % H
-        lamv = lam[h]
         g = gam[h] if has_gamma else F(1)
         ig = F(1) / g
-        r0 = F(1) / lamv
+        r0 = F(1) / lam[h]
         bk = n * T * d                    # sequence n in q, k, qt, wst
         bv = n * T * dv                   # sequence n in v, out
-        for e in range(tid, d * d, nthr):
-            R[e] = r0 if e // d == e % d else F(0)                    # [M2] R_0 = I/lam
+        start_recursion(R, kb, c, k, bk, r0, d, tid, nthr)           # [M2] R_0 = I/lam, c_1 = R_0 k_1
         for e in range(tid, dv * d, nthr):
             S[e] = F(0)                                               # [M2] S_0 = 0
-        for i in range(tid, d, nthr):
-            kb[i] = k[bk + i]
-            c[i] = r0 * k[bk + i]                                     # [M2] c_1 = R_0 k_1
         cuda.syncthreads()
         Pd = n_partials(d, nthr)
         Pv = n_partials(dv, nthr)
@@ -294,13 +299,9 @@ def _build(np_dtype):
         Pv = n_partials(dv, nthr)
 
         # 1. forward sweep: S_t^T, dq~_t = S_t^T g_t, R_t rebuilt, u_t = R_t dq~_t -> dq       [M3]
-        for e in range(tid, d * d, nthr):
-            R[e] = r0 if e // d == e % d else F(0)
+        start_recursion(R, kb, c, k, bk, r0, d, tid, nthr)           # as in the forward
         for e in range(tid, d * dv, nthr):
             ST[e] = F(0)
-        for i in range(tid, d, nthr):
-            kb[i] = k[bk + i]
-            c[i] = r0 * k[bk + i]                                     # c_1 = R_0 k_1, as in the forward
         cuda.syncthreads()
         for t in range(T):
             last = t + 1 == T
@@ -335,7 +336,6 @@ def _build(np_dtype):
             sm[e] = F(0)
         dla = F(0)                                                    # meaningful in thread 0 only
         dga = F(0)
-        PdD = n_partials(d, nthr)
         cuda.syncthreads()
         for t in range(T - 1, -1, -1):
             for i in range(tid, d, nthr):
@@ -347,13 +347,13 @@ def _build(np_dtype):
                 gb[a] = dout[bv + t * dv + a]
             cuda.syncthreads()
             # D pass (D (d x dv), element (i, a) at D[a*d + i]): D_t, partials of D_t v_t; D'_t, D'_t v_t
-            for e in range(tid, d * PdD, nthr):
+            for e in range(tid, d * Pd, nthr):
                 i = e % d
                 p = e // d
                 qi = qtv[i]
                 acc = F(0)
                 accl = F(0)
-                for a in range(p, dv, PdD):
+                for a in range(p, dv, Pd):
                     old = D[a * d + i]
                     if has_gamma:
                         f = g * D1[a * d + i] + old                   # [M4] D'_t = gamma D'_{t+1} + D_{t+1}
@@ -367,8 +367,8 @@ def _build(np_dtype):
                 pa[p * d + i] = acc
                 pb[p * d + i] = accl
             cuda.syncthreads()
-            sum_partials(pa, d, PdD, dkv, tid, nthr)                  # D_t v_t
-            sum_partials(pb, d, PdD, prow, tid, nthr)                 # D'_t v_t
+            sum_partials(pa, d, Pd, dkv, tid, nthr)                  # D_t v_t
+            sum_partials(pb, d, Pd, prow, tid, nthr)                 # D'_t v_t
             cuda.syncthreads()
             # dv_t = D_t^T k_t (rows a, columns i of D^T) and the C pass touch different partial buffers
             for e in range(tid, dv * Pv, nthr):
@@ -378,14 +378,14 @@ def _build(np_dtype):
                 for i in range(p, d, Pv):
                     acc += D[a * d + i] * kb[i]
                 pc[p * dv + a] = acc
-            for e in range(tid, d * PdD, nthr):
+            for e in range(tid, d * Pd, nthr):
                 i = e % d
                 p = e // d
                 qi = qtv[i]
                 ui = uv[i]
                 acc = F(0)
                 accl = F(0)
-                for j in range(p, d, PdD):
+                for j in range(p, d, Pd):
                     mm = ui * qtv[j] + qi * uv[j]
                     old = C[j * d + i]
                     if has_gamma:
@@ -401,8 +401,8 @@ def _build(np_dtype):
                 pb[p * d + i] = accl
             cuda.syncthreads()
             sum_partials(pc, dv, Pv, dvo[bv + t * dv:bv + (t + 1) * dv], tid, nthr)   # [M3] dv_t = D_t^T k_t
-            sum_partials(pa, d, PdD, c, tid, nthr)                    # C_t k_t (c is free in the scan)
-            sum_partials(pb, d, PdD, prow2, tid, nthr)                # C'_t k_t
+            sum_partials(pa, d, Pd, c, tid, nthr)                    # C_t k_t (c is free in the scan)
+            sum_partials(pb, d, Pd, prow2, tid, nthr)                # C'_t k_t
             cuda.syncthreads()
             for i in range(tid, d, nthr):
                 dk[bk + t * d + i] = dkv[i] - c[i]                    # [M3] dk_t = D_t v_t - C_t k_t
