@@ -176,6 +176,13 @@ def curve_summary(per_seed: np.ndarray, t_min: int = 10) -> dict:
             "at_t_last": _r(mean_t[-1]), "seeds": int(per_seed.shape[0]), "T": int(per_seed.shape[1])}
 
 
+def loss_curves(d: dict, names: list) -> tuple:
+    """(L, curves): a result file's "losses" (curves, seeds, T) as an array, and ``curve_summary`` of each curve under
+    its name in ``names`` (names past the curves the file holds are dropped)."""
+    L = np.asarray(d["losses"], float)
+    return L, {k: curve_summary(L[i]) for i, k in enumerate(names[:len(L)])}
+
+
 def ratio_t10(a: np.ndarray, b: np.ndarray, t_min: int = 10) -> dict:
     """mean_{t >= t_min} a / mean_{t >= t_min} b over the seed-mean curves, and its spread over seeds."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -245,9 +252,7 @@ class Extractor:
         rel = "experiment_results/linear_seq_fully/seqperf_results_constr_multi.pkl"
         d = self.load(rel)
         if d is not None:
-            L = np.asarray(d["losses"], float)
-            names = ["linear_L1", "linear_L2", "linear_L4", "linear_L6", "lsq_poly20"][:len(L)]
-            curves = {k: curve_summary(L[i]) for i, k in enumerate(names)}
+            L, curves = loss_curves(d, ["linear_L1", "linear_L2", "linear_L4", "linear_L6", "lsq_poly20"])
             q = {"quantity": "linear models of depth 1, 2, 4, 6 and a least-squares solver, per-time-step loss",
                  "meaning": "curves as fig2; ratio_to_lsq_poly20_t10 = mean_{t>=10} model / mean_{t>=10} of the "
                             "fifth curve. The evaluator cell lists six models (the four depths, a one-layer mesa "
@@ -263,7 +268,7 @@ class Extractor:
                                       ["exp_config_constr_1 =", "exp_config_constr_2 =", "exp_config_constr_4 =",
                                        "exp_config_constr_6 ="])}
             if len(L) >= 5:
-                q["ratio_to_lsq_poly20_t10"] = {k: ratio_t10(L[i], L[4]) for i, k in enumerate(names[:4])}
+                q["ratio_to_lsq_poly20_t10"] = {k: ratio_t10(L[i], L[4]) for i, k in enumerate(list(curves)[:4])}
             out["fig3"] = [q]
         rel = "experiment_results/linear_seq_fully/mesa_test_loss.pkl"
         d = self.load(rel)
@@ -329,13 +334,12 @@ class Extractor:
         rel = "experiment_results/linear_seq_fully/seqperf_results_sm_probing.pkl"
         d = self.load(rel)
         if d is not None:
-            L = np.asarray(d["losses"], float)
-            names = ["softmax_3layer", "softmax_7layer", "lsq_poly2", "lsq_poly6"][:len(L)]
+            L, curves = loss_curves(d, ["softmax_3layer", "softmax_7layer", "lsq_poly2", "lsq_poly6"])
             out["softmax_test_loss"] = {
                 "quantity": "per-time-step loss of the probed softmax model (7 layers counting the hybrid one), a "
                             "3-layer one, and least squares with 2- and 6-step polynomial inverses",
                 "meaning": "curves as fig2",
-                "curves": {k: curve_summary(L[i]) for i, k in enumerate(names)},
+                "curves": curves,
                 "config": "as the softmax probe; test sequences of 256 per evaluation seed",
                 "source": self.where(rel, nb, "seq_loss_dict_fully = SequencePredictionEvaluator")}
         return out
@@ -399,15 +403,14 @@ class Extractor:
         rel = "experiment_results/linear_seq_partial/comparison_results.pkl"
         d = self.load(rel)
         if d is not None:
-            L = np.asarray(d["losses"], float)
-            names = ["softmax_7layer", "mesa_hybrid", "lsq_observations", "lsq_history"][:len(L)]
+            L, curves = loss_curves(d, ["softmax_7layer", "mesa_hybrid", "lsq_observations", "lsq_history"])
             out["T3"] = {
                 "quantity": "[T3] partially observed: softmax against hybrid mesa, width 80 (the last of the "
                             "width sweep)",
                 "meaning": "curves as fig2; ratios mean_{t>=10} a / mean_{t>=10} b. lsq_observations regresses "
                            "on the raw observations; lsq_history on tokens that stack the last 16 observations "
                            "(width 80); both with a 6-step polynomial inverse and lam 10",
-                "curves": {k: curve_summary(L[i]) for i, k in enumerate(names)},
+                "curves": curves,
                 "ratios_t10": {"mesa/softmax": ratio_t10(L[1], L[0]),
                                "softmax/lsq_history": ratio_t10(L[0], L[3]),
                                "mesa/lsq_history": ratio_t10(L[1], L[3])} if len(L) >= 4 else {},
@@ -421,13 +424,12 @@ class Extractor:
         rel = "experiment_results/nonlinear_seq_fully/comparison_results.pkl"
         d = self.load(rel)
         if d is not None:
-            L = np.asarray(d["losses"], float)
-            names = ["softmax_7layer_mlp", "mesa_hybrid_mlp", "lsq_states", "lsq_features"][:len(L)]
+            L, curves = loss_curves(d, ["softmax_7layer_mlp", "mesa_hybrid_mlp", "lsq_states", "lsq_features"])
             out["T4"] = {
                 "quantity": "[T4] nonlinear dynamics: softmax against hybrid mesa, both with MLPs",
                 "meaning": "curves as fig2; lsq_states: least squares on the raw states; lsq_features: on the "
                            "true MLP features; both 6-step polynomial inverse, lam 1e-3",
-                "curves": {k: curve_summary(L[i]) for i, k in enumerate(names)},
+                "curves": curves,
                 "ratios_t10": {"mesa/softmax": ratio_t10(L[1], L[0]), "softmax/lsq_states": ratio_t10(L[0], L[2]),
                                "mesa/lsq_states": ratio_t10(L[1], L[2])} if len(L) >= 3 else {},
                 "config": "n = 10, s_1 ~ U[-0.25, 0.25]; softmax: hybrid first layer + 6 softmax layers, 4 heads, "
