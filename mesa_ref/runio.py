@@ -133,7 +133,6 @@ def figure_bytes(fig, fmt: str = "png", **kw) -> bytes:
     return buf.getvalue()
 
 
-
 def save_checkpoint(path, arrays: dict, meta: dict) -> None:
     """Write named arrays and JSON metadata to ``path`` (.npz) atomically."""
     buf = io.BytesIO()

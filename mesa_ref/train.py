@@ -225,7 +225,7 @@ def schedule_for(steps: int, warmup_steps: int | None = None, decay_steps: int |
     ``TrainConfig``'s own defaults (1,000 and 20,000, the authors' fixed schedule) are left alone: the figures'
     jobs use them and their keys depend on them."""
     ref = TrainConfig()
-    warm = round(steps * ref.warmup_steps / 20000) if warmup_steps is None else warmup_steps
+    warm = round(steps * ref.warmup_steps / ref.decay_steps) if warmup_steps is None else warmup_steps
     decay = steps if decay_steps is None else decay_steps
     return warm, decay
 

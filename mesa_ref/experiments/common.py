@@ -311,7 +311,8 @@ def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, 
     results = {k: by_key[j.key] for k, j in jobs.items()}
     ctx = Context(name=exp.name, quick=mode != "full", seed=args.seed, out=out, backend=backend, ops=ops, xp=xp,
                   progress=not args.no_progress, args=args)
-    data = exp.analyse(ctx, cfg := exp.config(mode, args), results)
+    cfg = exp.config(mode, args)
+    data = exp.analyse(ctx, cfg, results)
     return figure_record(exp, data, cfg=cfg, mode=mode, jobs=jobs, results=results, missing=missing, store=store,
                          args=args, backend=backend, argv=argv, seconds=time.perf_counter() - t0)
 
