@@ -1,7 +1,7 @@
 """What the fig8 language models cost: measured time per token and counted FLOPs per token, per model kind.
 
 The criticism this answers: "the mesa-layer takes more FLOPs than attention and is not parallelisable".
-At the size of fig8's full configuration (``mesa_ref.experiments.language.FULL``) the script
+At the size of fig8's full configuration (``mesa_lab.experiments.language.FULL``) the script
 
 1. times, for each model kind (softmax, linear, mesa, hybrid) and each backend (``mesa_fast`` and the
    reference), one training step (``loss_and_grads`` + gradient clipping + the AdamW update, what
@@ -81,8 +81,8 @@ def step_runner(model, params, x, y, tcfg):
 
 
 def bench_models(cfg, task, backends, repeats, ref_repeats, log) -> list:
-    from mesa_ref.backends import resolve_backend
-    from mesa_ref.experiments.language import KINDS, kind_layers, model_config, train_config
+    from mesa_lab.backends import resolve_backend
+    from mesa_lab.experiments.language import KINDS, kind_layers, model_config, train_config
     from mesa_ref.model import Transformer
     x, y = task.batch(np.random.default_rng(0), cfg.batch)
     tokens = cfg.batch * cfg.T
@@ -159,7 +159,7 @@ def bench_mesa_layer(cfg, chunks, repeats, ref_repeats, log) -> dict:
 def bench_chunk_models(cfg, task, chunks, repeats, log) -> list:
     """The mesa model's training step, sequential mesa layers against ModelConfig(mesa_chunk=C)."""
     from mesa_fast import ops as fops
-    from mesa_ref.experiments.language import model_config, train_config
+    from mesa_lab.experiments.language import model_config, train_config
     from mesa_ref.model import Transformer
     x, y = task.batch(np.random.default_rng(0), cfg.batch)
     tokens = cfg.batch * cfg.T
@@ -177,7 +177,7 @@ def bench_chunk_models(cfg, task, chunks, repeats, log) -> list:
 
 # ---------------------------------------------------------------------------------------------- report
 def machine() -> dict:
-    from mesa_ref.jobs import _cpu_name
+    from mesa_lab.jobs import _cpu_name
     info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__}
     try:
@@ -199,7 +199,7 @@ def render(p: dict) -> str:
              + (" -- **other processes shared the CPU while this ran**: wall-clock times are inflated; the CPU-time "
                 "columns are the steadier measure" if p["load_before"][0] > 0.5 * p["machine"]["cores"] else ""),
              f"- size: {'a tiny test shape (--quick)' if p['quick'] else 'fig8 FULL'} "
-             f"(mesa_ref/experiments/language.py): width {cfg['width']}, {cfg['heads']} heads x key "
+             f"(mesa_lab/experiments/language.py): width {cfg['width']}, {cfg['heads']} heads x key "
              f"size {cfg['key_size']}, {cfg['layers']} layers, MLP {cfg['mlp']}, T = {cfg['T']}, batch {cfg['batch']} "
              f"({cfg['batch'] * cfg['T']} tokens a step), vocabulary {p['vocab_size']}, float32", "",
              "## Time per token (median of the timed calls) and forward FLOPs per token", "",
@@ -286,10 +286,10 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     import mesa_fast
-    from mesa_ref.experiments.language import FULL, SMOKE, lm_task
-    from mesa_ref.jobs import code_version
+    from mesa_lab.experiments.language import FULL, SMOKE, lm_task
+    from mesa_lab.provenance import code_version
     numba.set_num_threads(1)
-    mesa_fast.keep_freed_memory()          # the heap setting every job worker uses (mesa_ref.jobs.run_job)
+    mesa_fast.keep_freed_memory()          # the heap setting every job worker uses (mesa_lab.jobs.run_job)
     cfg = dataclasses.replace(SMOKE, T=32) if args.quick else FULL
     chunks = (8, 16) if args.quick else tuple(int(c) for c in args.chunks.split(","))
     repeats, ref_repeats = (2, 1) if args.quick else (args.repeats, args.ref_repeats)

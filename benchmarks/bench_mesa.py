@@ -212,7 +212,7 @@ def estimate_ref_seconds(B, H, T, d, dtype, backward):
 
 def git_commit():
     """The checkout's commit ("+dirty" with local changes; "unknown" outside git), recorded with the results."""
-    from mesa_ref.runio import code_version
+    from mesa_lab.provenance import code_version
     return code_version()
 
 

@@ -46,11 +46,11 @@ def build(name):
     if name == "softmax6":
         return ModelConfig(layers=("softmax",) * 6, **SOFTMAX6), LinearTask(tokens="raw"), 256
     if name == "softmax2_fig5":
-        from mesa_ref.experiments import copy_layer
+        from mesa_lab.experiments import copy_layer
         cfg = copy_layer.FULL
         return cfg.softmax_model(), LinearTask(n=cfg.n, T=cfg.T, sigma=cfg.sigma, tokens="raw"), cfg.batch
     if name == "lm_fig8":
-        from mesa_ref.experiments import language
+        from mesa_lab.experiments import language
         cfg = language.FULL
         task = language.lm_task(cfg)
         return language.model_config("softmax", cfg, task.vocab_size), task, cfg.batch

@@ -121,7 +121,7 @@ def format_table(rows):
 
 def git_commit():
     """The checkout's commit ("+dirty" with local changes; "unknown" outside git), recorded with the results."""
-    from mesa_ref.runio import code_version
+    from mesa_lab.provenance import code_version
     return code_version()
 
 

@@ -10,9 +10,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from .ops.mesa import BACKWARD_STRATEGIES
+
 ATTENTION_KINDS = ("linear", "softmax", "mesa")
 INPUT_MODES = ("constructed", "embed", "tokens")
-MESA_BACKWARDS = ("store", "checkpoint", "downdate")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class ModelConfig:
         if not self.mesa_lam_init > self.mesa_lam_min >= 0:
             raise ValueError("mesa_lam_init: expected mesa_lam_init > mesa_lam_min >= 0, "
                              f"got {self.mesa_lam_init!r} and {self.mesa_lam_min!r}")
-        if self.mesa_backward not in MESA_BACKWARDS:
-            raise ValueError(f"mesa_backward: expected one of {MESA_BACKWARDS}, got {self.mesa_backward!r}")
+        if self.mesa_backward not in BACKWARD_STRATEGIES:
+            raise ValueError(f"mesa_backward: expected one of {BACKWARD_STRATEGIES}, got {self.mesa_backward!r}")
         if self.mesa_chunk is not None:
             if isinstance(self.mesa_chunk, bool) or not isinstance(self.mesa_chunk, int) or self.mesa_chunk < 1:
                 raise ValueError(f"mesa_chunk: expected None or a positive int, got {self.mesa_chunk!r}")

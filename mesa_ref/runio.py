@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -125,14 +124,6 @@ def read_json(path) -> dict:
         raise CLIError(f"{path} is not valid JSON: {e}") from None
 
 
-def figure_bytes(fig, fmt: str = "png", **kw) -> bytes:
-    """A matplotlib figure as file bytes, with no creation time or other run-dependent metadata in them: the same
-    figure drawn twice gives the same bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else None, **kw)
-    return buf.getvalue()
-
-
 def save_checkpoint(path, arrays: dict, meta: dict) -> None:
     """Write named arrays and JSON metadata to ``path`` (.npz) atomically."""
     buf = io.BytesIO()
@@ -155,18 +146,3 @@ def load_checkpoint(path):
     except Exception as e:  # zipfile.BadZipFile, ValueError, KeyError, OSError, JSON errors
         raise CLIError(f"checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}") from None
     return arrays, meta
-
-
-def code_version() -> str:
-    """The git commit of the package's checkout (with "+dirty" for local changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no",
-                                "mesa_ref", "mesa_fast"], capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -53,10 +53,6 @@ class LinearTask(_DynamicsTask):
         return np.ascontiguousarray(s), None
 
 
-#: the name the trainer has always used for [T1]
-DynamicsTask = LinearTask
-
-
 @dataclass(frozen=True)
 class PartialTask(_DynamicsTask):
     """[T3] partially observed linear dynamics: tokens = the last k observations (B, T, k*m), target o_{t+1}.

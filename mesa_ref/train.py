@@ -10,7 +10,11 @@ length of the authors' notebook run (seed 42, test loss 1.67 -> about 0.43).
 Command line (with no flags it trains the authors' default model on [T1]/[T2]):
 
     python -m mesa_ref.train [--steps N] [--seed S] [--layers L] [--attention linear|softmax|mesa]
-                             [--backend ref|fast] [--out DIR] [--resume] ...
+                             [--out DIR] [--resume | --overwrite] ...
+    python -m mesa_fast.train ...     the same command on the fast backend (``--backend ref|fast``)
+
+This module imports nothing above the reference: its command line runs ``mesa_ref.ops``, and
+``mesa_fast.train`` hands ``main`` the fast ops through its ``backends`` argument.
 
 A run directory holds config.json, metrics.json (test-loss curve, final_test_loss), metrics.csv and
 checkpoint.npz (written atomically; ``--resume`` continues bit-for-bit on the CPU).
@@ -28,14 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import resolve_backend
 from .config import ModelConfig
 from .model import Transformer
 from .ops._common import array_module
-from .ops._common import to_host as _host  # noqa: F401  (old private name, kept for importers)
 from .optim import AdamW, check_lr_scale  # noqa: F401  (AdamW(params, tcfg): the one optimiser, mesa_ref/optim.py)
 from .runio import CLIError, as_json, ensure_writable_dir, load_checkpoint, run_cli, save_checkpoint, write_json
-from .tasks import DynamicsTask  # noqa: F401  (the trainer's task; re-exported)
+from .tasks import LinearTask
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -252,7 +254,8 @@ def build_parser(prog="python -m mesa_ref.train"):
                    help="checkpoint every N steps")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter and data dtype")
     p.add_argument("--backend", choices=("ref", "fast"), default="ref",
-                   help="ref: mesa_ref.ops (NumPy); fast: mesa_fast.ops (Numba on the CPU, CuPy on a GPU)")
+                   help="ref: mesa_ref.ops (NumPy); fast: mesa_fast.ops (Numba on the CPU, CuPy on a GPU), "
+                        "from python -m mesa_fast.train")
     p.add_argument("--out", default="runs/train", help="run directory; one that already holds a run is refused "
                                                        "unless --resume or --overwrite is given")
     what = p.add_mutually_exclusive_group()
@@ -285,10 +288,20 @@ def _recorded_schedule(out: Path):
         return None, None
 
 
-def main(argv=None, *, default_backend=None) -> int:
-    parser = build_parser("python -m mesa_fast.train" if default_backend == "fast" else "python -m mesa_ref.train")
-    if default_backend:
-        parser.set_defaults(backend=default_backend)
+def reference_backend(name: str):
+    """(ops namespace, array module) of the reference, the only backend this package's command line runs."""
+    if name != "ref":
+        raise CLIError(f"--backend {name}: python -m mesa_ref.train runs the reference only; "
+                       f"use python -m mesa_fast.train for the fast backend")
+    from . import ops
+    return ops, np
+
+
+def main(argv=None, *, prog="python -m mesa_ref.train", default_backend="ref", backends=reference_backend) -> int:
+    """The trainer's command line.  ``backends(name) -> (ops, xp)`` resolves ``--backend`` (the fast package
+    passes its own, which also makes the process-wide settings its kernels want)."""
+    parser = build_parser(prog)
+    parser.set_defaults(backend=default_backend)
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -299,6 +312,7 @@ def main(argv=None, *, default_backend=None) -> int:
             if v is not None and v < (0 if flag == "warmup_steps" else 1):
                 raise CLIError(f"--{flag.replace('_', '-')}: expected a {'non-negative' if v < 0 else 'positive'} "
                                f"integer, got {v}")
+        ops, xp = backends(args.backend)      # before the run directory: a refused backend writes nothing
         out = prepare_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         warm, decay = args.warmup_steps, args.decay_steps
         if args.resume and (out / "checkpoint.npz").exists():
@@ -311,11 +325,7 @@ def main(argv=None, *, default_backend=None) -> int:
                            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                            warmup_steps=warm, decay_steps=decay)
         mcfg = ModelConfig(layers=(args.attention,) * args.layers, heads=args.heads)
-        ops, xp = resolve_backend(args.backend)
-        if args.backend == "fast":
-            import mesa_fast
-            mesa_fast.keep_freed_memory()      # a process-wide heap setting: made here, never on import
-        res = train(Transformer(mcfg, ops=ops), DynamicsTask(), tcfg, out, resume=args.resume,
+        res = train(Transformer(mcfg, ops=ops), LinearTask(), tcfg, out, resume=args.resume,
                     progress=not args.no_progress, dtype=np.dtype(args.dtype), xp=xp)
         m = res.metrics
         print(f"test loss {m['initial_test_loss']:.4f} -> {m['final_test_loss']:.4f} after {tcfg.steps} steps "

@@ -14,6 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(name: str) -> int:
-    from mesa_ref.experiments import experiment
-    from mesa_ref.experiments.common import run_experiment
+    from mesa_lab.experiments import experiment
+    from mesa_lab.experiments.common import run_experiment
     return run_experiment(experiment(name))

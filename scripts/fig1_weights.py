@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate figures/fig1_weights.{png,json}; see mesa_ref/experiments/one_layer.py (flags: --quick, --backend, --out, --seed, --replot)."""
+"""Regenerate figures/fig1_weights.{png,json}; see mesa_lab/experiments/one_layer.py (flags: --quick, --backend, --out, --seed, --replot)."""
 import sys
 
 from _figure import run

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate figures/fig3_depth.{png,json}; see mesa_ref/experiments/depth.py (flags: --quick, --backend, --out, --seed, --replot)."""
+"""Regenerate figures/fig3_depth.{png,json}; see mesa_lab/experiments/depth.py (flags: --quick, --backend, --out, --seed, --replot)."""
 import sys
 
 from _figure import run

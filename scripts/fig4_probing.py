@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Figure 4: probing across layers [P1] (deep linear and softmax models on [T1]); see mesa_ref/experiments/probing.py.
+"""Figure 4: probing across layers [P1] (deep linear and softmax models on [T1]); see mesa_lab/experiments/probe_layers.py.
 
     python scripts/fig4_probing.py --quick        # CPU, minutes; writes figures/fig4_probing.{png,json}
 """

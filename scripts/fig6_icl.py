@@ -4,7 +4,7 @@
 A model trained on linear dynamics [T1] (constructed tokens [T2]) is run unchanged on sequences
 x_1, y_1, x_2, y_2, ...; a tuned EOS token and a tuned prompt are compared with no EOS and with
 least squares [A3] on the same examples, also when the task switches mid-sequence.
-See mesa_ref/experiments/icl.py for the method and the configurations.
+See mesa_lab/experiments/icl.py for the method and the configurations.
 
     python scripts/fig6_icl.py --quick        # CPU, a few minutes; writes figures/fig6_icl.{png,json}
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate figures/fig7_mesa_vs_attention.{png,json}; see mesa_ref/experiments/mesa_vs_attention.py (flags: --quick, --backend, --out, --seed, --replot)."""
+"""Regenerate figures/fig7_mesa_vs_attention.{png,json}; see mesa_lab/experiments/mesa_vs_attention.py (flags: --quick, --backend, --out, --seed, --replot)."""
 import sys
 
 from _figure import run

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Figure 9: mesa-layer forward+backward time vs T per backend; see mesa_ref/experiments/speed.py.
+"""Figure 9: mesa-layer forward+backward time vs T per backend; see mesa_lab/experiments/speed.py.
 
     python scripts/fig9_speed.py --quick        # a small sweep on this machine + any recorded benchmark JSON
     python scripts/fig9_speed.py                # the paper's shape (B=256, d=20), into figures/full/

@@ -12,7 +12,7 @@ Other flags: --out DIR, --store DIR (the job store: default figures/full/jobs, t
 whatever --out is; OUT/.cache/jobs otherwise), --replot (redraw every PNG from its JSON, nothing recomputed),
 --backend ref|fast, --seed N, --only fig2,fig7, --scheduler ADDRESS (an existing Dask scheduler;
 DASK_SCHEDULER_ADDRESS works too), --workers N (local cluster size; 0: no Dask).
-A figure's JSON and PNG are rewritten only where their numbers changed (see mesa_ref/experiments/common.py:
+A figure's JSON and PNG are rewritten only where their numbers changed (see mesa_lab/experiments/common.py:
 write_figure); each script prints what it rewrote and what it kept.
 Jobs phase: the jobs of every selected figure are collected, each key once (figures share jobs), and the
 missing ones run together, so the cluster stays busy across figures.  Then each figure script runs its analysis
@@ -46,9 +46,9 @@ def _order(stem):
 
 def gather_jobs(scripts, args, mode: str) -> list:
     """Every selected figure's jobs (labelled "<figure>/<name>"), for the figures defined as Experiments."""
-    from mesa_ref.experiments import FIGURES, experiment
-    from mesa_ref.experiments.common import experiment_parser, figure_jobs
-    from mesa_ref.backends import fast_available
+    from mesa_lab.experiments import FIGURES, experiment
+    from mesa_lab.experiments.common import experiment_parser, figure_jobs
+    from mesa_lab.backends import fast_available
     backend = args.backend or ("fast" if fast_available() else "ref")
     jobs = []
     for script in scripts:
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     if args.replot and (args.train or args.retrain):
         print("error: --replot redraws from the saved JSON: it does not go with --train or --retrain", file=sys.stderr)
         return 2
-    from mesa_ref.experiments.common import default_out, default_store
+    from mesa_lab.experiments.common import default_out, default_store
     out = Path(args.out) if args.out else default_out(mode)
     store = Path(args.store) if args.store else (default_store(ROOT / default_out("full"), "full") if mode == "full"
                                                  else default_store(out, mode))
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         flags += ["--scheduler", args.scheduler]
     t_all = time.perf_counter()
     if train:
-        from mesa_ref.jobs import run_jobs
+        from mesa_lab.jobs import run_jobs
         from mesa_ref.runio import CLIError, ensure_writable_dir
         try:
             ensure_writable_dir(out)

@@ -9,7 +9,7 @@ Reads DIR/<figure>.json (finished figures) and, for figures not finished yet, DI
 (``--partial`` runs over the jobs stored so far), marking those rows "partial".  DIR defaults to figures/full.
 The block sits between the two marker lines in docs/reproduction.md; everything else there is prose.
 
-The authors' estimated hours are recomputed from each JSON's job records with mesa_ref/experiments/cost.py, so a
+The authors' estimated hours are recomputed from each JSON's job records with mesa_lab/cost.py, so a
 new measurement of their step reaches the report without rerunning an analysis; without --check or --print the
 JSON's own cost block is brought up to date too (written atomically, only where it changed).
 """
@@ -117,7 +117,7 @@ def rows_for(name, d):
 def jax_estimate(d):
     """(total hours over the figure's distinct jobs, {job name: (hours, basis)}) of the authors' estimate for a
     figure JSON, from its job records."""
-    from mesa_ref.experiments.cost import figure_jax_hours
+    from mesa_lab.cost import figure_jax_hours
     return figure_jax_hours({k: (j["key"], j["record"]) for k, j in d.get("config", {}).get("jobs", {}).items()})
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the seeded full-size models (mesa_ref/experiments/seeds.py) into the job store, on Dask.
+"""Train the seeded full-size models (mesa_lab/experiments/seeds.py) into the job store, on Dask.
 
     python scripts/train_seeds.py --list                    what would run, and what is already stored
     python scripts/train_seeds.py --seeds 1 2               train seeds 1 and 2 of every seeded figure
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
-    from mesa_ref.experiments.seeds import SEEDED, TRAINING_SEEDS, seed_jobs
+    from mesa_lab.experiments.seeds import SEEDED, TRAINING_SEEDS, seed_jobs
     p = argparse.ArgumentParser(prog="scripts/train_seeds.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=list(TRAINING_SEEDS), help="training seeds")
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--list", action="store_true", help="list the jobs and whether each is stored; train nothing")
     args = p.parse_args(argv)
-    from mesa_ref.jobs import Store, run_jobs, unique_jobs
+    from mesa_lab.jobs import Store, run_jobs, unique_jobs
     from mesa_ref.runio import CLIError
     figures = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
     try:

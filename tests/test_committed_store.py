@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mesa_ref.experiments import FIGURES, experiment
-from mesa_ref.experiments.common import experiment_parser, figure_jobs
+from mesa_lab.experiments import FIGURES, experiment
+from mesa_lab.experiments.common import experiment_parser, figure_jobs
 
 FULL = Path(__file__).resolve().parents[1] / "figures" / "full"
 

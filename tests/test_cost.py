@@ -1,9 +1,9 @@
-"""The authors'-cost estimate of mesa_ref.experiments.cost: measured families exactly, others by a stated rule."""
+"""The authors'-cost estimate of mesa_lab.cost: measured families exactly, others by a stated rule."""
 import pytest
 
 from mesa_ref.config import ModelConfig
-from mesa_ref.experiments.cost import jax_hours, jax_step_estimate
-from mesa_ref.jobs import Job
+from mesa_lab.cost import jax_hours, jax_step_estimate
+from mesa_lab.jobs import Job
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
 
@@ -23,7 +23,7 @@ def test_job_hours_are_step_times_steps_scaled_to_the_batch():
 
 
 def test_a_figure_counts_a_shared_job_once():
-    from mesa_ref.experiments.cost import figure_jax_hours
+    from mesa_lab.cost import figure_jax_hours
     job = Job(ModelConfig(), LinearTask(), TrainConfig(steps=20000))
     other = Job(ModelConfig(layers=("mesa",)), LinearTask(), TrainConfig(steps=20000))
     total, per_name = figure_jax_hours({"a": (job.key, job.record()), "b": (job.key, job.record()),

@@ -5,7 +5,7 @@ import pytest
 
 from mesa_ref.config import ModelConfig
 from mesa_ref.data import constructed_tokens, fewshot_regression
-from mesa_ref.experiments.icl import lsq_errors, tune_lsq_lam
+from mesa_lab.experiments.icl import lsq_errors, tune_lsq_lam
 from mesa_ref.fewshot import (constructed_tokens_backward, fewshot_errors, fewshot_forward, input_gradients,
                               tune_tokens)
 from mesa_ref.gradcheck import numerical_gradient, rel_error

@@ -1,9 +1,9 @@
-"""FLOP counts (mesa_ref/flops.py) and fig8's equal-compute comparison (mesa_ref/experiments/language.py)."""
+"""FLOP counts (mesa_ref/flops.py) and fig8's equal-compute comparison (mesa_lab/experiments/language.py)."""
 import numpy as np
 import pytest
 
 from mesa_ref.config import ModelConfig
-from mesa_ref.experiments.language import LMConfig, equal_compute, loss_at
+from mesa_lab.experiments.language import LMConfig, equal_compute, loss_at
 from mesa_ref.flops import attention_flops, model_flops
 from mesa_ref.model import Transformer
 

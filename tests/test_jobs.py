@@ -1,4 +1,4 @@
-"""Experiments as jobs (mesa_ref.jobs): keys, the store, resuming, and a real Dask cluster that loses a worker.
+"""Experiments as jobs (mesa_lab.jobs): keys, the store, resuming, and a real Dask cluster that loses a worker.
 
 The cluster test starts a scheduler and two single-threaded worker processes on localhost, sends a smoke sweep
 to them, kills the worker running one job once that job has written a checkpoint, and checks that every job
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mesa_ref.config import ModelConfig
-from mesa_ref.jobs import Job, JobFailed, MissingResults, Store, run_job, run_jobs
+from mesa_lab.jobs import Job, JobFailed, MissingResults, Store, run_job, run_jobs
 from mesa_ref.tasks import LinearTask, NonlinearTask, PartialTask, task_from_dict
 from mesa_ref.train import TrainConfig
 
@@ -109,7 +109,7 @@ def test_resume_after_kill_is_bit_for_bit(tmp_path):
     job = tiny_job(3, steps=400, checkpoint_every=20, batch=64, T=20, n=4, layers=("linear", "softmax"))
     ref = run_jobs([job], tmp_path / "undisturbed", workers=0, progress=False, log=None)[job.key]
     store = tmp_path / "killed"
-    code = ("import json, sys; from mesa_ref.jobs import run_job; "
+    code = ("import json, sys; from mesa_lab.jobs import run_job; "
             "run_job(json.loads(sys.argv[1]), sys.argv[2], 'victim')")
     p = subprocess.Popen([sys.executable, "-c", code, json.dumps(job.record()), str(store)])
     ckpt = Store(store).work_dir(job.key) / "checkpoint.npz"
@@ -245,7 +245,7 @@ def test_embedded_cluster_listens_on_loopback_only():
     import psutil
     from distributed import Client
 
-    from mesa_ref.jobs import local_cluster
+    from mesa_lab.jobs import local_cluster
     with local_cluster(1) as cluster, Client(cluster):
         port = cluster.scheduler.http_server.port
         listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]

@@ -142,14 +142,14 @@ def test_cupy_run_of_the_same_code_matches(dtype):
 def test_model_with_mesa_chunk_has_the_sequential_models_loss_and_gradients(namespace):
     """ModelConfig(mesa_chunk=C) routes the mesa layers through [M5]: same loss and gradients (float64)."""
     from mesa_ref.config import ModelConfig
-    from mesa_ref.train import DynamicsTask
+    from mesa_ref.tasks import LinearTask
     if namespace == "mesa_fast":
         from mesa_fast.model import Transformer
     else:
         from mesa_ref.model import Transformer
     base = ModelConfig(layers=("mesa", "linear", "mesa"), heads=2, key_size=4, input_dim=3, width=12, output_dim=3,
                        init_std=0.3, mlp=True)
-    x, y = DynamicsTask(n=3, T=11).batch(np.random.default_rng(0), 3, np.float64)
+    x, y = LinearTask(n=3, T=11).batch(np.random.default_rng(0), 3, np.float64)
     seq_model, chunk_model = Transformer(base), Transformer(base.replace(mesa_chunk=4))
     params = seq_model.init(0, dtype=np.float64)
     L0, g0 = seq_model.loss_and_grads(params, x, y)

@@ -27,10 +27,10 @@ def test_a_changed_number_changes_the_block(tmp_path):
 
 def test_the_authors_estimate_is_recomputed_from_the_job_records(tmp_path):
     """A stale estimate in a figure JSON is neither printed nor kept: the block and the refreshed JSON both carry
-    the job records' estimate from mesa_ref/experiments/cost.py; a second refresh changes nothing."""
+    the job records' estimate from mesa_lab/cost.py; a second refresh changes nothing."""
     import importlib.util
 
-    from mesa_ref.experiments.cost import jax_hours
+    from mesa_lab.cost import jax_hours
     spec = importlib.util.spec_from_file_location("report_full", SCRIPT)
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load(name):
     """The figure's entry point, as scripts/<name>.py runs it (through the registry of experiments)."""
-    from mesa_ref.experiments import experiment
-    from mesa_ref.experiments.common import run_experiment
+    from mesa_lab.experiments import experiment
+    from mesa_lab.experiments.common import run_experiment
     return SimpleNamespace(main=lambda argv=None: run_experiment(experiment(name), argv))
 
 
@@ -74,7 +74,7 @@ def test_set_flag_changes_one_field_and_lists_it(tmp_path, capsys):
 
 
 def test_fig6_full_job_is_fig3_two_layer_job():
-    from mesa_ref.experiments import depth, icl
+    from mesa_lab.experiments import depth, icl
     for seed in (0, 2):
         job = icl.jobs(icl.FULL, seed, "fast")["model"]
         assert job.train.steps == 20000 and job.train.seed == seed and job.train.checkpoint_every == 500
@@ -86,8 +86,8 @@ def test_fig6_full_job_is_fig3_two_layer_job():
 def test_fig8_smoke_and_text_flag(tmp_path, capsys):
     import numpy as np
 
-    from mesa_ref.experiments.language import token_losses
-    from mesa_ref.jobs import Job, Store
+    from mesa_lab.experiments.language import token_losses
+    from mesa_lab.jobs import Job, Store
     from mesa_ref.model import Transformer
     mod = _load("fig8_language")
     out = tmp_path / "default"
@@ -155,7 +155,7 @@ def test_fig8_smoke_and_text_flag(tmp_path, capsys):
 
 def test_fig8_full_jobs():
     """The full-size jobs: one per kind, on the default corpus with the held-out split, 8000 steps, one seed."""
-    from mesa_ref.experiments import language
+    from mesa_lab.experiments import language
     jobs = language.jobs(language.FULL, 0, "fast")
     assert list(jobs) == ["softmax", "linear", "mesa", "hybrid"]
     keys = {j.key for j in jobs.values()}

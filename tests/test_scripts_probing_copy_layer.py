@@ -74,7 +74,7 @@ def test_bad_flag_is_a_one_line_error(tmp_path):
 
 
 def test_full_jobs_share_fig3_and_keep_the_stated_sizes():
-    from mesa_ref.experiments import copy_layer, depth, probing
+    from mesa_lab.experiments import copy_layer, depth, probing
     for seed in (0, 3):
         fig3 = depth.jobs(depth.FULL, seed, "fast")["linear_L6"]
         fig4 = probing.jobs(probing.FULL, seed, "fast")
@@ -98,8 +98,8 @@ def test_full_jobs_share_fig3_and_keep_the_stated_sizes():
 
 
 def test_quick_modes_list_their_deviations():
-    from mesa_ref.experiments import copy_layer, probing
-    from mesa_ref.experiments.common import deviations
+    from mesa_lab.experiments import copy_layer, probing
+    from mesa_lab.experiments.common import deviations
     dev4 = deviations(probing.QUICK, probing.FULL, "full size")
     assert "n = 4 (full size: 10)" in dev4 and "softmax_steps = 2000 (full size: 20000)" in dev4
     assert not any(d.startswith("lin_steps") for d in dev4)          # the full-size [P4] fit is the quick one
@@ -113,7 +113,7 @@ def test_quick_modes_list_their_deviations():
 def test_fig5_job_serves_fig4_partial_run(tmp_path):
     # At the smoke sizes fig4's softmax model has two layers: it is fig5's job.  After fig5 has run, fig4
     # --partial finds that result in the shared store and analyses the softmax model alone.
-    from mesa_ref.experiments import copy_layer, probing
+    from mesa_lab.experiments import copy_layer, probing
     args = ["--smoke", "--backend", "ref", "--no-progress", "--out", str(tmp_path)]
     assert copy_layer.EXPERIMENT.main(args) == 0
     f5 = json.loads((tmp_path / "fig5_copy_layer.json").read_text())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mains():
-    from mesa_ref.experiments import depth, mesa_vs_attention, one_layer
+    from mesa_lab.experiments import depth, mesa_vs_attention, one_layer
     return {"fig1_weights": one_layer.EXPERIMENT_FIG1.main, "fig2_one_layer_gd": one_layer.EXPERIMENT_FIG2.main,
             "fig3_depth": depth.EXPERIMENT.main, "fig7_mesa_vs_attention": mesa_vs_attention.EXPERIMENT.main}
 
@@ -140,9 +140,9 @@ def test_full_figures_without_results_ask_for_training(tmp_path):
 
 
 def test_partial_analyses_stored_jobs_only_and_says_so(tmp_path):
-    from mesa_ref.experiments import depth
-    from mesa_ref.experiments.common import figure_jobs, experiment_parser
-    from mesa_ref.jobs import run_jobs
+    from mesa_lab.experiments import depth
+    from mesa_lab.experiments.common import figure_jobs, experiment_parser
+    from mesa_lab.jobs import run_jobs
     args = experiment_parser(depth.EXPERIMENT).parse_args(["--smoke"])
     jobs = figure_jobs(depth.EXPERIMENT, args, "ref")
     run_jobs([jobs["linear_L1"]], tmp_path / ".cache" / "jobs", workers=0, progress=False, log=None)
@@ -161,7 +161,7 @@ def test_per_step_log_plot_range_follows_the_curves_not_the_bands():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mesa_ref.experiments.common import plot_per_step
+    from mesa_lab.experiments.common import plot_per_step
     fig, ax = plt.subplots()
     plot_per_step(ax, {"a": [1.0, 0.1, 0.01], "b": [0.5, 0.2, 0.05]}, {"a": [2.0, 0.5, 0.001], "b": [0.1, 0.1, 0.1]})
     lo, hi = ax.get_ylim()
@@ -212,7 +212,7 @@ def test_a_figure_is_rewritten_only_when_its_numbers_moved(smoke_dir, tmp_path, 
 
 
 def test_largest_change_ignores_when_and_where_only():
-    from mesa_ref.experiments.common import REDRAW_RTOL, largest_change
+    from mesa_lab.experiments.common import REDRAW_RTOL, largest_change
     old = {"a": [1.0, 2.0], "b": {"c": 3}, "date": "2026-01-01", "seconds": 5.0,
            "config": {"store": "figures/jobs", "mode": "full"}, "cost": {"cpu_hours": 1.0, "code": "abc"}}
     new = {"a": [1.0, 2.0 * (1 + 1e-10)], "b": {"c": 3}, "date": "2026-12-07", "seconds": 9.0,

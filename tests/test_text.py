@@ -123,7 +123,7 @@ def test_language_task_round_trips_and_draws_from_its_splits(tmp_path, monkeypat
 
 
 def test_language_task_names_its_text(tmp_path):
-    from mesa_ref.jobs import Job
+    from mesa_lab.jobs import Job
     from mesa_ref.config import ModelConfig
     from mesa_ref.tasks import LanguageTask, task_from_dict
     from mesa_ref.train import TrainConfig
@@ -178,7 +178,7 @@ def test_token_loss_is_the_cross_entropy_the_figure_reports():
     """Model.loss on token ids = the mean of fig8's per-token -log softmax(logits)[y] (float64, computed apart),
     and at a small init the logits are near zero, so it is near log V."""
     from mesa_ref.config import ModelConfig
-    from mesa_ref.experiments.language import token_losses
+    from mesa_lab.experiments.language import token_losses
     from mesa_ref.model import Transformer
     from mesa_ref.tasks import LanguageTask
     task = LanguageTask(T=16)

@@ -12,10 +12,11 @@ import pytest
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer
 from mesa_ref.runio import CLIError, load_checkpoint
-from mesa_ref.train import AdamW, DynamicsTask, TrainConfig, clip_gradients, learning_rate, train
+from mesa_ref.tasks import LinearTask
+from mesa_ref.train import AdamW, TrainConfig, clip_gradients, learning_rate, train
 
 SMALL_MODEL = ModelConfig(layers=("linear",), heads=2, key_size=4, input_dim=3, width=12, output_dim=3)
-SMALL_TASK = DynamicsTask(n=3, T=8)
+SMALL_TASK = LinearTask(n=3, T=8)
 
 
 def test_schedule_matches_warmup_cosine():

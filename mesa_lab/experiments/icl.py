@@ -39,14 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..data import fewshot_regression
-from ..fewshot import fewshot_errors, tune_tokens
+from mesa_ref.config import ModelConfig
+from mesa_ref.data import fewshot_regression
+from mesa_ref.fewshot import fewshot_errors, tune_tokens
 from ..jobs import Job
-from ..tasks import LinearTask
-from ..train import TrainConfig
+from mesa_ref.tasks import LinearTask
+from mesa_ref.train import TrainConfig
 from .common import Experiment, label_axes, mode_line
-from .probing import host_model
+from .probe_layers import host_model
 
 NAME = "fig6_icl"
 DESCRIPTION = "Fig. 6: in-context few-shot regression with a tuned EOS token and prompt [T5]/[P5]"

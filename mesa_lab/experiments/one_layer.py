@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import analysis, solvers
+from mesa_ref import analysis, solvers
 from ..jobs import Job
 from .common import Experiment, label_axes, mode_line, plot_per_step
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, baseline_predictions, eval_batches, model_predictions, ratio_after,

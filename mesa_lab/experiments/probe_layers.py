@@ -43,12 +43,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..data import linear_dynamics
+from mesa_ref.config import ModelConfig
+from mesa_ref.data import linear_dynamics
 from ..jobs import Job
-from ..probing import PROBE_LAM, linearise_layer, probe_model
-from ..tasks import LinearTask
-from ..train import TrainConfig
+from mesa_ref.probing import PROBE_LAM, linearise_layer, probe_model
+from mesa_ref.tasks import LinearTask
+from mesa_ref.train import TrainConfig
 from . import depth
 from .common import Experiment, label_axes, mode_line
 from .dynamics import train_summary
@@ -158,11 +158,11 @@ def jobs(cfg: ProbingConfig, seed: int, backend: str) -> dict:
 def host_model(ctx, result):
     """(model, params) of a finished job for analyses on host arrays: the run's ops on the CPU, the reference ops
     when the run's arrays live on a GPU (the stored parameters are NumPy arrays)."""
-    from ..model import Transformer
+    from mesa_ref.model import Transformer
     cfg = ModelConfig.from_dict({**result.record["model"], "layers": tuple(result.record["model"]["layers"])})
     if ctx.xp is np:
         return ctx.model(cfg), result.params
-    from .. import ops
+    from mesa_ref import ops
     return Transformer(cfg, ops=ops), result.params
 
 

@@ -11,7 +11,7 @@ FIGURES = {
     "fig1_weights": ("one_layer", "EXPERIMENT_FIG1"),
     "fig2_one_layer_gd": ("one_layer", "EXPERIMENT_FIG2"),
     "fig3_depth": ("depth", "EXPERIMENT"),
-    "fig4_probing": ("probing", "EXPERIMENT"),
+    "fig4_probing": ("probe_layers", "EXPERIMENT"),
     "fig5_copy_layer": ("copy_layer", "EXPERIMENT"),
     "fig6_icl": ("icl", "EXPERIMENT"),
     "fig7_mesa_vs_attention": ("mesa_vs_attention", "EXPERIMENT"),

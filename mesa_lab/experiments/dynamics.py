@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import solvers
-from ..analysis import per_step_summary
-from ..config import ModelConfig
-from ..ops._common import to_host
-from ..tasks import LinearTask, NonlinearTask, PartialTask  # noqa: F401  (re-exported)
-from ..train import TrainConfig
+from mesa_ref import solvers
+from mesa_ref.analysis import per_step_summary
+from mesa_ref.config import ModelConfig
+from mesa_ref.ops._common import to_host
+from mesa_ref.tasks import LinearTask, NonlinearTask, PartialTask  # noqa: F401  (re-exported)
+from mesa_ref.train import TrainConfig
 
 #: the official evaluation seeds (their notebook)
 EVAL_SEEDS = (1, 11, 111, 1111, 11111)
@@ -74,7 +74,7 @@ class DynamicsConfig:
 
 def trained_model(ctx, result):
     """(model bound to the run's ops, params) of a finished job's result."""
-    from ..config import ModelConfig as _MC
+    from mesa_ref.config import ModelConfig as _MC
     cfg = _MC.from_dict({**result.record["model"], "layers": tuple(result.record["model"]["layers"])})
     return ctx.model(cfg), result.params
 

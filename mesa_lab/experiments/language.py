@@ -9,7 +9,7 @@ the counts differ by H per mesa layer; the JSON reports them):
     mesa     (mesa [M1], ..., mesa)           hybrid  (softmax, mesa, ..., mesa): the first layer softmax
 
 all with token embeddings, sinusoidal positional encoding [L7], pre-LayerNorm [L4] and no clipping.  Each
-is one training job (``mesa_ref.jobs``) on a ``mesa_ref.tasks.LanguageTask``: random windows of T tokens
+is one training job (``mesa_lab.jobs``) on a ``mesa_ref.tasks.LanguageTask``: random windows of T tokens
 of a character- or byte-level corpus (default: the text of ``pydoc_data.topics``, which ships with
 Python; ``--text FILE`` for any UTF-8 file), split contiguously into a training part and the held-out
 last 10%.  The jobs share the seed, so they see the same batches; the trainer's test set (its learning
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..flops import model_flops
+from mesa_ref.config import ModelConfig
+from mesa_ref.flops import model_flops
 from ..jobs import Job
-from ..ops._common import to_host
-from ..tasks import LanguageTask
-from ..text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
-from ..train import TrainConfig
+from mesa_ref.ops._common import to_host
+from mesa_ref.tasks import LanguageTask
+from mesa_ref.text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
+from mesa_ref.train import TrainConfig
 from .common import Experiment, label_axes, mode_line
 
 NAME = "fig8_language"

@@ -1,6 +1,6 @@
 """What a figure's training cost, and what the authors' JAX code would take for the same runs.
 
-Our cost is measured: each job records the CPU seconds of its own process (``mesa_ref.jobs``).  The authors'
+Our cost is measured: each job records the CPU seconds of its own process (``mesa_lab.jobs``).  The authors'
 cost is an estimate: their jit-compiled training step, timed side by side with ours on a 2-core AMD EPYC
 machine for four model families (``JAX_STEP_MS``), times the job's number of steps.  Models outside those
 families get the step time of the nearest family scaled by the number of layers, and the estimate says so.

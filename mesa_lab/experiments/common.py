@@ -3,12 +3,12 @@
 An experiment module has one shape (``Experiment``):
 
     MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}   one frozen config dataclass per mode
-    jobs(cfg, seed, backend) -> {name: mesa_ref.jobs.Job}     the independent training runs
+    jobs(cfg, seed, backend) -> {name: mesa_lab.jobs.Job}     the independent training runs
     analyse(ctx, cfg, results) -> dict                        the numbers behind the figure, from the
                                                               runs' results {name: JobResult}
     plot(data) -> matplotlib Figure                           drawn from those numbers alone
 
-``run_experiment`` runs the jobs through ``mesa_ref.jobs.run_jobs`` (Dask; results in a content-addressed
+``run_experiment`` runs the jobs through ``mesa_lab.jobs.run_jobs`` (Dask; results in a content-addressed
 store), then the analysis, then writes DIR/<name>.json and DIR/<name>.png atomically.  A quick or smoke
 mode's deviations from the paper are the fields where its config differs from FULL (``deviations``).
 Every script takes
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import io
 import platform
 import shlex
 import sys
@@ -43,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mesa_ref.runio import CLIError, as_json, atomic_write_bytes, ensure_writable_dir, read_json, run_cli, write_json
+
 from ..backends import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
-from ..runio import CLIError, as_json, atomic_write_bytes, ensure_writable_dir, figure_bytes, read_json, run_cli, write_json
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Context:
 
     def model(self, config):
         """A Transformer bound to this run's ops."""
-        from ..model import Transformer
+        from mesa_ref.model import Transformer
         return Transformer(config, ops=self.ops)
 
     def rng(self, *stream) -> np.random.Generator:
@@ -81,6 +83,14 @@ def figure_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)   # tests only: tiny sizes, seconds
     return p
+
+
+def figure_bytes(fig, fmt: str = "png", **kw) -> bytes:
+    """A matplotlib figure as file bytes, with no creation time or other run-dependent metadata in them: the same
+    figure drawn twice gives the same bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else None, **kw)
+    return buf.getvalue()
 
 
 def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dict | None = None, t0: int = 1,
@@ -322,7 +332,7 @@ def figure_record(exp: Experiment, data: dict, *, cfg, mode, jobs, results, miss
     """The figure JSON: the analysis' numbers, then the config and its deviations from the paper, every job's key
     and record, what the jobs cost (ours, and the estimate for the authors' code), and how the file was made."""
     from ..jobs import cost_summary
-    from .cost import figure_jax_hours
+    from ..cost import figure_jax_hours
     cost = cost_summary(results.values())
     jax_total, jax_per_job = figure_jax_hours({k: (j.key, j.record()) for k, j in jobs.items()})
     for k, j in jobs.items():

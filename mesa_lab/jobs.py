@@ -6,7 +6,7 @@ seed included), the backend and the dtype.  Its ``key`` is a hash of that whole 
 
 * a job's result lives at ``STORE/<key>.npz`` (trained parameters, metrics, the record itself, and what
   the run cost), written atomically once the run is complete: a finished job is never run again;
-* a job in progress checkpoints to ``STORE/.work/<key>/`` (``mesa_ref.train`` every
+* a job in progress checkpoints to ``STORE/.work/<key>/`` (``mesa_ref.train.train`` every
   ``TrainConfig.checkpoint_every`` steps); a killed job resumes from there, and on the CPU with the same
   backend it ends bit-for-bit equal to an uninterrupted run (the data stream's state is in the checkpoint);
 * ``STORE`` is any directory every worker can reach: a local path on one machine, a shared file system on a
@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig
-from .ops._common import to_host
-from .runio import CLIError, _to_jsonable, code_version, atomic_write_bytes, load_checkpoint, read_json, save_checkpoint, write_json
-from .tasks import task_from_dict
-from .train import TrainConfig
+from mesa_ref.config import ModelConfig
+from mesa_ref.ops._common import to_host
+from mesa_ref.runio import CLIError, _to_jsonable, atomic_write_bytes, load_checkpoint, read_json, save_checkpoint, write_json
+from mesa_ref.tasks import task_from_dict
+from mesa_ref.train import TrainConfig
+
+from .provenance import code_version
 
 EVENT_TOPIC = "mesa-jobs"      # Dask event topic of the job progress lines
 
@@ -208,8 +210,8 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
     ``threads`` Numba and BLAS threads (1 on a cluster of single-threaded workers).  Writes the result
     atomically, then removes the job's work directory."""
     from .backends import resolve_backend
-    from .model import Transformer
-    from .train import train
+    from mesa_ref.model import Transformer
+    from mesa_ref.train import train
 
     job = Job.from_record(record, label)
     store = Store(store_root)
@@ -239,12 +241,7 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
              "wall_seconds": base["wall_seconds"] + time.perf_counter() - wall0, "step": step}
         write_json(cost_path, c)
 
-    ops, xp = resolve_backend(job.backend)
-    if job.backend == "fast":
-        import mesa_fast
-        keep = getattr(mesa_fast, "keep_freed_memory", None)
-        if keep is not None:
-            keep()
+    ops, xp = resolve_backend(job.backend)      # "fast" also keeps freed memory in the C heap (mesa_fast.train)
     with _limit_threads(threads, job.backend):
         res = train(Transformer(job.model, ops=ops), job.task, job.train, work, resume=True, progress=progress,
                     dtype=np.dtype(job.dtype), xp=xp, on_checkpoint=note_cost)

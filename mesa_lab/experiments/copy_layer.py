@@ -16,7 +16,7 @@ Evidence, from one trained job (``model``):
   probe [P1] for s_{t-1} from the residual stream before the first block (layer 0) and after every block.
   It drops after layer 1 when the first layer has copied s_{t-1} into position t.
 
-Configurations: every mode uses figure 4's configuration of that mode (``probing.FULL``, ``QUICK``, ``SMOKE``:
+Configurations: every mode uses figure 4's configuration of that mode (``probe_layers.FULL``, ``QUICK``, ``SMOKE``:
 the paper's data and optimiser, 20000 steps, and the softmax sizes of our choosing at full size) with two
 layers instead of figure 4's depth; the JSON's ``config.deviations`` lists every field where a quick or smoke
 run differs from ``FULL``.
@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import linear_dynamics
-from ..probing import PROBE_LAM, probe_model
-from . import probing
+from mesa_ref.data import linear_dynamics
+from mesa_ref.probing import PROBE_LAM, probe_model
+from . import probe_layers
 from .common import Experiment, label_axes, mode_line
 from .dynamics import train_summary
-from .probing import SoftmaxRunConfig, host_model, probe_sets
+from .probe_layers import SoftmaxRunConfig, host_model, probe_sets
 
 NAME = "fig5_copy_layer"
 DESCRIPTION = ("Fig. 5: the first softmax layer attends to the previous token and so builds (s_t, s_{t-1}) from raw "
@@ -48,15 +48,15 @@ class CopyLayerConfig(SoftmaxRunConfig):
     softmax_layers: int = COPY_MODEL_LAYERS
 
 
-def _from_probing(cfg: probing.ProbingConfig) -> CopyLayerConfig:
+def _from_probing(cfg: probe_layers.ProbingConfig) -> CopyLayerConfig:
     """Figure 4's shared fields of one mode, at two layers."""
     shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SoftmaxRunConfig)}
     return CopyLayerConfig(**{**shared, "softmax_layers": COPY_MODEL_LAYERS})
 
 
-FULL = _from_probing(probing.FULL)
-QUICK = _from_probing(probing.QUICK)
-SMOKE = _from_probing(probing.SMOKE)
+FULL = _from_probing(probe_layers.FULL)
+QUICK = _from_probing(probe_layers.QUICK)
+SMOKE = _from_probing(probe_layers.SMOKE)
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
@@ -91,7 +91,7 @@ def analyse(ctx, cfg: CopyLayerConfig, results) -> dict:
     means = res.mean_over_t()
     ctrl = res.control_mean_over_t()
     return {
-        "choices": [DEPTH_CHOICE, probing.SOFTMAX_CHOICE],
+        "choices": [DEPTH_CHOICE, probe_layers.SOFTMAX_CHOICE],
         "prev_token_attention": float(prev.mean()),
         "prev_token_attention_per_head": prev.mean(axis=1).tolist(),
         "prev_token_attention_per_t": prev.tolist(),
