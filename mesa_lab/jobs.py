@@ -209,7 +209,7 @@ def run_job(record: dict, store_root: str, label: str = "", *, threads: int = 1,
     Resumes from ``STORE/.work/<key>/checkpoint.npz`` when a previous attempt was killed.  Runs with
     ``threads`` Numba and BLAS threads (1 on a cluster of single-threaded workers).  Writes the result
     atomically, then removes the job's work directory."""
-    from .backends import resolve_backend
+    from .ref_or_fast import resolve_backend
     from mesa_ref.model import Transformer
     from mesa_ref.train import train
 

@@ -48,7 +48,7 @@ def gather_jobs(scripts, args, mode: str) -> list:
     """Every selected figure's jobs (labelled "<figure>/<name>"), for the figures defined as Experiments."""
     from mesa_lab.experiments import FIGURES, experiment
     from mesa_lab.experiments.common import experiment_parser, figure_jobs
-    from mesa_lab.backends import fast_available
+    from mesa_lab.ref_or_fast import fast_available
     backend = args.backend or ("fast" if fast_available() else "ref")
     jobs = []
     for script in scripts:

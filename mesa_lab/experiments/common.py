@@ -46,7 +46,7 @@ import numpy as np
 
 from mesa_ref.runio import CLIError, as_json, atomic_write_bytes, ensure_writable_dir, read_json, run_cli, write_json
 
-from ..backends import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
+from ..ref_or_fast import fast_available, resolve_backend  # noqa: F401  (re-exported for scripts)
 
 
 @dataclass
