@@ -47,7 +47,8 @@ def _order(stem):
 def gather_jobs(scripts, args, mode: str) -> list:
     """Every selected figure's jobs (labelled "<figure>/<name>"), for the figures defined as Experiments."""
     from mesa_lab.experiments import FIGURES, experiment
-    from mesa_lab.experiments.common import experiment_parser, figure_jobs
+    from mesa_lab.experiments.common import experiment_parser, figure_jobs, training_seeds
+    from mesa_lab.experiments.seeds import seed_variant
     from mesa_lab.ref_or_fast import fast_available
     backend = args.backend or ("fast" if fast_available() else "ref")
     jobs = []
@@ -59,6 +60,10 @@ def gather_jobs(scripts, args, mode: str) -> list:
             continue
         fargs = experiment_parser(exp).parse_args(_mode_flags(mode) + ["--seed", str(args.seed or 0)])
         jobs += list(figure_jobs(exp, fargs, backend).values())
+        cfg = exp.config(mode, fargs)
+        for s in training_seeds(exp, fargs, mode):      # the seeded figures' other training seeds (full size)
+            if s != fargs.seed:
+                jobs += list(seed_variant(exp.name, exp.jobs(cfg, s, backend), s).values())
     return jobs
 
 

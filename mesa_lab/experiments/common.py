@@ -23,6 +23,9 @@ Every script takes
     --store DIR        the job store (default DIR/jobs for full size, DIR/.cache/jobs otherwise)
     --no-train         fail, listing them, when job results are missing instead of training them
     --retrain          discard the stored results of this figure's jobs and train them again
+    --training-seeds S [S ...]
+                       the training seeds of the figure's spread over seeds (``seeds.py``; default 0 1 2 for the
+                       seeded figures at full size, none in quick mode)
     --partial          no training: analyse the jobs already in the store, writing OUT/partial/<name>.json
                        with "complete": false and the missing jobs listed (for looking at runs in progress)
     --smoke            (hidden) seconds-long sizes, for the tests
@@ -119,6 +122,36 @@ def plot_per_step(ax, per_step: dict, spread: dict | None = None, *, styles: dic
         if hi > 0:
             ax.set_ylim(lo / 2, hi * 2)
     label_axes(ax, "time step t (context length)", ylabel, **(legend or {}))
+
+
+def seed_band(ax, data: dict, path: str, x=None, *, color=None, bin_width: int = 1) -> bool:
+    """Draw the mean +- 1 std over training seeds of the curve at ``path`` of ``data["training_seeds"]`` (drawn
+    only when the figure has several seeds): hatched with a dashed edge, so it reads apart from the filled bands
+    over evaluation batches of one trained model.  ``x``: the curve's abscissa (default 1, 2, ...);
+    ``bin_width``: average consecutive points as the figure's own line does.  Returns whether it drew."""
+    ts = data.get("training_seeds") or {}
+    std = (ts.get("std") or {}).get(path)
+    if std is None:
+        return False
+    m, s = np.asarray(ts["mean"][path], dtype=float), np.asarray(std, dtype=float)
+    if bin_width > 1:
+        n = len(m) // bin_width * bin_width
+        m, s = m[:n].reshape(-1, bin_width).mean(axis=1), s[:n].reshape(-1, bin_width).mean(axis=1)
+    x = np.arange(1, len(m) + 1) if x is None else np.asarray(x)
+    first = not getattr(ax, "_seed_band_drawn", False)
+    ax.fill_between(x, m - s, m + s, facecolor="none", edgecolor=color or "0.3", hatch="///", linewidth=0.6,
+                    linestyle="--", label=f"+-1 std over {len(ts['seeds'])} training seeds" if first else None)
+    ax._seed_band_drawn = True
+    return True
+
+
+def seed_text(data: dict, path: str, fmt: str = ".3g") -> str:
+    """" (mean M +- S over N training seeds)" for the scalar at ``path``, or "" without several seeds."""
+    ts = data.get("training_seeds") or {}
+    std = (ts.get("std") or {}).get(path)
+    if std is None or isinstance(std, list):
+        return ""
+    return f" (mean {ts['mean'][path]:{fmt}} +- {std:{fmt}} over {len(ts['seeds'])} training seeds)"
 
 
 _SIZE_FIELDS = (("steps", ("steps", "train_steps", "softmax_steps")), ("batch", ("batch", "train_batch")),
@@ -240,6 +273,9 @@ def experiment_parser(exp: Experiment) -> argparse.ArgumentParser:
                                                  "for --quick)")
     p.add_argument("--no-train", action="store_true", help="fail instead of training missing job results")
     p.add_argument("--retrain", action="store_true", help="train this figure's jobs again, ignoring stored results")
+    p.add_argument("--training-seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="training seeds of the figure's spread over seeds (with --seed; default: 0 1 2 for a "
+                        "figure of mesa_lab/experiments/seeds.py at full size, none otherwise)")
     p.add_argument("--partial", action="store_true",
                    help="analyse only the jobs whose results are stored, into OUT/partial/ (marked incomplete)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -323,8 +359,67 @@ def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, 
                   progress=not args.no_progress, args=args)
     cfg = exp.config(mode, args)
     data = exp.analyse(ctx, cfg, results)
-    return figure_record(exp, data, cfg=cfg, mode=mode, jobs=jobs, results=results, missing=missing, store=store,
-                         args=args, backend=backend, argv=argv, seconds=time.perf_counter() - t0)
+    seeds = training_seeds(exp, args, mode)
+    seed_results = {}
+    if len(seeds) > 1:
+        data["training_seeds"], seed_results = spread_over_seeds(exp, ctx, cfg, data, results, seeds, store,
+                                                                 backend=backend, workers=workers)
+    record = figure_record(exp, data, cfg=cfg, mode=mode, jobs=jobs, results=results, missing=missing, store=store,
+                           args=args, backend=backend, argv=argv, seconds=time.perf_counter() - t0)
+    if seed_results:
+        from ..jobs import cost_summary
+        record["cost"]["training_seeds_cpu_hours"] = cost_summary(seed_results.values())["cpu_hours"]
+    return record
+
+
+def training_seeds(exp: Experiment, args, mode: str) -> tuple:
+    """The training seeds a figure's spread is taken over: --training-seeds (with --seed), else TRAINING_SEEDS for
+    a seeded figure at full size, else none (quick figures train one seed, to stay minutes long)."""
+    from .seeds import SEEDED, TRAINING_SEEDS
+    given = getattr(args, "training_seeds", None)
+    if given is not None:
+        if exp.name not in SEEDED:
+            raise CLIError(f"--training-seeds: {exp.name} trains no model at several seeds "
+                           f"(seeded figures: {', '.join(SEEDED)})")
+        return tuple(sorted(set(given) | {args.seed}))
+    if mode == "full" and exp.name in SEEDED and not args.partial:
+        return tuple(sorted(set(TRAINING_SEEDS) | {args.seed}))
+    return ()
+
+
+def spread_over_seeds(exp: Experiment, ctx, cfg, data: dict, results: dict, seeds, store, *, backend: str,
+                      workers) -> tuple[dict, dict]:
+    """The analysis once per training seed, on the same evaluation data, with that seed's models in place of
+    ``--seed``'s (``seeds.seed_spread``).  Seeds whose results are missing are trained unless --no-train, which
+    leaves them out and lists them.  Returns (the ``training_seeds`` record, {label: JobResult} of the extra
+    seeds' jobs)."""
+    from ..jobs import Store, run_jobs
+    from .seeds import SEEDED, seed_spread, seed_variant
+    args = ctx.args
+    store = Store(store)
+    extra = {s: seed_variant(exp.name, exp.jobs(cfg, s, backend), s) for s in seeds if s != args.seed}
+    if args.no_train:
+        missing = [s for s, js in extra.items() if not all(store.finished(j) for j in js.values())]
+    else:
+        missing = []
+        run_jobs([j for js in extra.values() for j in js.values()], store.root, scheduler=args.scheduler,
+                 workers=workers, retrain=args.retrain, progress=not args.no_progress)
+    per_seed, got = {args.seed: data}, {}
+    for s, js in extra.items():
+        if s in missing:
+            continue
+        res = {n: store.get(j) for n, j in js.items()}
+        got.update({j.label: res[n] for n, j in js.items()})
+        per_seed[s] = exp.analyse(ctx, cfg, {**results, **res})
+    rec = seed_spread(per_seed, SEEDED[exp.name].metrics)
+    rec["missing_seeds"] = missing
+    rec["jobs"] = {j.label: j.key for js in extra.values() for j in js.values()}
+    names = sorted({n for js in extra.values() for n in js})
+    rec["notes"] = (f"training seeds {', '.join(map(str, rec['seeds']))}: the models {', '.join(names)} "
+                    "retrained with each seed (initialisation and training data), analysed on the same evaluation "
+                    "data; per_seed[path][i] is the value at seeds[i], std is over training seeds (ddof 1). The "
+                    "figure's other numbers are those of --seed.")
+    return rec, got
 
 
 def figure_record(exp: Experiment, data: dict, *, cfg, mode, jobs, results, missing, store, args, backend, argv,

@@ -31,7 +31,7 @@ import numpy as np
 from mesa_ref.data import linear_dynamics
 from mesa_ref.probing import PROBE_LAM, probe_model
 from . import probe_layers
-from .common import Experiment, label_axes, mode_line
+from .common import Experiment, label_axes, mode_line, seed_band, seed_text
 from .dynamics import train_summary
 from .probe_layers import SoftmaxRunConfig, host_model, probe_sets
 
@@ -126,12 +126,15 @@ def plot(data):
     ax.axhline(0.5, color="0.5", ls=":")
     ax.set_ylim(0, 1.02)
     label_axes(ax, "query position t", "attention weight on t-1",
-               f"weight on the previous token: mean {data['prev_token_attention']:.2f}", title_size=10)
+               f"weight on the previous token: mean {data['prev_token_attention']:.2f}"
+               + seed_text(data, "prev_token_attention", ".2f"), title_size=10)
     ax = axes[2]
     ys = data["probe_previous_error"]
     ax.plot(range(len(ys)), ys, marker="s", color="C1", label="probe for s_{t-1}")
     ax.plot(range(len(data["probe_current_error"])), data["probe_current_error"], marker="o", color="C0",
             label="probe for s_t")
+    seed_band(ax, data, "probe_previous_error", range(len(ys)), color="C1")
+    seed_band(ax, data, "probe_current_error", range(len(ys)), color="C0")
     ax.axhline(data["probe_previous_control"], color="0.4", ls="--", label="s_{t-1} from the input token")
     ax.set_xticks(range(len(ys)))
     label_axes(ax, "layer (0 = input)", "held-out probe error (normalised MSE)",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, label_axes, mode_line, plot_per_step
+from .common import Experiment, label_axes, mode_line, plot_per_step, seed_band
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
                        trained_model, tune_baselines, tune_k_step)
 
@@ -100,20 +100,27 @@ def plot(data):
         styles[k] = dict(color="C4", ls=":", lw=1.2, alpha=0.5 + 0.5 * i / 3,
                          label=f"[A4] Neumann ({k[9:]} terms) + GD step")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
+    for k in models:                                 # before plot_per_step makes the legend
+        seed_band(ax, data, f"per_step_loss.{k}", color=styles[k]["color"])
     plot_per_step(ax, {k: ps[k] for k in models + base}, data.get("per_step_spread"), styles=styles,
                   legend=dict(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3))
-    ax.set_title("per-time-step loss on [T1] (bands: +-1 std over evaluation seeds)", fontsize=10)
+    ax.set_title("per-time-step loss on [T1] (filled bands: +-1 std over evaluation seeds)", fontsize=10)
     depths = [int(k[8:]) for k in models]
     fl, sp = data["final_loss"], data.get("final_spread", {})
     ax2.errorbar(depths, [fl[k] for k in models], yerr=[sp.get(k, 0.0) for k in models], fmt="o-", color="C0",
-                 capsize=3, label="trained linear models")
+                 capsize=3, label="trained linear models (seed 0; bars: evaluation seeds)")
+    ts = data.get("training_seeds") or {}
+    if all((ts.get("std") or {}).get(f"final_loss.{k}") is not None for k in models) and ts:
+        ax2.errorbar(np.asarray(depths) + 0.08, [ts["mean"][f"final_loss.{k}"] for k in models],
+                     yerr=[ts["std"][f"final_loss.{k}"] for k in models], fmt="D--", color="C2", capsize=3, mfc="none",
+                     label=f"mean over {len(ts['seeds'])} training seeds (bars: their std)")
     for k, st, name in (("lsq", dict(color="k"), "least squares"), ("gd", dict(color="C1", ls="--"), "one GD step")):
         ax2.axhline(fl[k], lw=1.2, label=styles[k]["label"], **st)
         ax2.annotate(name, (0.02, fl[k]), xycoords=("axes fraction", "data"), xytext=(0, 3),
                      textcoords="offset points", fontsize=8, color=st["color"], va="bottom")
     ax2.set_yscale("log")
     ax2.set_xticks(depths)
-    label_axes(ax2, "number of layers", "test loss (MSE / 2, mean over t)", "mean loss vs depth (bars: std over seeds)",
+    label_axes(ax2, "number of layers", "test loss (MSE / 2, mean over t)", "mean loss vs depth",
                title_size=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     fig.suptitle(f"Fig. 3 - deeper linear self-attention models approach least squares\n{mode_line(data)}",
                  fontsize=11)

@@ -45,7 +45,7 @@ from mesa_ref.fewshot import fewshot_errors, tune_tokens
 from ..jobs import Job
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
-from .common import Experiment, label_axes, mode_line
+from .common import Experiment, label_axes, mode_line, seed_band
 from .probe_layers import host_model
 
 NAME = "fig6_icl"
@@ -207,8 +207,10 @@ def plot(data: dict):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ev = data["error_vs_examples"]
-    for ax, d, title in ((axes[0], ev, "single task"), (axes[1], ev["two_task"], "two tasks (switch)")):
+    for ax, d, title, pre in ((axes[0], ev, "single task", "error_vs_examples"),
+                              (axes[1], ev["two_task"], "two tasks (switch)", "error_vs_examples.two_task")):
         for m in METHODS:
+            seed_band(ax, data, f"{pre}.{m}", color=STYLES[m].get("color"))
             ys = np.asarray(d[m], dtype=float)
             kw = dict(STYLES[m])
             ax.plot(np.arange(1, len(ys) + 1), ys, markersize=3, **kw)

@@ -47,7 +47,7 @@ from mesa_ref.ops._common import to_host
 from mesa_ref.tasks import LanguageTask
 from mesa_ref.text import DEFAULT_SOURCE, unigram_cross_entropy, unigram_entropy
 from mesa_ref.train import TrainConfig
-from .common import Experiment, label_axes, mode_line
+from .common import Experiment, label_axes, mode_line, seed_band, seed_text
 
 NAME = "fig8_language"
 KINDS = ("softmax", "linear", "mesa", "hybrid")
@@ -259,7 +259,8 @@ def plot(data: dict):
         ys = np.asarray(data["loss_per_position"][k], dtype=float)
         n = len(ys) // width * width
         centres = np.arange(n).reshape(-1, width).mean(axis=1) + 1
-        ax.plot(centres, ys[:n].reshape(-1, width).mean(axis=1), marker=".", label=f"{k}: {data['heldout_loss'][k]:.3f}",
+        seed_band(ax, data, f"loss_per_position.{k}", centres, color=STYLES[k].get("color"), bin_width=width)
+        ax.plot(centres, ys[:n].reshape(-1, width).mean(axis=1), marker=".", label=f"{k}: {data['heldout_loss'][k]:.3f}{seed_text(data, f'heldout_loss.{k}')}",
                 **STYLES[k])
     ax.axhline(H, color="gray", linestyle=":", label="unigram entropy")
     label_axes(ax, "position in the context window", "held-out cross-entropy (nats / token)",

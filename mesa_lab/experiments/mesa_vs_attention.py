@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..jobs import Job
-from .common import Experiment, mode_line, plot_per_step
+from .common import Experiment, mode_line, plot_per_step, seed_band
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, LinearTask, NonlinearTask, PartialTask, eval_batches,
                        evaluate_models, ratio_after, train_summary, trained_model, tune_baselines)
 
@@ -187,13 +187,18 @@ def plot(data):
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
     for ax, tname in zip(axes[0], names):
         t = data["tasks"][tname]
+        styles = _styles(t["per_step_loss"])
+        for k in t["per_step_loss"]:                 # before plot_per_step makes the legend
+            seed_band(ax, data, f"tasks.{tname}.per_step_loss.{k}", color=styles.get(k, {}).get("color"))
         plot_per_step(ax, t["per_step_loss"], t.get("per_step_spread"), styles=_styles(t["per_step_loss"]),
                       legend=dict(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2))
         ax.set_title(TITLES.get(tname, tname), fontsize=10)
     r = data.get("mesa_vs_lsq_ratio_t10")
     fig.suptitle("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
                  + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
-                 + f"  (bands: +-1 std over evaluation seeds)\n{mode_line(data)}", fontsize=10)
+                 + "  (filled bands: +-1 std over evaluation seeds"
+                 + ("; hatched: over training seeds" if data.get("training_seeds") else "")
+                 + f")\n{mode_line(data)}", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from mesa_ref import analysis, solvers
 from ..jobs import Job
-from .common import Experiment, label_axes, mode_line, plot_per_step
+from .common import Experiment, label_axes, mode_line, plot_per_step, seed_band, seed_text
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, baseline_predictions, eval_batches, model_predictions, ratio_after,
                        summarise, train_summary, trained_model, tune_baselines)
 
@@ -192,10 +192,12 @@ STYLES = {"model": dict(color="C0", lw=2.2, label="trained 1-layer linear attent
 def plot_fig2(data):
     import matplotlib.pyplot as plt
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
+    seed_band(ax, data, "per_step_loss.model", color=STYLES["model"]["color"])     # before the legend is made
     plot_per_step(ax, data["per_step_loss"], data.get("per_step_spread"), styles=STYLES)
     r = data.get("model_vs_gd_ratio_t10")
-    ax.set_title("per-time-step loss on [T1] (bands: +-1 std over evaluation seeds)"
-                 + (f"\nmodel / GD averaged over t >= 10: {r:.3f}" if r is not None else ""), fontsize=10)
+    ax.set_title("per-time-step loss on [T1] (filled bands: +-1 std over evaluation seeds)"
+                 + (f"\nmodel / GD averaged over t >= 10: {r:.3f}{seed_text(data, 'model_vs_gd_ratio_t10')}"
+                    if r is not None else ""), fontsize=10)
     it = data["interpolation"]
     ax2.plot(it["alpha"], it["to_revalg"], "o-", color="C2", label="trained -> [A5] cleaned reading")
     ax2.plot(it["alpha"], it["to_gd"], "s-", color="C1", label="trained -> its [A1] GD component")

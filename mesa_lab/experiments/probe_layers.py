@@ -50,7 +50,7 @@ from mesa_ref.probing import PROBE_LAM, linearise_layer, probe_model
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
 from . import depth
-from .common import Experiment, label_axes, mode_line
+from .common import Experiment, label_axes, mode_line, seed_band
 from .dynamics import train_summary
 
 NAME = "fig4_probing"
@@ -245,7 +245,8 @@ def plot(data):
     titles = {"linear": "deep linear model, constructed tokens", "softmax": "softmax Transformer, raw tokens"}
     for ax, m in zip(axes, models):
         for tname, ys in pe[m].items():
-            ax.plot(range(len(ys)), ys, label=tname, **TARGET_STYLE.get(tname, {}))
+            line, = ax.plot(range(len(ys)), ys, label=tname, **TARGET_STYLE.get(tname, {}))
+            seed_band(ax, data, f"probe_error.{m}.{tname}", range(len(ys)), color=line.get_color())
         ax.set_xticks(range(len(next(iter(pe[m].values())))))
         label_axes(ax, "layer (0 = input)", "held-out probe error (normalised MSE)", titles.get(m, m), title_size=10)
     if per_t:
