@@ -207,6 +207,81 @@ def probe_model(model: Transformer, params: dict, train_states, test_states, *, 
     return ProbeResult(per_t=per_t, control_per_t=control, lam=lam, n_train=len(x_tr), n_test=len(x_te))
 
 
+# ---------------------------------------------------------------------------------------------- the authors' probe
+def polynomial_inverse(A, alphas, betas):
+    """An approximate inverse of the symmetric positive definite ``A`` (..., n, n) by a polynomial with
+    fitted coefficients, the one the authors' inverse-curvature probe uses instead of the exact inverse.
+
+    With c = ||A||_F and B = A / c:  X_0 = X_{-1} = I, P_0 = I, and for k = 1..K
+        P_k = P_{k-1} (I - alpha_k B),   X_k = X_{k-1} + P_k + beta_k (X_{k-1} - X_{k-2});
+    the result is X_K / c.  With every beta_k = 0 and alpha_k = 1 this is the Neumann series of B^{-1} truncated
+    after K terms; the momentum terms and the per-step alpha_k make it a Chebyshev-like polynomial of degree K."""
+    A = np.asarray(A, dtype=np.float64)
+    alphas, betas = np.asarray(alphas, np.float64), np.asarray(betas, np.float64)
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A: expected (..., n, n), got shape {A.shape}")
+    if alphas.ndim != 1 or alphas.shape != betas.shape or alphas.size == 0:
+        raise ValueError(f"alphas/betas: expected two 1-d arrays of the same non-zero length, got "
+                         f"{alphas.shape} and {betas.shape}")
+    c = np.linalg.norm(A, axis=(-2, -1))[..., None, None]             # (..., 1, 1) Frobenius norm
+    B = A / c
+    eye = np.broadcast_to(np.eye(A.shape[-1]), A.shape)
+    X, prev, P = eye.copy(), eye.copy(), eye.copy()
+    for a, b in zip(alphas, betas):
+        P = P @ (eye - a * B)
+        X, prev = X + P + b * (X - prev), X
+    return X / c
+
+
+def authors_inverse_target(states, alphas, betas, lam: float = PROBE_LAM):
+    """The authors' inverse-curvature target p(X_t X_t^T + lam I) s_t, (N, T, n) for t = 1..T, with p the
+    fitted polynomial inverse (``polynomial_inverse``) in place of the exact inverse of ``probe_targets``
+    (the same X_t: the states before t).  states (N, T+1, n)."""
+    s = np.asarray(states, dtype=np.float64)
+    if s.ndim != 3 or s.shape[1] < 2:
+        raise ValueError(f"states: expected (N, T+1, n) with T >= 1, got shape {s.shape}")
+    T, n = s.shape[1] - 1, s.shape[2]
+    cur = s[:, :T]                                                     # (N, T, n) s_t
+    prev = np.concatenate([np.zeros_like(cur[:, :1]), cur[:, :-1]], axis=1)   # (N, T, n) s_{t-1}
+    A = np.cumsum(prev[:, :, :, None] * prev[:, :, None, :], axis=1) + lam * np.eye(n)   # (N, T, n, n)
+    return np.einsum("ntij,ntj->nti", polynomial_inverse(A, alphas, betas), cur)
+
+
+def insample_probe_error(features, targets, threshold: float = 2.0) -> float:
+    """The authors' probe error at one position: sequences whose target norm lies ``threshold`` standard
+    deviations (population std) or more above the mean are dropped; a least-squares map without bias is fitted
+    on the rest and scored on the same sequences; the error is the summed squared error / (2 x sequences kept),
+    in the target's raw units.  features (N, F), targets (N, K)."""
+    Z, Y = np.asarray(features, np.float64), np.asarray(targets, np.float64)
+    if Z.ndim != 2 or Y.ndim != 2 or Z.shape[0] != Y.shape[0]:
+        raise ValueError(f"features/targets: expected (N, F) and (N, K) with the same N, got {Z.shape} and {Y.shape}")
+    norms = np.linalg.norm(Y, axis=1)
+    sd = norms.std()
+    keep = (norms - norms.mean()) / sd < threshold if sd > 0 else np.ones(len(Y), bool)
+    W = np.linalg.lstsq(Z[keep], Y[keep], rcond=None)[0]
+    return float(((Z[keep] @ W - Y[keep]) ** 2).sum() / (2 * keep.sum()))
+
+
+def authors_probe(model: Transformer, params: dict, states, alphas, betas, *, tokens: str = "constructed",
+                  lam: float = PROBE_LAM, batch: int = 256, dtype=np.float32) -> np.ndarray:
+    """The inverse-curvature probe as the authors define it, on ``model``: per batch of ``batch`` sequences of
+    ``states`` (N, T+1, n) and per position, ``insample_probe_error`` of the fitted-polynomial target
+    (``authors_inverse_target``) from every residual stream.  Returns (batches, L+1, T)."""
+    from .data import constructed_tokens
+    s = np.asarray(states)
+    if s.shape[0] < batch or s.shape[0] % batch:
+        raise ValueError(f"states: expected a multiple of batch={batch} sequences, got {s.shape[0]}")
+    out = []
+    for i in range(0, s.shape[0], batch):
+        part = s[i:i + batch]
+        x = np.ascontiguousarray(part[:, :-1]).astype(dtype)
+        x = constructed_tokens(x) if tokens == "constructed" else x
+        y = authors_inverse_target(part, alphas, betas, lam)
+        h = residual_streams(model, params, x)
+        out.append([[insample_probe_error(r[:, t], y[:, t]) for t in range(y.shape[1])] for r in h])
+    return np.asarray(out)
+
+
 # ---------------------------------------------------------------------------------------------- [P4]
 def attention_block_io(model: Transformer, params: dict, x, i: int):
     """Layer i's attention-block input a (after LN1 if any) and output o_merged W_O, each (N, T, D), float64

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Train the seeded full-size models (mesa_lab/experiments/seeds.py) into the job store, on Dask.
+"""Train the seeded full-size models (mesa_lab/experiments/seeds.py) and the second configurations
+(mesa_lab/experiments/retests.py) into the job store, on Dask.
 
     python scripts/train_seeds.py --list                    what would run, and what is already stored
     python scripts/train_seeds.py --seeds 1 2               train seeds 1 and 2 of every seeded figure
     python scripts/train_seeds.py --seeds 1 2 --only fig8_language,fig3_depth
+    python scripts/train_seeds.py --seeds 1 2 --retests     the second configurations first, then the seeds
 
 Resumable: a finished job is in STORE/<key>.npz and never runs again; a killed one resumes from its
 checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap ones complete first.
@@ -21,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
+    from mesa_lab.experiments.retests import retest_jobs
     from mesa_lab.experiments.seeds import SEEDED, TRAINING_SEEDS, seed_jobs
     p = argparse.ArgumentParser(prog="scripts/train_seeds.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -29,13 +32,16 @@ def main(argv=None) -> int:
     p.add_argument("--store", default=str(ROOT / "figures" / "full" / "jobs"), help="job store")
     p.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core); 0: no Dask")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--retests", action="store_true",
+                   help="also train the figures' second configurations (retests.RETESTS), before the seeds")
     p.add_argument("--list", action="store_true", help="list the jobs and whether each is stored; train nothing")
     args = p.parse_args(argv)
     from mesa_lab.jobs import Store, run_jobs, unique_jobs
     from mesa_ref.runio import CLIError
     figures = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
     try:
-        jobs = unique_jobs(seed_jobs(figures, tuple(args.seeds)))
+        jobs = unique_jobs((retest_jobs(figures, ROOT / "figures" / "full") if args.retests else [])
+                           + seed_jobs(figures, tuple(args.seeds)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

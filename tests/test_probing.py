@@ -141,3 +141,76 @@ def test_linearise_softmax_layer_reports_consistent_losses(rng):
     assert np.isfinite(res.fit_nmse) and res.fit_history[-1] <= res.fit_history[0] + 1e-12
     with pytest.raises(ValueError, match="i:"):
         linearise_layer(model, params, 2, x, xe, ye)
+
+
+# ---------------------------------------------------------------------------------------------- the authors' probe
+def test_polynomial_inverse_is_the_truncated_neumann_series_without_momentum():
+    from mesa_ref.probing import polynomial_inverse
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(3, 5, 5))
+    A = M @ M.transpose(0, 2, 1) + np.eye(5)
+    K = 7
+    c = np.linalg.norm(A, axis=(1, 2))[:, None, None]
+    I_B = np.eye(5) - A / c
+    ref = sum(np.linalg.matrix_power(I_B, k) for k in range(K + 1)) / c
+    np.testing.assert_allclose(polynomial_inverse(A, np.ones(K), np.zeros(K)), ref, rtol=1e-12, atol=1e-14)
+
+
+def test_polynomial_inverse_momentum_step_by_hand():
+    from mesa_ref.probing import polynomial_inverse
+    A = np.array([[2.0, 0.5], [0.5, 1.0]])
+    c = np.linalg.norm(A)
+    B, I = A / c, np.eye(2)
+    a, b = (1.1, 3.0), (0.0, 0.7)
+    P1 = I - a[0] * B
+    X1 = I + P1                                        # beta_1 = 0: no momentum at the first step
+    P2 = P1 @ (I - a[1] * B)
+    X2 = X1 + P2 + b[1] * (X1 - I)
+    np.testing.assert_allclose(polynomial_inverse(A, a, b), X2 / c, rtol=1e-14)
+
+
+def test_authors_coefficients_approximate_the_inverse_on_their_range():
+    # their fitted 6-step polynomial is a usable inverse: much closer to A^-1 than the identity / ||A|| is
+    from mesa_lab.experiments.probe_layers import AUTHORS_POLY
+    from mesa_ref.probing import polynomial_inverse
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(64, 40, 4)) * 0.5
+    A = np.einsum("bti,btj->bij", s, s) + 1e-3 * np.eye(4)
+    alphas, betas = AUTHORS_POLY["raw"]
+    err = np.linalg.norm(polynomial_inverse(A, alphas, betas) @ A - np.eye(4), axis=(1, 2))
+    c = np.linalg.norm(A, axis=(1, 2))[:, None, None]
+    err0 = np.linalg.norm(A / c - np.eye(4), axis=(1, 2))
+    assert np.median(err) < 0.5 * np.median(err0)
+
+
+def test_authors_target_uses_the_states_before_t():
+    from mesa_ref.probing import authors_inverse_target, polynomial_inverse
+    rng = np.random.default_rng(2)
+    states = rng.normal(size=(3, 6, 2))
+    a, b = (1.0, 2.0, 2.0), (0.0, 0.5, 0.5)
+    y = authors_inverse_target(states, a, b, lam=0.1)
+    t = 4                                              # 1-based position 5: s_5 against s_1..s_4
+    A = states[1, :t].T @ states[1, :t] + 0.1 * np.eye(2)
+    np.testing.assert_allclose(y[1, t], polynomial_inverse(A, a, b) @ states[1, t], rtol=1e-12)
+    np.testing.assert_allclose(y[:, 0], states[:, 0] * (polynomial_inverse(0.1 * np.eye(2), a, b)[0, 0]),
+                               rtol=1e-12)
+
+
+def test_insample_probe_error_drops_norm_outliers_and_has_no_bias():
+    from mesa_ref.probing import insample_probe_error
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(200, 3))
+    W = rng.normal(size=(3, 2))
+    Y = Z @ W
+    assert insample_probe_error(Z, Y) < 1e-20                     # exactly linear without bias: zero error
+    assert insample_probe_error(Z, Y + 1.0) > 0.1                  # a constant offset is not absorbed (no bias)
+    Y2 = Y.copy()
+    Y2[0] = 1e6                                                    # one far outlier is dropped, not fitted
+    assert insample_probe_error(Z, Y2) < 1e-20
+    Yn = Y + rng.normal(size=Y.shape)
+    norms = np.linalg.norm(Yn, axis=1)
+    keep = (norms - norms.mean()) / norms.std() < 2
+    assert 0 < (~keep).sum() < 20                                  # this sample has a few outliers to drop
+    Zk, Yk = Z[keep], Yn[keep]
+    manual = ((Zk @ np.linalg.lstsq(Zk, Yk, rcond=None)[0] - Yk) ** 2).sum() / (2 * keep.sum())
+    assert insample_probe_error(Z, Yn) == pytest.approx(manual, rel=1e-12)

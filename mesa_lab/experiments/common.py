@@ -374,7 +374,8 @@ def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, 
 
 def training_seeds(exp: Experiment, args, mode: str) -> tuple:
     """The training seeds a figure's spread is taken over: --training-seeds (with --seed), else TRAINING_SEEDS for
-    a seeded figure at full size, else none (quick figures train one seed, to stay minutes long)."""
+    a seeded figure in its full-size configuration, else none (quick figures train one seed, to stay minutes
+    long)."""
     from .seeds import SEEDED, TRAINING_SEEDS
     given = getattr(args, "training_seeds", None)
     if given is not None:
@@ -382,9 +383,9 @@ def training_seeds(exp: Experiment, args, mode: str) -> tuple:
             raise CLIError(f"--training-seeds: {exp.name} trains no model at several seeds "
                            f"(seeded figures: {', '.join(SEEDED)})")
         return tuple(sorted(set(given) | {args.seed}))
-    if mode == "full" and exp.name in SEEDED and not args.partial:
+    if mode == "full" and exp.name in SEEDED and not args.partial and exp.config(mode, args) == exp.modes["full"]:
         return tuple(sorted(set(TRAINING_SEEDS) | {args.seed}))
-    return ()
+    return ()            # quick and smoke modes, and a changed configuration (--set, --recipe): one seed
 
 
 def spread_over_seeds(exp: Experiment, ctx, cfg, data: dict, results: dict, seeds, store, *, backend: str,

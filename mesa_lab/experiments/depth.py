@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mesa_ref.runio import CLIError
+
 from ..jobs import Job
 from .common import Experiment, label_axes, mode_line, plot_per_step, seed_band
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
@@ -34,9 +36,20 @@ NAME = "fig3_depth"
 @dataclass(frozen=True)
 class DepthConfig(DynamicsConfig):
     depths: tuple = (1, 2, 4, 6)
+    steps_by_depth: tuple = ()       # ((L, steps), ...): training steps of depth L in place of ``steps``
+    heads_by_depth: tuple = ()       # ((L, heads), ...): heads of depth L in place of ``heads``
+    clip_mode: str = "global_norm"   # gradient clipping: "global_norm" | "elementwise" (the authors' optax.clip)
 
 
 FULL = DepthConfig()
+#: The authors' recipe for this figure, read from their code (run_construction_experiments.ipynb and the
+#: "probing_constr" entries of their configs/config.py): constant lr 1e-4 (no warm-up, no decay), weight decay
+#: 0.1, element-wise gradient clipping at 1, activation clip 4, 5,000 / 5,000 / 10,000 / 15,000 steps for
+#: 1 / 2 / 4 / 6 layers, 2 heads in the one-layer model.  ``--recipe authors`` trains it beside FULL (other
+#: keys; the shipped jobs are untouched); everything else is FULL's.
+AUTHORS = dataclasses.replace(FULL, clip=4.0, lr=1e-4, warmup_steps=0, final_lr=1e-4, weight_decay=0.1,
+                              clip_mode="elementwise", steps_by_depth=((1, 5000), (2, 5000), (4, 10000), (6, 15000)),
+                              heads_by_depth=((1, 2),))
 QUICK = dataclasses.replace(FULL, n=6, T=30, depths=(1, 2, 4), heads=2, key_size=6, init_std=0.02, batch=64, steps=300,
                             lr=3e-3, warmup_steps=30, decay_steps=300, final_lr=3e-4, test_batches=2,
                             checkpoint_every=1000, eval_seeds=EVAL_SEEDS[:3], eval_batch=128, tune_batch=256)
@@ -48,8 +61,37 @@ MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 def jobs(cfg: DepthConfig, seed: int, backend: str) -> dict:
     """One linear-attention model per depth: ``linear_L<L>``."""
-    return {f"linear_L{L}": Job(cfg.model_config(("linear",) * L), cfg.linear_task(), cfg.train_config(seed), backend)
-            for L in cfg.depths}
+    steps, heads = dict(cfg.steps_by_depth), dict(cfg.heads_by_depth)
+    out = {}
+    for L in cfg.depths:
+        model = cfg.model_config(("linear",) * L, **({"heads": heads[L]} if L in heads else {}))
+        changes = {} if cfg.clip_mode == "global_norm" else {"clip_mode": cfg.clip_mode}
+        if L in steps:
+            changes.update(steps=steps[L], decay_steps=max(steps[L], cfg.warmup_steps),
+                           eval_every=min(cfg.eval_every, steps[L]))
+        out[f"linear_L{L}"] = Job(model, cfg.linear_task(), cfg.train_config(seed, **changes), backend)
+    return out
+
+
+RECIPES = {"paper": None, "authors": AUTHORS}
+
+
+def add_arguments(p):
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
+                   help="paper: the paper's training recipe (FULL); authors: the authors' own (depth.AUTHORS: "
+                        "constant lr 1e-4, weight decay 0.1, clip 4, 5k-15k steps); full size only")
+
+
+def configure(cfg, args):
+    recipe = getattr(args, "recipe", "paper")
+    if recipe == "paper":
+        return cfg
+    if cfg != FULL:
+        raise CLIError(f"--recipe {recipe}: a full-size configuration; drop --quick and --set")
+    if getattr(args, "out", None) is None:
+        raise CLIError(f"--recipe {recipe}: give --out DIR (e.g. figures/full/recipe_{recipe}) and --store "
+                       "figures/full/jobs, so the paper recipe's figure is not overwritten")
+    return RECIPES[recipe]
 
 
 def analyse(ctx, cfg: DepthConfig, results) -> dict:
@@ -129,4 +171,4 @@ def plot(data):
 
 
 EXPERIMENT = Experiment(NAME, "Fig. 3: per-time-step loss of linear models of growing depth vs least squares and GD "
-                        "baselines", MODES, jobs, analyse, plot)
+                        "baselines", MODES, jobs, analyse, plot, add_arguments=add_arguments, configure=configure)

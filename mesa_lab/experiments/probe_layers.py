@@ -46,7 +46,7 @@ import numpy as np
 from mesa_ref.config import ModelConfig
 from mesa_ref.data import linear_dynamics
 from ..jobs import Job
-from mesa_ref.probing import PROBE_LAM, linearise_layer, probe_model
+from mesa_ref.probing import PROBE_LAM, authors_probe, linearise_layer, probe_model
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
 from . import depth
@@ -181,6 +181,33 @@ def probe_summary(res) -> dict:
     return out
 
 
+#: The authors' fitted coefficients of the 6-step polynomial inverse in their inverse-curvature probe target
+#: (mesa_ref.probing.polynomial_inverse): for constructed tokens as printed in run_construction_experiments.ipynb
+#: (the probing cell, 13), for raw tokens the first entry of their experiment_results/linear_seq_fully/
+#: cheb_params.pkl (run_probing_experiments_full_fledged.ipynb, cell 20: alphas7_f, betas7_f).  Numbers only:
+#: their files are not part of this repository (docs/reproduction.md, "The authors' own results").
+AUTHORS_POLY = {
+    "constructed": ((1.0257748, 3.2508426, 3.2583678, 3.2122886, 2.694414, 1.2727231),
+                    (0.0, 0.6787798, 0.30748147, 0.74470717, 1.8360422, 2.3438027)),
+    "raw": ((1.0292039, 3.8550997, 3.7469113, 3.3827868, 2.9881542, 2.0934358),
+            (0.0, 0.6402129, 0.4798134, 0.8143542, 1.6680348, 2.4196014)),
+}
+AUTHORS_BATCH = 256          # sequences per in-sample fit, as their probe's test batch
+
+
+def authors_definition(model, params, te, tokens: str) -> dict:
+    """The inverse-curvature probe as the authors define it (``mesa_ref.probing.authors_probe``) on the test
+    sequences, in batches of AUTHORS_BATCH: per layer, the mean over batches and over t = 2..T (their figure drops
+    t = 1) and over t >= 10."""
+    batch = min(AUTHORS_BATCH, len(te))
+    alphas, betas = AUTHORS_POLY[tokens]
+    err = authors_probe(model, params, te[:len(te) // batch * batch], alphas, betas, tokens=tokens, batch=batch)
+    per_t = err.mean(axis=0)                                           # (L+1, T)
+    return {"inverse_curvature": per_t[:, 1:].mean(axis=1).tolist(),
+            "inverse_curvature_t10": per_t[:, 9:].mean(axis=1).tolist() if per_t.shape[1] > 9 else None,
+            "batches": int(err.shape[0]), "batch": batch}
+
+
 def linearisation(ctx, cfg: ProbingConfig, model, params) -> list:
     """[P4] every layer of ``model`` replaced in turn by a fitted linear attention (``linearise_layer``)."""
     rng = ctx.rng(300)
@@ -195,13 +222,14 @@ def linearisation(ctx, cfg: ProbingConfig, model, params) -> list:
 def analyse(ctx, cfg: ProbingConfig, results) -> dict:
     """Probe each model present in ``results`` (both, except under --partial) and linearise the softmax one."""
     tr, te = probe_sets(ctx, cfg, 100)
-    probe_error, per_t, control_by_target, training, lin = {}, {}, {}, {}, []
+    probe_error, per_t, control_by_target, training, lin, authors = {}, {}, {}, {}, [], {}
     for kind in (k for k in ("linear", "softmax") if k in results):
         model, params = host_model(ctx, results[kind])
         res = probe_model(model, params, tr, te, tokens="constructed" if kind == "linear" else "raw", lam=PROBE_LAM)
         probe_error[kind] = probe_summary(res)
         per_t[kind] = {k: v.tolist() for k, v in res.per_t.items()}
         control_by_target[kind] = res.control_mean_over_t()
+        authors[kind] = authors_definition(model, params, te, "constructed" if kind == "linear" else "raw")
         training[kind] = train_summary(results[kind])
         if kind == "softmax":
             lin = linearisation(ctx, cfg, model, params)
@@ -215,6 +243,12 @@ def analyse(ctx, cfg: ProbingConfig, results) -> dict:
         "control_definition": "inverse_curvature target probed from the input token at position t alone, "
                               "repeated per layer; control_by_target has every target",
         "probe_lam": PROBE_LAM,
+        "probe_error_authors": authors,
+        "authors_definition": "the authors' inverse-curvature probe: target p(X_t X_t^T + lam I) s_t with p their "
+                              "fitted 6-step polynomial inverse (AUTHORS_POLY), fitted in sample without bias on "
+                              "each batch of sequences it scores, sequences whose target norm is 2 std above the "
+                              "mean dropped, error = summed squared error / (2 x sequences kept) in raw units; per "
+                              "layer the mean over batches and t = 2..T (inverse_curvature) or t >= 10 (_t10)",
         "probe_sequences": {"train": cfg.probe_train, "test": cfg.probe_test},
         "linearisation": {"softmax": lin,
                           "method": f"each softmax layer in turn replaced by a linear attention fitted to its block "
