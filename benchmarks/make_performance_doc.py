@@ -1,28 +1,49 @@
-"""Build docs/performance.md from the saved benchmark runs and the hand-written notes.
+"""Build docs/performance.md (today's run of each benchmark) and docs/performance-archive/index.md (the older runs)
+from the saved benchmark results.
 
-    python benchmarks/make_performance_doc.py                 # rewrite docs/performance.md
-    python benchmarks/make_performance_doc.py --check         # exit 1 if docs/performance.md is out of date
-    python benchmarks/make_performance_doc.py --out PATH      # write elsewhere
+    python benchmarks/make_performance_doc.py            # rewrite both pages
+    python benchmarks/make_performance_doc.py --check    # exit 1 if either page is out of date
 
-Inputs: every ``benchmarks/results/*.json`` (each rendered with the date, commit, command and machine it
-records) and ``benchmarks/notes.md`` (copied in after the tables: measurements that are not saved runs, what was
-tried and dropped). The output depends on those files alone (no clock, no git), so tests/test_performance_doc.py
-can regenerate it and compare. Six kinds of result file are known: ``bench_mesa.py``'s, ``bench_train_step.py``'s,
-``mesa_stability.py``'s, ``bench_plain_vs_simd.py``'s, ``bench_huge_pages.py``'s and ``cuda_resources.py``'s; any other JSON gets its date, command and machine and a
-pointer to the file.
+Inputs: ``benchmarks/results/*.json`` (today's runs), ``benchmarks/results/archive/*.json`` (older runs) and
+``benchmarks/notes.md`` (a short hand-written part, copied in at the end of docs/performance.md). The output
+depends on those files alone (no clock, no git), so tests/test_performance_doc.py can regenerate it and compare.
+
+Which run is today's. Every result file belongs to one benchmark: the script that wrote it and, for the training
+step and huge pages, the peer it was compared with (the authors' JAX step, mesa_ref, or none). A benchmark's full
+set is every cell (model and backend, shape and implementation, kernel and target, ...) that any of its runs
+measured. Today's run is the newest run, by the date its file records, that measured the full set (where no run
+did, the newest run). Today's run of each benchmark lives in ``benchmarks/results/``, every other run in
+``benchmarks/results/archive/``, with the Markdown file of the same name beside it; the script stops with the
+``git mv`` to make when a file is in the wrong folder. ``PINNED`` names the older runs that stay in
+``benchmarks/results/`` because code reads them from there.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = ROOT / "benchmarks" / "notes.md"
 OUT = ROOT / "docs" / "performance.md"
+ARCHIVE_OUT = ROOT / "docs" / "performance-archive" / "index.md"
+
+#: older runs that stay in benchmarks/results/ although a newer run superseded them: code reads them from there
+#: (tests/test_performance_doc.py checks that the named file still mentions them)
+PINNED = {
+    "bench_mesa_cpu.json": ("mesa_lab/experiments/speed.py", "reads it from there: fig9 draws its rows"),
+    "bench_lm_cost_cpu.json": ("mesa_lab/experiments/language.py",
+                               "and fig8's JSON files cite it there as the measurement that sized fig8's models"),
+}
+
+# links as seen from the two generated pages
+PAGE_TO_RESULTS = "../benchmarks/results/"
+ARCHIVE_TO_RESULTS = "../../benchmarks/results/"
 
 HEADER = """# Performance
 
@@ -30,13 +51,23 @@ HEADER = """# Performance
 Do not edit by hand: edit those and run `python benchmarks/make_performance_doc.py`
 (tests/test_performance_doc.py fails when this file is out of date). -->
 
-Speed and accuracy measurements of `mesa_ref` and `mesa_fast`: first every saved benchmark run in
-`benchmarks/results/` (the command that made it, where and when), then measurements that are not saved runs
-(moved out of the code's docstrings and the README) and what was tried and dropped.
+Today's run of each benchmark: the newest saved run that measured all its benchmark measures (the rule is in
+`benchmarks/make_performance_doc.py`), with date, commit, machine and command; the Markdown file beside each JSON
+has the whole run. Ratios are the peer's time over ours (above 1: ours is faster). CPU numbers come from 2-core
+virtual machines shared with other jobs, where wall-clock times vary by up to 1.5x between runs (process CPU time
+is steadier); no test asserts a timing. Older runs are in [the archive](performance-archive/index.md), beside the
+[notebook](performance-archive/notes.md) kept while the fast backend was written (the code's comments refer to it).
+"""
 
-All CPU numbers come from 2-core virtual machines shared with other jobs ("AMD EPYC" and "Intel Xeon", as
-`/proc/cpuinfo` names them). Wall-clock times on them vary by up to 1.5x from run to run; process CPU time is the
-steadier number when the load average is high. No timing is asserted by any test.
+ARCHIVE_HEADER = """# Performance archive
+
+<!-- Generated by benchmarks/make_performance_doc.py from benchmarks/results/archive/*.json.
+Do not edit by hand (tests/test_performance_doc.py fails when this file is out of date). -->
+
+Saved benchmark runs that a newer run of the same benchmark superseded, newest first; today's run of each
+benchmark is on [docs/performance.md](../performance.md). The files are in `benchmarks/results/archive/` (the JSON
+and, beside it, the same run as Markdown), except those marked "kept in benchmarks/results/", which code reads
+from there. The lab notebook of the days these runs were made is [notes.md](notes.md).
 """
 
 
@@ -47,52 +78,19 @@ def _fmt(x, digits=1):
     return f"{x:.{digits}f}"
 
 
+def _x(x, digits=2):
+    return "-" if x is None else _fmt(x, digits) + "x"
+
+
 def _sci(x):
     if x is None:
         return "non-finite"
     return "0" if x == 0 else f"{x:.1e}"
 
 
-def _commit(d, meta):
-    c = d.get("git_commit") or meta.get("git_commit")
-    return f"commit {c}" if c else "commit not recorded in the JSON"
-
-
-def _machine(m):
-    """One line from the machine dicts the three benchmark scripts write (their keys differ)."""
-    if not isinstance(m, dict):
-        return "not recorded"
-    cpu = m.get("cpu") or m.get("processor") or "CPU not recorded"
-    cores = m.get("cpu_count", m.get("cores"))
-    parts = [f"{cpu}, {cores} cores" if cores else cpu]
-    if m.get("gpu"):
-        parts.append(f"GPU {m['gpu']}" + (f" (CuPy {m['cupy']})" if m.get("cupy") else ""))
-    if m.get("platform"):
-        parts.append(m["platform"])
-    versions = [f"{k} {m[k]}" for k in ("python", "numpy", "numba") if m.get(k)]
-    if versions:
-        parts.append(", ".join(versions))
-    if m.get("numba_threads"):
-        parts.append(f"Numba threads {m['numba_threads']}")
-    if "blas_threads_env" in m:
-        parts.append(f"OPENBLAS_NUM_THREADS={m['blas_threads_env']}")
-    return "; ".join(parts)
-
-
-def _load_line(before, after=None, cores=None):
-    if not before:
-        return []
-    text = f"- load average (1, 5, 15 min) at start: {', '.join(_fmt(x, 2) for x in before)}"
-    if after:
-        text += f"; at the end: {', '.join(_fmt(x, 2) for x in after)}"
-    if cores and max(before[0], (after or [0])[0]) > 0.5 * cores:
-        text += " (**other processes shared the CPU**: wall-clock times are inflated, CPU times are steadier)"
-    return [text]
-
-
 def _table(header, rows):
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return out
 
 
@@ -102,207 +100,69 @@ def _need(d, keys, name):
         raise ValueError(f"{name}: missing {missing} (not a result file this script knows how to read)")
 
 
-# ---------------------------------------------------------------------------------------------- renderers
-def render_bench_mesa(d, name):
-    """bench_mesa.py: mesa-layer forward + backward per shape and implementation."""
-    _need(d, ("date", "command", "machine", "results"), name)
-    m = d["machine"]
-    impls = [i for i in d.get("impls", []) if any("median_ms" in r["timings"].get(i, {}) for r in d["results"])]
-    others = [i for i in impls if i != "ref"]
-    lines = [f"#### `{name}`: mesa-layer forward + backward ({d.get('dtype', '?')}, backward={d.get('backward', '?')})",
-             "", f"- date: {d['date']}; {_commit(d, {})}", f"- machine: {_machine(m)}",
-             f"- command: `{d['command']}`"]
-    lines += _load_line(m.get("loadavg_at_start"), None, m.get("cpu_count"))
-    lines += ["- median wall-clock ms of one forward plus one backward call after warm-up; ref / x = reference time "
-              "over x's time; CPU ms = process CPU time of the same calls, all threads", ""]
-    rows = []
-    for r in d["results"]:
-        t = r["timings"]
-        rows.append([f"{r['shape']} ({r['B']}, {r['H']}, {r['T']}, {r['d']})"]
-                    + [_fmt(t.get(i, {}).get("median_ms"), 2) for i in impls]
-                    + [(_fmt(t.get(i, {}).get("speedup_vs_ref"), 1) + "x") if t.get(i, {}).get("speedup_vs_ref")
-                       else "-" for i in others]
-                    + [_fmt(t.get(i, {}).get("cpu_median_ms"), 2) for i in impls])
-    header = (["shape (B, H, T, d)"] + [f"{i} ms" for i in impls] + [f"ref / {i}" for i in others]
-              + [f"{i} CPU ms" for i in impls])
-    lines += _table(header, rows)
-    for i, why in sorted(d.get("skipped_impls", {}).items()):
-        lines.append(f"\n- {i}: not timed ({why})")
-    return lines
+def _ratio(a, b):
+    return a / b if a is not None and b else None
 
 
-def render_bench_train_step(d, name):
-    """bench_train_step.py: one training step per model family and backend (mesa_ref, mesa_fast, the authors' JAX
-    step where it was timed), plus the per-op table when there is one."""
-    _need(d, ("date", "command", "machine", "results"), name)
-    m = d["machine"]
-    shape = d.get("shape", {})
-    has_jax = any(r["backend"] == "jax" for r in d["results"])
-    title = ("training step per model family" if d.get("families") else "training step") + \
-        (", with the authors' JAX step" if has_jax else ", mesa_ref against mesa_fast")
-    batch = shape.get("batch", "?")
-    lines = [f"#### `{name}`: {title}", "",
-             f"- date: {d['date']}; {_commit(d, {})}", f"- machine: {_machine(m)}", f"- command: `{d['command']}`",
-             f"- step: {d.get('step', '?')}; batch {batch}" + (f", T {shape['T']}" if "T" in shape else "")
-             + f", {shape.get('dtype', '?')}; medians over the timed steps"]
-    lines += _load_line(d.get("load_average_before"), d.get("load_average_after"), m.get("cores"))
-    if d.get("jax"):
-        lines.append(f"- {d['jax']}")
-    for fam, what in d.get("families", {}).items():
-        lines.append(f"- {fam}: {what}")
-    lines.append("")
-
-    def ratio(r, key):
-        v = r.get(key)
-        return "-" if v is None else _fmt(v, 2) + "x"
-
-    header = ["model", "backend", "steps", "wall ms", "CPU ms", "wall ref / this", "CPU ref / this"]
-    if has_jax:
-        header += ["wall JAX / this", "CPU JAX / this"]
-    rows = []
-    for r in d["results"]:
-        row = [r["model"], r["backend"], r.get("steps", "?"), _fmt(r["wall_ms_median"]), _fmt(r["cpu_ms_median"]),
-               ratio(r, "ratio_ref_over_this_wall"), ratio(r, "ratio_ref_over_this_cpu")]
-        if has_jax:
-            row += [ratio(r, "ratio_jax_over_this_wall"), ratio(r, "ratio_jax_over_this_cpu")]
-        rows.append(row)
-    lines += _table(header, rows)
-    if d.get("ops"):
-        lines += ["", "Per op at the default model's shapes (process-CPU ms, medians):", ""]
-        rows = [[o["op"], _fmt(o["ref_fwd_cpu_ms"], 2), _fmt(o["fast_fwd_cpu_ms"], 2), _fmt(o["ref_bwd_cpu_ms"], 2),
-                 _fmt(o["fast_bwd_cpu_ms"], 2)] for o in d["ops"]]
-        lines += _table(["op", "ref forward", "fast forward", "ref backward", "fast backward"], rows)
-    return lines
+DATE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?")
 
 
-STABILITY_METRICS = ("out_vs_direct", "dq", "dk", "dv", "dlam", "dgamma")
+def _when(date, name):
+    """A sortable key from the date a file records ("2026-12-02 11:27 UTC", "2026-11-23T20:06:45", "2026-12-07")."""
+    m = DATE.match(str(date))
+    if not m:
+        raise ValueError(f"{name}: date {date!r} does not start with YYYY-MM-DD")
+    return (m[1], m[2] or "00", m[3] or "00", m[4] or "00")
 
 
-def render_mesa_stability(d, name):
-    """mesa_stability.py: the worst relative error per dtype and backward strategy over its grid."""
-    _need(d, ("meta", "rows"), name)
-    meta = d["meta"]
-    _need(meta, ("date", "command"), name + " meta")
-    rows = d["rows"]
-    Ts = sorted({r["T"] for r in rows})
-    lams = sorted({r["lam"] for r in rows})
-    gammas = sorted({r["gamma"] for r in rows if r["gamma"] is not None})
-    lines = [f"#### `{name}`: numerical error of the mesa-layer backward strategies (reference op)", "",
-             f"- date: {meta['date']}; {_commit(d, meta)}", f"- machine: {_machine(meta.get('machine'))}",
-             f"- command: `{meta['command']}`"]
-    if meta.get("setup", {}).get("metric"):
-        lines.append(f"- metric: {meta['setup']['metric']}")
-    lines += [f"- grid: T in {Ts}, lam in {lams}, gamma in {['none'] + gammas}; below, the largest error over the "
-              f"grid (non-finite: some result was NaN/inf); the full table is `benchmarks/results/"
-              f"{Path(name).stem}.md`", ""]
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["dtype"], r["strategy"]), []).append(r)
-    table = []
-    for (dtype, strategy), rs in sorted(groups.items()):
-        cells = []
-        for k in STABILITY_METRICS:
-            vals = [r.get(k) for r in rs if k in r and not (k == "dgamma" and r.get("gamma") is None)]
-            if k == "out_vs_direct":
-                vals = [r.get(k) for r in rs if not r.get("direct_skipped")]
-            if not vals:
-                cells.append("-")
-            elif any(v is None for v in vals):
-                cells.append("non-finite")
-            else:
-                cells.append(_sci(max(vals)))
-        table.append([dtype, strategy, len(rs)] + cells)
-    lines += _table(["dtype", "strategy", "rows"] + list(STABILITY_METRICS), table)
-    return lines
+def _short_machine(m):
+    if not isinstance(m, dict):
+        return "machine not recorded"
+    cpu = m.get("cpu") or m.get("processor") or "CPU not recorded"
+    cores = m.get("cores", m.get("cpu_count"))
+    text = f"{cpu} ({cores} cores)" if cores else cpu
+    if m.get("gpu"):
+        text += f", GPU {m['gpu']}"
+    return text
 
 
-def render_plain_vs_simd(d, name):
-    """bench_plain_vs_simd.py: the plain Numba kernels against the SIMD ones, op alone and training step, and the
-    decision rule's outcome per kernel."""
-    _need(d, ("date", "command", "machine", "runs", "results"), name)
-    rule = d.get("decision_ratio", "?")
-    lines = [f"#### `{name}`: plain against SIMD Numba kernels (attention [L2], [L3]; mesa layer [M2]-[M4])", "",
-             f"- date: {d['date']} (last of the merged invocations); machine: {_machine(d['machine'])}",
-             f"- command: `{d['command']}`",
-             "- method: MESA_FAST_KERNELS=plain / simd alternating in blocks, each block in a fresh process after "
-             "warm-up; medians over all blocks; plain / simd > 1: the SIMD kernel is faster",
-             f"- op: {d.get('op_setup', '?')}", f"- step: {d.get('step_setup', '?')}"]
-    for run in d["runs"]:
-        lines.append(f"- {run['date']}, commit {run['git_commit']}, parts {', '.join(run['parts'])}"
-                     + "".join(_load_line(run.get("load_average_before"), run.get("load_average_after"),
-                                          d["machine"].get("cores"))).replace("- load average", ": load average"))
-    lines.append("")
-    rows = [[r["what"]] + [_fmt(r[k], 2) for k in ("plain_wall_ms", "simd_wall_ms", "plain_cpu_ms", "simd_cpu_ms")]
-            + [_fmt(r[k], 2) + "x" for k in ("plain_over_simd_wall", "plain_over_simd_cpu")] for r in d["results"]]
-    lines += _table(["what", "plain ms", "SIMD ms", "plain CPU ms", "SIMD CPU ms", "plain / SIMD", "CPU plain / SIMD"],
-                    rows)
-    lines += ["", f"Decision rule: the SIMD kernel stays where it is at least {rule}x faster (wall-clock) on the op "
-              "or on the training step, else the plain kernel replaces it:", ""]
-    for k, dec in sorted(d.get("decisions", {}).items()):
-        lines.append(f"- {k}: {'SIMD kept' if dec['keep_simd'] else 'plain replaces SIMD'} (largest plain / SIMD "
-                     f"{_fmt(dec['ratio'], 2)}x, {dec['where']})")
-    return lines
+def _load(before, after=None):
+    if not isinstance(before, list) or not before:
+        return ""
+    text = f", load {_fmt(before[0], 2)}"
+    if isinstance(after, list) and after:
+        text += f" -> {_fmt(after[0], 2)}"
+    return text
 
 
-def render_huge_pages(d, name):
-    """bench_huge_pages.py: one training step per model family and backend with and without glibc's huge-page
-    tunable, alternating fresh processes."""
-    _need(d, ("date", "command", "machine", "results"), name)
-    lines = [f"#### `{name}`: training step with and without huge pages", "",
-             f"- date: {d['date']}; {_commit(d, d)}; machine: {_machine(d['machine'])}",
-             f"- command: `{d['command']}`",
-             f"- settings: `GLIBC_TUNABLES={d.get('tunable', '?')}` (huge) against unset (4 KB), alternating blocks, "
-             "each a fresh process; medians; speedup = 4 KB / huge"]
-    lines += _load_line(d.get("load_average_before"), d.get("load_average_after"), d["machine"].get("cores"))
-    lines.append("")
-    rows = [[r["model"], r["backend"], str(r["steps"])] + [_fmt(r[k]) for k in ("wall_ms_4k", "wall_ms_huge")]
-            + [_fmt(r["speedup_wall"], 2) + "x"] + [_fmt(r[k]) for k in ("cpu_ms_4k", "cpu_ms_huge")]
-            + [_fmt(r["speedup_cpu"], 2) + "x"] for r in d["results"]]
-    lines += _table(["model", "backend", "steps", "wall 4 KB ms", "wall huge ms", "speedup", "CPU 4 KB ms",
-                     "CPU huge ms", "CPU speedup"], rows)
-    return lines
+# ---------------------------------------------------------------------------------------------- one run
+@dataclass
+class Run:
+    name: str          # file name
+    archived: bool     # in benchmarks/results/archive/
+    data: dict
+    kind: str
+    bench: str         # the benchmark it belongs to (a key of BENCHMARKS, or "other:<name>")
+    cells: frozenset   # what it measured
+    date: str
+    when: tuple
+    commit: str | None
+    command: str
+    machine: dict | None
 
-
-def render_cuda_resources(d, name):
-    """cuda_resources.py: registers, spills and shared memory of the mesa layer's CUDA kernels, from ptxas -v."""
-    _need(d, ("date", "command", "machine", "toolkit", "kernels", "shared"), name)
-    tk = d["toolkit"]
-    lines = [f"#### `{name}`: resources of the mesa layer's CUDA kernels (compiled, not run)", "",
-             f"- date: {d['date']}; {_commit(d, d)}; machine: {_machine(d['machine'])}",
-             f"- command: `{d['command']}`",
-             f"- toolkit: NVVM {tk.get('nvvm', '?')} (numba-cuda {tk.get('numba_cuda', '?')}), "
-             f"ptxas {tk.get('ptxas', '?')}",
-             "- registers per thread, spills and stack frame from `ptxas -v` on the PTX of "
-             "`numba.cuda.compile_ptx`; they do not depend on d (one kernel per dtype serves every d). Shared "
-             "memory is dynamic, sized per launch (`mesa_fast/cuda/mesa.py: shared_bytes`); above 48 KiB a launch "
-             "opts in to more (up to 227 KiB per block on sm_90, 163 KiB on sm_80)", ""]
-    rows = [[r["kernel"], r["dtype"], r["arch"], r["registers"], r["spill_stores"], r["spill_loads"],
-             r["stack_frame"], r["static_smem"]] for r in d["kernels"]]
-    lines += _table(["kernel", "dtype", "target", "registers / thread", "spill stores (bytes)", "spill loads (bytes)",
-                     "stack frame (bytes)", "static shared (bytes)"], rows)
-    lines.append("")
-    rows = [[f"{r['shape']} (d={r['d']}, dv={r['dv']})", r["threads"], r["dtype"], r["kernel"],
-             "yes" if r["gamma"] else "no", f"{r['shared_bytes'] / 1024:.1f}"] for r in d["shared"]]
-    lines += _table(["shape", "threads / block", "dtype", "kernel", "gamma", "dynamic shared (KiB / block)"], rows)
-    return lines
-
-
-def render_other(d, name):
-    meta = d.get("meta", d) if isinstance(d, dict) else {}
-    return [f"#### `{name}`", "", f"- date: {meta.get('date', 'not recorded')}; {_commit(d, meta)}",
-            f"- machine: {_machine(meta.get('machine'))}", f"- command: `{meta.get('command', 'not recorded')}`",
-            f"- no table renderer for this kind of result; see `benchmarks/results/{name}`"]
+    @property
+    def path(self):
+        return ("archive/" if self.archived else "") + self.name
 
 
 def kind_of(d) -> str:
     if not isinstance(d, dict):
         return "other"
-    if d.get("benchmark") == "plain_vs_simd":
-        return "plain_vs_simd"
-    if d.get("benchmark") == "huge_pages":
-        return "huge_pages"
-    if d.get("benchmark") == "cuda_resources":
-        return "cuda_resources"
+    b = d.get("benchmark")
+    if b in ("plain_vs_simd", "huge_pages", "cuda_resources", "jax_step_ms"):
+        return b
+    if b == "bench_lm_cost":
+        return "lm_cost"
     if "meta" in d and "rows" in d:
         return "mesa_stability"
     results = d.get("results")
@@ -314,16 +174,360 @@ def kind_of(d) -> str:
     return "other"
 
 
-SECTIONS = (("bench_mesa", "Mesa layer, forward + backward", render_bench_mesa),
-            ("bench_train_step", "Training step", render_bench_train_step),
-            ("mesa_stability", "Numerical error of the mesa-layer backward", render_mesa_stability),
-            ("plain_vs_simd", "Plain against SIMD Numba kernels", render_plain_vs_simd),
-            ("huge_pages", "Huge pages", render_huge_pages),
-            ("cuda_resources", "CUDA kernels: registers, spills, shared memory", render_cuda_resources),
-            ("other", "Other saved results", render_other))
+def _peer(backends):
+    return "jax" if "jax" in backends else "ref" if "mesa_ref" in backends else "none"
 
 
-# ---------------------------------------------------------------------------------------------- the document
+def make_run(name, d, archived) -> Run:
+    kind = kind_of(d)
+    meta = d.get("meta", d) if isinstance(d, dict) else {}
+    need = {"bench_mesa": ("date", "command", "machine", "results"),
+            "bench_train_step": ("date", "command", "machine", "results"),
+            "plain_vs_simd": ("date", "command", "machine", "runs", "results"),
+            "huge_pages": ("date", "command", "machine", "results"),
+            "cuda_resources": ("date", "command", "machine", "toolkit", "kernels", "shared"),
+            "lm_cost": ("date", "command", "machine", "models"),
+            "jax_step_ms": ("date", "command", "machine", "steps"),
+            "mesa_stability": ("meta", "rows")}.get(kind, ())
+    _need(d, need, name)
+    if kind == "mesa_stability":
+        _need(meta, ("date", "command"), name + " meta")
+    if kind in ("bench_train_step", "huge_pages"):
+        cells = {(r["model"], r["backend"]) for r in d["results"]}
+        bench = f"{kind}:{_peer({b for _, b in cells})}"
+    elif kind == "bench_mesa":
+        cells = {(r["shape"], i) for r in d["results"] for i, t in r["timings"].items() if "median_ms" in t}
+        bench = kind
+    elif kind == "mesa_stability":
+        cells = {(r["dtype"], r["strategy"], r["T"], r["lam"], r["gamma"]) for r in d["rows"]}
+        bench = kind
+    elif kind == "plain_vs_simd":
+        cells = {r["what"] for r in d["results"]}
+        bench = kind
+    elif kind == "cuda_resources":
+        cells = {(r["kernel"], r["dtype"], r["arch"]) for r in d["kernels"]}
+        bench = kind
+    elif kind == "lm_cost":
+        cells = {(r["kind"], r["backend"]) for r in d["models"]}
+        bench = kind
+    elif kind == "jax_step_ms":
+        cells = {(r["family"], r["layers"]) for r in d["steps"]}
+        bench = kind
+    else:
+        cells, bench = {name}, f"other:{name}"
+    date = meta.get("date", "not recorded")
+    commit = d.get("git_commit") or d.get("commit") or meta.get("git_commit")
+    if kind == "plain_vs_simd" and not commit:
+        commit = ", ".join(dict.fromkeys(r["git_commit"] for r in d["runs"] if r.get("git_commit"))) or None
+    return Run(name, archived, d, kind, bench, frozenset(cells), str(date),
+               _when(date, name) if "date" in meta else ("0000-00-00", "00", "00", "00"),
+               commit, str(meta.get("command", "not recorded")), meta.get("machine"))
+
+
+def load_runs(results_dir: Path) -> list[Run]:
+    results_dir = Path(results_dir)
+    runs = []
+    for archived, folder in ((False, results_dir), (True, results_dir / "archive")):
+        for f in sorted(folder.glob("*.json")):
+            try:
+                d = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{f}: not valid JSON ({e})") from None
+            runs.append(make_run(f.name, d, archived))
+    if not any(not r.archived for r in runs):
+        raise ValueError(f"{results_dir}: no *.json result files")
+    names = [r.name for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{results_dir}: {twice} both in results/ and in results/archive/")
+    return runs
+
+
+def todays(runs: list[Run]) -> dict[str, Run]:
+    """{benchmark: today's run}: the newest run that measured the benchmark's full set (else the newest)."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r.bench, []).append(r)
+    today = {}
+    for bench, rs in groups.items():
+        full = frozenset().union(*(r.cells for r in rs))
+        covering = [r for r in rs if r.cells >= full] or rs
+        today[bench] = max(covering, key=lambda r: (r.when, r.name))
+    return today
+
+
+def check_layout(runs: list[Run], today: dict[str, Run]):
+    """Today's runs (and PINNED) in results/, the others in results/archive/; else a ValueError with the moves."""
+    moves = []
+    for r in runs:
+        is_today = today[r.bench] is r
+        if r.archived and is_today:
+            moves.append(f"git mv benchmarks/results/archive/{Path(r.name).stem}.{{json,md}} benchmarks/results/")
+        elif not r.archived and not is_today and r.name not in PINNED:
+            moves.append(f"git mv benchmarks/results/{Path(r.name).stem}.{{json,md}} benchmarks/results/archive/"
+                         f"   # superseded by {today[r.bench].name}")
+    if moves:
+        raise ValueError("today's run of each benchmark belongs in benchmarks/results/, older runs in "
+                         "benchmarks/results/archive/:\n  " + "\n  ".join(moves))
+
+
+# ---------------------------------------------------------------------------------------------- today's runs
+# Each renderer returns (bullets, body): what the run was beyond its file line, and its table.
+def _commit(r: Run):
+    if not r.commit:
+        return "commit not recorded"
+    return ("commits " if ", " in r.commit else "commit ") + r.commit
+
+
+def _run_line(r: Run, extra=""):
+    return (f"- [`{r.name}`]({PAGE_TO_RESULTS}{r.path}): {r.date}, {_commit(r)}, {_short_machine(r.machine)}{extra}; "
+            f"`{r.command}`")
+
+
+def _train_rows(d):
+    """{model: {backend: row}} in the order the file lists the models."""
+    rows = {}
+    for r in d["results"]:
+        rows.setdefault(r["model"], {})[r["backend"]] = r
+    return rows
+
+
+PEER_NAMES = {"jax": ("jax", "JAX"), "ref": ("mesa_ref", "mesa_ref")}
+
+
+def page_train_step(r: Run):
+    d = r.data
+    peer = PEER_NAMES.get(r.bench.split(":")[1])
+    bullets = [f"- a step: {d.get('step', '?')}; medians over {d['results'][0].get('steps', '?')} steps per "
+               "backend; the models are described in the Markdown file beside the JSON"]
+    rows = _train_rows(d)
+    if not peer:
+        return bullets, _table(["model", "backend", "wall ms", "CPU ms"],
+                               [[m, b, _fmt(x["wall_ms_median"]), _fmt(x["cpu_ms_median"])]
+                                for m, bs in rows.items() for b, x in bs.items()])
+    key, label = peer
+    table = []
+    for m, bs in rows.items():
+        ours, other = bs.get("mesa_fast", {}), bs.get(key, {})
+        w0, w1 = ours.get("wall_ms_median"), other.get("wall_ms_median")
+        c0, c1 = ours.get("cpu_ms_median"), other.get("cpu_ms_median")
+        table.append([m, _fmt(w0), _fmt(w1), _x(_ratio(w1, w0)), _fmt(c0), _fmt(c1), _x(_ratio(c1, c0))])
+    return bullets, _table(["model", "mesa_fast ms", f"{label} ms", f"{label} / mesa_fast", "mesa_fast CPU ms",
+                            f"{label} CPU ms", f"CPU {label} / mesa_fast"], table)
+
+
+def page_bench_mesa(r: Run):
+    d = r.data
+    impls = [i for i in d.get("impls", []) if any("median_ms" in x["timings"].get(i, {}) for x in d["results"])]
+    table = []
+    for x in d["results"]:
+        t = x["timings"]
+        table.append([f"{x['shape']} ({x['B']}, {x['H']}, {x['T']}, {x['d']})"]
+                     + [_fmt(t.get(i, {}).get("median_ms"), 2) for i in impls]
+                     + [_x(t.get(i, {}).get("speedup_vs_ref"), 1) for i in impls if i != "ref"])
+    bullets = [f"- one forward plus one backward call, {d.get('dtype', '?')}, backward={d.get('backward', '?')}; "
+               "median wall-clock ms after warm-up"]
+    return bullets, _table(["shape (B, H, T, d)"] + [f"{i} ms" for i in impls]
+                           + [f"ref / {i}" for i in impls if i != "ref"], table)
+
+
+STABILITY_METRICS = ("out_vs_direct", "dq", "dk", "dv", "dlam", "dgamma")
+
+
+def page_mesa_stability(r: Run):
+    d = r.data
+    rows = d["rows"]
+    groups = {}
+    for x in rows:
+        groups.setdefault((x["dtype"], x["strategy"]), []).append(x)
+    table = []
+    for (dtype, strategy), rs in sorted(groups.items()):
+        cells = []
+        for k in STABILITY_METRICS:
+            if k == "out_vs_direct":
+                vals = [x.get(k) for x in rs if not x.get("direct_skipped")]
+            else:
+                vals = [x.get(k) for x in rs if k in x and not (k == "dgamma" and x.get("gamma") is None)]
+            cells.append("-" if not vals else "non-finite" if any(v is None for v in vals) else _sci(max(vals)))
+        table.append([dtype, strategy] + cells)
+    bullets = [f"- the largest error over T in {sorted({x['T'] for x in rows})} and lam in "
+               f"{sorted({x['lam'] for x in rows})}, with and without gamma ({len(rows)} cases); metric: "
+               f"{d['meta'].get('setup', {}).get('metric', 'not recorded')}"]
+    return bullets, _table(["dtype", "strategy"] + list(STABILITY_METRICS), table)
+
+
+def page_plain_vs_simd(r: Run):
+    d = r.data
+    dec = "; ".join(f"{k}: {'SIMD kept' if v['keep_simd'] else 'plain replaces SIMD'} ({_x(v['ratio'])}, {v['where']})"
+                    for k, v in sorted(d.get("decisions", {}).items()))
+    bullets = [f"- {len(d['runs'])} invocations from {d['runs'][0]['date']}, blocks alternating in fresh processes; "
+               f"the SIMD kernel stays where it is at least {d.get('decision_ratio', '?')}x faster on the op or the "
+               f"step: {dec}"]
+    return bullets, _table(["what", "plain ms", "SIMD ms", "plain / SIMD", "CPU plain / SIMD"],
+                           [[x["what"], _fmt(x["plain_wall_ms"], 2), _fmt(x["simd_wall_ms"], 2),
+                             _x(x["plain_over_simd_wall"]), _x(x["plain_over_simd_cpu"])] for x in d["results"]])
+
+
+def page_huge_pages(r: Run):
+    d = r.data
+    bullets = [f"- one training step with `GLIBC_TUNABLES={d.get('tunable', '?')}` (huge) and without (4 KB), "
+               "alternating fresh processes; medians"]
+    rows = _train_rows(d)
+    if r.bench.endswith(":jax"):
+        table = []
+        for m, bs in rows.items():
+            o, j = bs.get("mesa_fast", {}), bs.get("jax", {})
+            table.append([m, _fmt(o.get("wall_ms_4k")), _fmt(o.get("wall_ms_huge")), _fmt(j.get("wall_ms_4k")),
+                          _fmt(j.get("wall_ms_huge")), _x(_ratio(j.get("wall_ms_4k"), o.get("wall_ms_4k"))),
+                          _x(_ratio(j.get("wall_ms_huge"), o.get("wall_ms_4k")))])
+        return bullets, _table(["model", "mesa_fast 4 KB ms", "mesa_fast huge ms", "JAX 4 KB ms", "JAX huge ms",
+                                "JAX / mesa_fast, both 4 KB", "JAX huge / mesa_fast 4 KB"], table)
+    return bullets, _table(["model", "backend", "4 KB ms", "huge ms", "4 KB / huge", "CPU 4 KB / huge"],
+                           [[x["model"], x["backend"], _fmt(x["wall_ms_4k"]), _fmt(x["wall_ms_huge"]),
+                             _x(x["speedup_wall"]), _x(x["speedup_cpu"])] for x in d["results"]])
+
+
+def page_lm_cost(r: Run):
+    d = r.data
+    by = {}
+    for m in d["models"]:
+        by.setdefault(m["kind"], {})[m["backend"]] = m
+    table = []
+    for kind, bs in by.items():
+        fs, rs = bs.get("fast", {}).get("train_step", {}), bs.get("ref", {}).get("train_step", {})
+        table.append([kind, _fmt(fs.get("wall_ms")), _fmt(rs.get("wall_ms")), _x(_ratio(rs.get("wall_ms"),
+                      fs.get("wall_ms"))), _fmt((bs.get("fast", {}).get("full_job_hours") or {}).get("wall"), 2)])
+    c = d.get("config", {})
+    bullets = [f"- fig8's language models (width {c.get('width', '?')}, {c.get('layers', '?')} layers, T "
+               f"{c.get('T', '?')}, batch {c.get('batch', '?')}), one thread; job hours: {c.get('steps', '?')} steps "
+               "at the fast step's wall time plus the evaluations"]
+    return bullets, _table(["kind", "fast step ms", "ref step ms", "ref / fast", "fig8 job hours (fast)"], table)
+
+
+def page_cuda_resources(r: Run):
+    d = r.data
+    tk = d["toolkit"]
+    regs, spills = {}, {}
+    for k in d["kernels"]:
+        key = (k["kernel"], k["dtype"])
+        regs.setdefault(key, {})[k["arch"]] = k["registers"]
+        spills[key] = spills.get(key, 0) + k["spill_stores"] + k["spill_loads"]
+    archs = sorted({k["arch"] for k in d["kernels"]})
+    shared = {}
+    for s in d["shared"]:
+        shared.setdefault((s["shape"], s["d"], s["threads"]), {}).setdefault(s["dtype"], {})[
+            (s["kernel"], s["gamma"])] = s["shared_bytes"]
+    cols = [("mesa_fwd", False), ("mesa_bwd", False), ("mesa_bwd", True)]
+    per_shape = "; ".join(f"{sh} (d={dd}, {th} threads) " + ", ".join(
+        f"{dt} " + " / ".join(_fmt(v.get(c, float("nan")) / 1024) for c in cols) for dt, v in by.items())
+        for (sh, dd, th), by in shared.items())
+    bullets = [f"- compiled, not run (ptxas {tk.get('ptxas', '?').split(', ')[-1]}, numba-cuda "
+               f"{tk.get('numba_cuda', '?')}): registers per thread from `ptxas -v`",
+               f"- dynamic shared memory per block, KiB, forward / backward / backward with gamma: {per_shape}"]
+    return bullets, _table(["kernel", "dtype"] + [f"registers {a}" for a in archs] + ["spilled bytes"],
+                           [[k, t] + [regs[(k, t)].get(a, "-") for a in archs] + [spills[(k, t)]]
+                            for (k, t) in regs])
+
+
+def page_jax_step_ms(r: Run):
+    d = r.data
+    steps = ", ".join(f"{s.get('model', s['family'])} {_fmt(s['ms'])} ms" for s in d["steps"])
+    return [f"- {d.get('what', '')}", f"- {steps}"], []
+
+
+def page_other(r: Run):
+    return [f"- no table for this kind of result; see `benchmarks/results/{r.path}`"], []
+
+
+SECTIONS = (  # (title, the benchmarks it shows, renderer), in the order of the page
+    ("Training step against the authors' JAX step", ("bench_train_step:jax",), page_train_step),
+    ("The authors' JAX step in the cost estimates", ("jax_step_ms",), page_jax_step_ms),
+    ("Training step, mesa_fast against mesa_ref", ("bench_train_step:ref",), page_train_step),
+    ("Training step", ("bench_train_step:none",), page_train_step),
+    ("Mesa layer, forward + backward", ("bench_mesa",), page_bench_mesa),
+    ("Numerical error of the mesa-layer backward strategies", ("mesa_stability",), page_mesa_stability),
+    ("Plain against SIMD Numba kernels", ("plain_vs_simd",), page_plain_vs_simd),
+    ("Huge pages", ("huge_pages:jax", "huge_pages:ref", "huge_pages:none"), page_huge_pages),
+    ("Cost of the fig8 language models", ("lm_cost",), page_lm_cost),
+    ("Registers and shared memory of the CUDA mesa kernels", ("cuda_resources",), page_cuda_resources),
+)
+BENCHMARKS = [b for _, benches, _ in SECTIONS for b in benches]
+
+
+def _title(bench):
+    for title, benches, _ in SECTIONS:
+        if bench in benches:
+            return title + (" (with the authors' JAX step)" if bench == "huge_pages:jax" else "")
+    return f"Other: `{bench.split(':', 1)[1]}`"
+
+
+def _loads(r: Run):
+    d = r.data
+    if r.kind == "bench_mesa":
+        return _load(d["machine"].get("loadavg_at_start"))
+    if r.kind == "lm_cost":
+        return _load(d.get("load_before"), d.get("load_after"))
+    return _load(d.get("load_average_before"), d.get("load_average_after"))
+
+
+# ---------------------------------------------------------------------------------------------- older runs
+def summary(r: Run) -> str:
+    """One line of what an older run measured, for the archive."""
+    d = r.data
+    if r.kind in ("bench_train_step", "huge_pages"):
+        rows = _train_rows(d)
+        peer = PEER_NAMES.get(r.bench.split(":")[1])
+        wall = "wall_ms_median" if r.kind == "bench_train_step" else "wall_ms_4k"
+        if r.kind == "huge_pages":
+            return "4 KB / huge, wall: " + ", ".join(f"{x['model']} {x['backend']} {_x(x['speedup_wall'])}"
+                                                     for x in d["results"])
+        if peer:
+            parts = [f"{m} {_x(_ratio(bs.get(peer[0], {}).get(wall), bs.get('mesa_fast', {}).get(wall)))}"
+                     for m, bs in rows.items()]
+            return f"{peer[1]} / mesa_fast, wall: " + ", ".join(parts)
+        return "wall ms: " + ", ".join(f"{x['model']} {x['backend']} {_fmt(x[wall])}" for x in d["results"])
+    if r.kind == "bench_mesa":
+        parts = []
+        for x in d["results"]:
+            t = x["timings"]
+            best = [i for i in t if i != "ref" and t[i].get("speedup_vs_ref")]
+            if best:
+                i = best[0]
+                parts.append(f"{x['shape']} {i} {_fmt(t[i]['median_ms'], 1)} ms ({_x(t[i]['speedup_vs_ref'], 1)})")
+        return "ref / fast: " + ", ".join(parts)
+    if r.kind == "lm_cost":
+        return "fast step ms: " + ", ".join(f"{m['kind']} {_fmt(m['train_step']['wall_ms'])}"
+                                            for m in d["models"] if m["backend"] == "fast")
+    if r.kind == "plain_vs_simd":
+        return "plain / SIMD, wall: " + ", ".join(f"{x['what']} {_x(x['plain_over_simd_wall'])}" for x in d["results"])
+    if r.kind == "cuda_resources":
+        return "registers: " + ", ".join(f"{k['kernel']} {k['dtype']} {k['arch']} {k['registers']}"
+                                         for k in d["kernels"])
+    if r.kind == "mesa_stability":
+        return f"{len(d['rows'])} cases"
+    return "no summary for this kind of result"
+
+
+def build_archive(runs: list[Run], today: dict[str, Run]) -> str:
+    out = [ARCHIVE_HEADER]
+    older = [r for r in runs if today[r.bench] is not r]
+    for bench in BENCHMARKS + sorted({r.bench for r in runs} - set(BENCHMARKS)):
+        mine = sorted((r for r in older if r.bench == bench), key=lambda r: (r.when, r.name), reverse=True)
+        if not mine:
+            continue
+        out += [f"## {_title(bench)}", "", f"Today's run: `{today[bench].name}`.", ""]
+        rows = []
+        for r in mine:
+            where = f"[`{r.name}`]({ARCHIVE_TO_RESULTS}{r.path})"
+            if not r.archived:
+                where += f", kept in benchmarks/results/: {PINNED[r.name][0]} {PINNED[r.name][1]}"
+            rows.append([where, r.date, r.commit or "not recorded", _short_machine(r.machine), f"`{r.command}`",
+                         summary(r)])
+        out += _table(["file", "date", "commit", "machine", "command", "summary"], rows) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- the documents
 def read_notes(path: Path) -> str:
     """notes.md without its leading HTML comment (the instructions to its editors)."""
     text = path.read_text()
@@ -336,60 +540,73 @@ def read_notes(path: Path) -> str:
     return stripped.strip() + "\n"
 
 
-def build(results_dir: Path = RESULTS, notes: Path = NOTES) -> str:
-    """The text of docs/performance.md from the JSON files in ``results_dir`` and the notes file."""
-    results_dir, notes = Path(results_dir), Path(notes)
-    files = sorted(results_dir.glob("*.json"))
-    if not files:
-        raise ValueError(f"{results_dir}: no *.json result files")
-    if not notes.is_file():
-        raise ValueError(f"{notes}: notes file not found")
-    loaded = []
-    for f in files:
-        try:
-            d = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{f}: not valid JSON ({e})") from None
-        loaded.append((f.name, d))
-    out = [HEADER, "## Saved benchmark runs", "",
-           "One subsection per file in `benchmarks/results/`; each states what its JSON records (date, commit, "
-           "command, machine). Regenerate a run with its command on a quiet machine before quoting it.", ""]
-    for kind, title, renderer in SECTIONS:
-        mine = [(n, d) for n, d in loaded if kind_of(d) == kind]
+def build_page(runs: list[Run], today: dict[str, Run], notes_text: str) -> str:
+    out = [HEADER]
+    sections = list(SECTIONS) + [(_title(b), (b,), page_other) for b in sorted(set(today) - set(BENCHMARKS))]
+    for title, benches, render in sections:
+        mine = [today[b] for b in benches if b in today]
         if not mine:
             continue
-        out += [f"### {title}", ""]
-        for n, d in mine:
-            out += renderer(d, n) + [""]
-    text = "\n".join(out).rstrip() + "\n\n" + read_notes(notes)
-    return text
+        out += [f"## {title}", ""]
+        said = set()
+        for r in mine:
+            bullets, body = render(r)
+            out += [_run_line(r, _loads(r))] + [b for b in bullets if b not in said]   # once per section
+            said.update(bullets)
+            for p in sorted((p for p in runs if p.bench == r.bench and p is not r and not p.archived),
+                            key=lambda p: p.name):
+                out.append(f"- an older run stays in `benchmarks/results/`: `{p.name}` ({p.date}, "
+                           f"{_short_machine(p.machine)}); {PINNED[p.name][0]} {PINNED[p.name][1]}")
+            out += [""] + (body + [""] if body else [])
+    return "\n".join(out).rstrip() + "\n\n" + notes_text
+
+
+def build_all(results_dir: Path = RESULTS, notes: Path = NOTES) -> dict[str, str]:
+    """{"page": text of docs/performance.md, "archive": text of docs/performance-archive/index.md}."""
+    results_dir, notes = Path(results_dir), Path(notes)
+    if not notes.is_file():
+        raise ValueError(f"{notes}: notes file not found")
+    runs = load_runs(results_dir)
+    today = todays(runs)
+    check_layout(runs, today)
+    return {"page": build_page(runs, today, read_notes(notes)), "archive": build_archive(runs, today)}
+
+
+def build(results_dir: Path = RESULTS, notes: Path = NOTES) -> str:
+    """The text of docs/performance.md."""
+    return build_all(results_dir, notes)["page"]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default=str(RESULTS), help="directory of the *.json results")
+    p.add_argument("--results", default=str(RESULTS), help="directory of the *.json results (older runs in archive/)")
     p.add_argument("--notes", default=str(NOTES), help="the hand-written notes (Markdown)")
-    p.add_argument("--out", default=str(OUT), help="output file (default docs/performance.md)")
-    p.add_argument("--check", action="store_true", help="compare with --out instead of writing; exit 1 if different")
+    p.add_argument("--out", default=str(OUT), help="the page (default docs/performance.md)")
+    p.add_argument("--archive-out", default=str(ARCHIVE_OUT),
+                   help="the archive's index (default docs/performance-archive/index.md)")
+    p.add_argument("--check", action="store_true",
+                   help="compare with the files instead of writing; exit 1 if either differs")
     a = p.parse_args(argv)
     try:
-        text = build(Path(a.results), Path(a.notes))
+        texts = build_all(Path(a.results), Path(a.notes))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(a.out)
+    targets = [(Path(a.out), texts["page"]), (Path(a.archive_out), texts["archive"])]
     if a.check:
-        current = out.read_text() if out.exists() else None
-        if current != text:
+        stale = [out for out, text in targets if not out.exists() or out.read_text() != text]
+        for out in stale:
             print(f"{out} is out of date: run python benchmarks/make_performance_doc.py", file=sys.stderr)
+        if stale:
             return 1
-        print(f"{out} is up to date")
+        print(" and ".join(str(out) for out, _ in targets) + " are up to date")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    print(f"wrote {out}")
+    for out, text in targets:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"wrote {out}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""docs/performance.md is generated from benchmarks/results/*.json and benchmarks/notes.md; it must be up to date."""
+"""docs/performance.md (today's run of each benchmark) and docs/performance-archive/index.md (the older runs) are
+generated from benchmarks/results/ and benchmarks/notes.md; both must be up to date, and the page short."""
 import importlib.util
 import json
 import shutil
@@ -11,53 +12,118 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "make_performance_doc.py"
 DOC = ROOT / "docs" / "performance.md"
+ARCHIVE_DOC = ROOT / "docs" / "performance-archive" / "index.md"
 RESULTS = ROOT / "benchmarks" / "results"
+NOTES = ROOT / "benchmarks" / "notes.md"
 
 
 def _module():
     spec = importlib.util.spec_from_file_location("make_performance_doc", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod        # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_committed_doc_is_up_to_date(tmp_path):
-    out = tmp_path / "performance.md"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert out.read_text() == DOC.read_text(), (
-        "docs/performance.md is out of date: run python benchmarks/make_performance_doc.py")
-
-
-def test_every_result_is_listed_with_its_command_date_and_machine():
-    doc = DOC.read_text()
-    files = sorted(RESULTS.glob("*.json"))
-    assert files
-    for f in files:
-        d = json.loads(f.read_text())
-        meta = d.get("meta", d)
-        assert f"`{f.name}`" in doc
-        assert f"`{meta['command']}`" in doc and str(meta["date"]) in doc
-    assert "## Measurements moved out of the code" in doc      # the notes are in
-
-
-def test_a_changed_result_or_note_changes_the_doc(tmp_path):
-    """The up-to-date test can fail: editing one number of one result, or the notes, changes the output."""
-    mod = _module()
+def _copy(tmp_path):
     res = tmp_path / "results"
     shutil.copytree(RESULTS, res)
     notes = tmp_path / "notes.md"
-    shutil.copy(ROOT / "benchmarks" / "notes.md", notes)
-    base = mod.build(res, notes)
-    assert base == DOC.read_text()
-    f = res / "bench_train_step_cpu_xeon.json"
-    d = json.loads(f.read_text())
-    d["results"][1]["wall_ms_median"] = 1234.5
-    f.write_text(json.dumps(d))
-    changed = mod.build(res, notes)
-    assert changed != base and "1234.5" in changed
+    shutil.copy(NOTES, notes)
+    return res, notes
+
+
+def test_committed_docs_are_up_to_date(tmp_path):
+    page, archive = tmp_path / "performance.md", tmp_path / "index.md"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(page), "--archive-out", str(archive)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert page.read_text() == DOC.read_text(), (
+        "docs/performance.md is out of date: run python benchmarks/make_performance_doc.py")
+    assert archive.read_text() == ARCHIVE_DOC.read_text(), (
+        "docs/performance-archive/index.md is out of date: run python benchmarks/make_performance_doc.py")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_page_is_one_short_page():
+    assert len(DOC.read_text().splitlines()) <= 150
+
+
+def test_every_run_is_on_the_page_or_in_the_archive_with_its_command_and_date():
+    mod = _module()
+    doc, archive = DOC.read_text(), ARCHIVE_DOC.read_text()
+    today, older = sorted(RESULTS.glob("*.json")), sorted((RESULTS / "archive").glob("*.json"))
+    assert today and older
+    for f in today + older:
+        d = json.loads(f.read_text())
+        meta = d.get("meta", d)
+        where = archive if f in older or f.name in mod.PINNED else doc
+        assert f"`{f.name}`" in where and f"`{meta['command']}`" in where and str(meta["date"]) in where, f.name
+    for f in older:
+        assert f"(../../benchmarks/results/archive/{f.name})" in archive
+        assert f"`{f.name}`" not in doc          # the page shows today's runs only
+
+
+def test_todays_run_is_the_newest_that_measured_the_whole_benchmark():
+    mod = _module()
+    runs = mod.load_runs(RESULTS)
+    today = mod.todays(runs)
+    for r in runs:
+        t = today[r.bench]
+        full = frozenset().union(*(x.cells for x in runs if x.bench == r.bench))
+        assert t.cells == full
+        if r.cells >= full:
+            assert (r.when, r.name) <= (t.when, t.name)
+        assert r.archived == (r is not t and r.name not in mod.PINNED), r.name
+    assert today["bench_train_step:jax"].name == "bench_train_step_cpu_dw_b.json"
+
+
+def test_a_newer_run_takes_over_only_once_the_older_one_is_archived(tmp_path):
+    mod = _module()
+    res, notes = _copy(tmp_path)
+    d = json.loads((res / "bench_train_step_cpu_dw_b.json").read_text())
+    d["date"] = "2099-01-01 00:00 UTC"
+    d["results"][0]["wall_ms_median"] = 111.1
+    (res / "bench_train_step_cpu_new.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"git mv benchmarks/results/bench_train_step_cpu_dw_b\.\{json,md\} "
+                                         r"benchmarks/results/archive/"):
+        mod.build_all(res, notes)
+    (res / "bench_train_step_cpu_dw_b.json").rename(res / "archive" / "bench_train_step_cpu_dw_b.json")
+    texts = mod.build_all(res, notes)
+    assert "`bench_train_step_cpu_new.json`" in texts["page"] and "| 111.1 |" in texts["page"]
+    assert "`bench_train_step_cpu_dw_b.json`" in texts["archive"]
+    # a newer run of some of the models only is not today's: it belongs in the archive
+    d["date"], d["results"] = "2099-02-01 00:00 UTC", d["results"][:2]
+    (res / "bench_train_step_cpu_part.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"git mv benchmarks/results/bench_train_step_cpu_part\.\{json,md\}"):
+        mod.build_all(res, notes)
+
+
+def test_a_changed_result_or_note_changes_the_docs(tmp_path):
+    """The up-to-date test can fail: one number of today's run, of an archived run, or the notes."""
+    mod = _module()
+    res, notes = _copy(tmp_path)
+    base = mod.build_all(res, notes)
+    assert base["page"] == DOC.read_text() and base["archive"] == ARCHIVE_DOC.read_text()
+    for name, where in (("bench_train_step_cpu_dw_b.json", "page"), ("archive/bench_train_step_cpu_xeon.json",
+                                                                     "archive")):
+        f = res / name
+        d = json.loads(f.read_text())
+        d["results"][1]["wall_ms_median"] = 1234.5
+        f.write_text(json.dumps(d))
+        changed = mod.build_all(res, notes)
+        assert changed[where] != base[where], name
     notes.write_text(notes.read_text() + "\n- one more note\n")
-    assert mod.build(res, notes).endswith("- one more note\n")
+    assert mod.build_all(res, notes)["page"].endswith("- one more note\n")
+
+
+def test_pinned_runs_are_still_cited_where_the_pin_says():
+    """An older run stays in benchmarks/results/ only while the code that the pin names still mentions it there."""
+    mod = _module()
+    for name, (path, _why) in mod.PINNED.items():
+        assert (RESULTS / name).is_file(), name
+        assert name in (ROOT / path).read_text(), f"{path} no longer mentions {name}: unpin it and archive it"
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
@@ -65,15 +131,24 @@ def test_bad_input_is_a_clear_error(tmp_path):
     notes = tmp_path / "notes.md"
     notes.write_text("## notes\n")
     with pytest.raises(ValueError, match="no \\*.json"):
-        mod.build(tmp_path, notes)
+        mod.build_all(tmp_path, notes)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken.json: not valid JSON"):
-        mod.build(tmp_path, notes)
-    (tmp_path / "broken.json").write_text(json.dumps({"meta": {"date": "x"}, "rows": []}))
+        mod.build_all(tmp_path, notes)
+    (tmp_path / "broken.json").write_text(json.dumps({"meta": {"date": "2026-01-01"}, "rows": []}))
     with pytest.raises(ValueError, match="missing \\['command'\\]"):
-        mod.build(tmp_path, notes)
+        mod.build_all(tmp_path, notes)
+    (tmp_path / "broken.json").write_text(json.dumps({"benchmark": "huge_pages", "date": "yesterday",
+                                                      "command": "x", "machine": {}, "results": []}))
+    with pytest.raises(ValueError, match="does not start with YYYY-MM-DD"):
+        mod.build_all(tmp_path, notes)
     with pytest.raises(ValueError, match="notes file not found"):
-        mod.build(RESULTS, tmp_path / "absent.md")
-    r = subprocess.run([sys.executable, str(SCRIPT), "--check", "--out", str(tmp_path / "stale.md")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 1 and "out of date" in r.stderr
+        mod.build_all(RESULTS, tmp_path / "absent.md")
+    shutil.copy(DOC, tmp_path / "page.md")
+    shutil.copy(ARCHIVE_DOC, tmp_path / "index.md")
+    for stale in ("page.md", "index.md"):       # --check covers both files
+        (tmp_path / stale).write_text("stale\n")
+        r = subprocess.run([sys.executable, str(SCRIPT), "--check", "--out", str(tmp_path / "page.md"),
+                            "--archive-out", str(tmp_path / "index.md")], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 1 and f"{stale} is out of date" in r.stderr
+        shutil.copy(DOC if stale == "page.md" else ARCHIVE_DOC, tmp_path / stale)
