@@ -1,23 +1,62 @@
 """What a figure's training cost, and what the authors' JAX code would take for the same runs.
 
 Our cost is measured: each job records the CPU seconds of its own process (``mesa_lab.jobs``).  The authors'
-cost is an estimate: their jit-compiled training step, timed side by side with ours on a 2-core AMD EPYC
-machine for four model families (``JAX_STEP_MS``), times the job's number of steps.  Models outside those
-families get the step time of the nearest family scaled by the number of layers, and the estimate says so.
+cost is an estimate: their jit-compiled training step, timed side by side with ours for four model families,
+times the job's number of steps.  The step times are a benchmark result, ``benchmarks/results/jax_step_ms.json``
+(what each number is, where and when it was measured, and the runs it comes from); ``jax_step_ms`` reads it.
+Models outside those families get the step time of the nearest family scaled by the number of layers, and the
+estimate says so.
 """
 from __future__ import annotations
 
-#: the authors' JAX/Flax training step (forward, backward, clipping, AdamW; batch 256, T 50, float32), in ms: the
-#: midpoints of the ranges measured side by side with mesa_fast on a 2-core AMD EPYC on 2026-12-02 with nothing
-#: else running (benchmarks/results/bench_train_step_cpu_quiet3.json, bench_huge_pages_cpu_jax.json "4 KB", and
-#: two unsaved runs listed in docs/performance.md). The first estimates (203.5 / 668.5 / 382 / 1114 ms) were taken
-#: while other jobs shared the cores, which inflated JAX's wall time by 1.4-1.6x.
-JAX_STEP_MS = {
-    ("linear", 2): 146.9,     # 146.9 ms (one run): the default model, constructed tokens
-    ("linear", 6): 394.7,     # 369.5-419.9 ms
-    ("mesa", 1): 270.3,       # 270.3 ms (one run)
-    ("softmax_mlp_ln", 6): 695.3,    # 683.1-707.5 ms: softmax + GELU MLP (x4) + pre-LayerNorm, width 40, key 20
-}
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JAX_STEP_FILE = ROOT / "benchmarks" / "results" / "jax_step_ms.json"
+
+#: the measured (family, layers) the extrapolation starts from, per family
+BASE = {"linear": ("linear", 2), "mesa": ("mesa", 1), "softmax": ("softmax_mlp_ln", 6),
+        "softmax_mlp_ln": ("softmax_mlp_ln", 6)}
+
+
+class StepTimesError(ValueError):
+    """The file of the authors' step times is missing or not in the expected form."""
+
+
+@lru_cache(maxsize=None)
+def _load(path: str) -> dict:
+    what = f"{path} (the authors' JAX step times that the cost estimate uses)"
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StepTimesError(f"{what}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StepTimesError(f"{what}: cannot be read as JSON ({e})") from None
+    steps = d.get("steps") if isinstance(d, dict) else None
+    if not isinstance(steps, list) or not steps:
+        raise StepTimesError(f"{what}: no 'steps' list")
+    out = {}
+    for i, s in enumerate(steps):
+        fam, layers, ms = (s.get("family"), s.get("layers"), s.get("ms")) if isinstance(s, dict) else (None,) * 3
+        if not (isinstance(fam, str) and isinstance(layers, int) and not isinstance(layers, bool)
+                and isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0):
+            raise StepTimesError(f"{what}: steps[{i}] needs a 'family' (text), 'layers' (an integer) and 'ms' "
+                                 f"(a positive number), got {s!r}")
+        if (fam, layers) in out:
+            raise StepTimesError(f"{what}: ({fam!r}, {layers}) is listed twice")
+        out[(fam, layers)] = float(ms)
+    missing = sorted(set(BASE.values()) - set(out))
+    if missing:
+        raise StepTimesError(f"{what}: no step time for {missing}, which the estimate extrapolates from")
+    return out
+
+
+def jax_step_ms(path=None) -> dict:
+    """{(family, layers): ms} of the authors' measured JAX step, from ``benchmarks/results/jax_step_ms.json``."""
+    return dict(_load(str(path or JAX_STEP_FILE)))
 
 
 def family(model: dict) -> str:
@@ -35,11 +74,11 @@ def family(model: dict) -> str:
 def jax_step_estimate(model: dict) -> tuple[float, str]:
     """(ms per step, how it was obtained) for a model record at batch 256 and T 50."""
     fam, L = family(model), len(model["layers"])
-    if (fam, L) in JAX_STEP_MS:
-        return JAX_STEP_MS[(fam, L)], "measured"
-    base = {"linear": ("linear", 2), "mesa": ("mesa", 1), "softmax": ("softmax_mlp_ln", 6),
-            "softmax_mlp_ln": ("softmax_mlp_ln", 6)}[fam]
-    ms = JAX_STEP_MS[base] * L / base[1]
+    steps = jax_step_ms()
+    if (fam, L) in steps:
+        return steps[(fam, L)], "measured"
+    base = BASE[fam]
+    ms = steps[base] * L / base[1]
     width = model.get("width", 40)
     if fam.startswith("softmax") and width != 40:
         ms *= (width / 40) ** 2       # the dense products grow with width^2
