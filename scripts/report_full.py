@@ -25,6 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mesa_lab.experiments.retests import RETESTS  # noqa: E402
 DOC = ROOT / "docs" / "reproduction.md"
 BEGIN, END = "<!-- numbers: begin (scripts/report_full.py) -->", "<!-- numbers: end -->"
 FIGURES = ("fig1_weights", "fig2_one_layer_gd", "fig3_depth", "fig4_probing", "fig5_copy_layer", "fig6_icl",
@@ -99,6 +101,11 @@ def rows_for(name, d):
                             ", ".join(f(v, 2) for v in targets["inverse_curvature"])))
             if "next" in targets:
                 out.append((f"{model}: next-state probe error by layer", ", ".join(f(v, 2) for v in targets["next"])))
+        for model, a in (d.get("probe_error_authors") or {}).items():
+            out.append((f"{model}: inverse-curvature probe, the authors' definition, by layer, t >= 2",
+                        ", ".join(f(v, 2) for v in a["inverse_curvature"])))
+            if a.get("inverse_curvature_t10"):
+                out.append((f"{model}: the same, t >= 10", ", ".join(f(v, 2) for v in a["inverse_curvature_t10"])))
         return out
     if name == "fig5_copy_layer":
         return [("first layer's attention weight on t-1", f(d["prev_token_attention"])),
@@ -112,6 +119,26 @@ def rows_for(name, d):
                 out.append((f"error at the last example, {k}", f(v[-1], 3)))
         return out
     return []
+
+
+def seed_rows(d):
+    """(quantity, value) rows of a figure's spread over training seeds: every scalar it gathers per seed, as
+    mean +- std (the per-seed values in brackets); curves are in the JSON."""
+    ts = d.get("training_seeds") or {}
+    out = []
+    if len(ts.get("seeds", [])) < 2:
+        if ts.get("missing_seeds"):
+            out.append(("training seeds", f"only seed(s) {', '.join(map(str, ts.get('seeds', [])))} so far; "
+                                          f"missing {', '.join(map(str, ts['missing_seeds']))}"))
+        return out
+    n = len(ts["seeds"])
+    for path, vals in ts["per_seed"].items():
+        if vals and not isinstance(vals[0], list):
+            out.append((f"{path}, over {n} training seeds", f"{f(ts['mean'][path], 4)} +- {f(ts['std'][path], 2)} "
+                                                            f"({', '.join(f(v, 4) for v in vals)})"))
+    if ts.get("missing_seeds"):
+        out.append(("training seeds missing", ", ".join(map(str, ts["missing_seeds"]))))
+    return out
 
 
 def jax_estimate(d):
@@ -147,7 +174,8 @@ def refresh_costs(fig_dir: Path) -> list:
 
 def block(fig_dir: Path) -> str:
     lines = ["| figure | quantity | our full-size number | run |", "|---|---|---|---|"]
-    cost = ["| figure | jobs | our CPU hours | authors' JAX, estimated hours | run |", "|---|---|---|---|---|"]
+    cost = ["| figure | jobs | our CPU hours | more training seeds, CPU hours | 2-core machine hours | "
+            "authors' JAX, estimated hours | run |", "|---|---|---|---|---|---|---|"]
     for name in FIGURES:
         d, status = load(fig_dir, name)
         if d is None:
@@ -155,14 +183,25 @@ def block(fig_dir: Path) -> str:
             cost.append(f"| {name} | - | - | - | not run yet |")
             continue
         run = status if status == "full" else f"partial (missing: {', '.join(d.get('missing_jobs', []))})"
-        for q, v in rows_for(name, d):
+        for q, v in rows_for(name, d) + seed_rows(d):
             lines.append(f"| {name} | {q} | {v} | {status} |")
         c = d.get("cost", {})
         jobs = len({j["key"] for j in d.get("config", {}).get("jobs", {}).values()})
         jax = jax_estimate(d)[0] if d.get("config", {}).get("jobs") else c.get("jax_hours_estimate")
-        cost.append(f"| {name} | {jobs} | {f(c.get('cpu_hours'))} | {f(jax)} | {run} |")
+        seeds = c.get("training_seeds_cpu_hours")
+        cost.append(f"| {name} | {jobs} | {f(c.get('cpu_hours'))} | {f(seeds)} | "
+                    f"{f(None if c.get('cpu_hours') is None else (c['cpu_hours'] + (seeds or 0)) / 2)} | {f(jax)} | {run} |")
+    for name, (flags, sub) in RETESTS.items():
+        d, status = load(fig_dir / sub, name)
+        if d is None:
+            lines.append(f"| {name}, {' '.join(flags)} | - | not run yet | - |")
+            continue
+        for q, v in rows_for(name, d):
+            lines.append(f"| {name}, {' '.join(flags)} | {q} | {v} | {status} |")
     return "\n".join([BEGIN, "", "Headline numbers:", "", *lines, "", "What the training cost (each job's own "
-                      "process CPU time; a job shared by two figures counts in both):", "", *cost, "", END])
+                      "process CPU time; a job shared by two figures counts in both; machine hours: the CPU hours of "
+                      "the figure's jobs at every training seed on both cores of the 2-core machine, one job per "
+                      "core):", "", *cost, "", END])
 
 
 def main(argv=None) -> int:
