@@ -9,13 +9,13 @@ Inputs: ``benchmarks/results/*.json`` (today's runs), ``benchmarks/results/archi
 depends on those files alone (no clock, no git), so tests/test_performance_doc.py can regenerate it and compare.
 
 Which run is today's. Every result file belongs to one benchmark: the script that wrote it and, for the training
-step and huge pages, the peer it was compared with (the authors' JAX step, mesa_ref, or none). A benchmark's full
-set is every cell (model and backend, shape and implementation, kernel and target, ...) that any of its runs
-measured. Today's run is the newest run, by the date its file records, that measured the full set (where no run
-did, the newest run). Today's run of each benchmark lives in ``benchmarks/results/``, every other run in
-``benchmarks/results/archive/``, with the Markdown file of the same name beside it; the script stops with the
-``git mv`` to make when a file is in the wrong folder. ``PINNED`` names the older runs that stay in
-``benchmarks/results/`` because code reads them from there.
+step and huge pages, the peer it was compared with (the authors' JAX step, mesa_ref, or none), for the mesa layer
+whether a GPU was timed. A benchmark's full set is every cell (model and backend, shape and implementation, kernel
+and target, ...) that any of its runs measured. Today's run is the newest run, by the date its file records, that
+measured the full set (where no run did, the newest run). Today's run of each benchmark lives in
+``benchmarks/results/``, every other run in ``benchmarks/results/archive/``, with the Markdown file of the same
+name beside it; the script stops with the ``git mv`` to make when a file is in the wrong folder. ``PINNED`` names
+the older runs that stay in ``benchmarks/results/`` because code reads them from there.
 """
 from __future__ import annotations
 
@@ -197,7 +197,8 @@ def make_run(name, d, archived) -> Run:
         bench = f"{kind}:{_peer({b for _, b in cells})}"
     elif kind == "bench_mesa":
         cells = {(r["shape"], i) for r in d["results"] for i, t in r["timings"].items() if "median_ms" in t}
-        bench = kind
+        gpu = any(i in ("cupy", "cupy_chunk") for _, i in cells)      # bench_mesa.py's own cpu / gpu split
+        bench = f"{kind}:{'gpu' if gpu else 'cpu'}"
     elif kind == "mesa_stability":
         cells = {(r["dtype"], r["strategy"], r["T"], r["lam"], r["gamma"]) for r in d["rows"]}
         bench = kind
@@ -444,7 +445,8 @@ SECTIONS = (  # (title, the benchmarks it shows, renderer), in the order of the 
     ("The authors' JAX step in the cost estimates", ("jax_step_ms",), page_jax_step_ms),
     ("Training step, mesa_fast against mesa_ref", ("bench_train_step:ref",), page_train_step),
     ("Training step", ("bench_train_step:none",), page_train_step),
-    ("Mesa layer, forward + backward", ("bench_mesa",), page_bench_mesa),
+    ("Mesa layer, forward + backward", ("bench_mesa:cpu",), page_bench_mesa),
+    ("Mesa layer on the GPU, forward + backward", ("bench_mesa:gpu",), page_bench_mesa),
     ("Numerical error of the mesa-layer backward strategies", ("mesa_stability",), page_mesa_stability),
     ("Plain against SIMD Numba kernels", ("plain_vs_simd",), page_plain_vs_simd),
     ("Huge pages", ("huge_pages:jax", "huge_pages:ref", "huge_pages:none"), page_huge_pages),

@@ -93,6 +93,14 @@ def test_a_newer_run_takes_over_only_once_the_older_one_is_archived(tmp_path):
     texts = mod.build_all(res, notes)
     assert "`bench_train_step_cpu_new.json`" in texts["page"] and "| 111.1 |" in texts["page"]
     assert "`bench_train_step_cpu_dw_b.json`" in texts["archive"]
+    # a GPU run of the mesa layer is a benchmark of its own: the CPU run stays today's
+    g = json.loads((res / "bench_mesa_cpu_xeon.json").read_text())
+    g["date"] = "2099-01-01T00:00:00"
+    for row in g["results"]:
+        row["timings"]["cupy"] = {"median_ms": 0.5, "speedup_vs_ref": 800.0}
+    (res / "bench_mesa_gpu.json").write_text(json.dumps(g))
+    texts = mod.build_all(res, notes)
+    assert "`bench_mesa_cpu_xeon.json`" in texts["page"] and "`bench_mesa_gpu.json`" in texts["page"]
     # a newer run of some of the models only is not today's: it belongs in the archive
     d["date"], d["results"] = "2099-02-01 00:00 UTC", d["results"][:2]
     (res / "bench_train_step_cpu_part.json").write_text(json.dumps(d))
