@@ -36,6 +36,13 @@ class ModelConfig:
     mesa_gamma: bool = False                # [M4] learn a forgetting factor gamma = sigmoid(g) per mesa head
     mesa_backward: str = "store"            # [M3] how mesa_backward gets R_t: "store" | "checkpoint" | "downdate"
     mesa_chunk: int | None = None           # [M5] set: mesa layers run the exact chunkwise form with this many tokens per chunk
+    pos_enc_kq: bool = False                # [L7] the first layer's queries and keys read [h, P] (P sinusoidal, width D);
+                                            # its values and the residual stream see no position (the authors' hybrid layer)
+    io_bias: bool = True                    # biases of the embedding and read-out dense maps (embed/tokens modes)
+
+    #: fields left out of ``to_dict`` while at their default, so that adding them left every existing job key as
+    #: it was (a job's key hashes its model record)
+    OPTIONAL = {"pos_enc_kq": False, "io_bias": True}
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -71,12 +78,19 @@ class ModelConfig:
                 raise ValueError("mesa_chunk: the chunkwise form [M5] has no forgetting factor; "
                                  "use mesa_chunk=None with mesa_gamma=True")
 
+        if self.pos_enc_kq and self.layernorm:
+            raise ValueError("pos_enc_kq: the first layer's positional queries and keys are built without a "
+                             "LayerNorm; use layernorm=False")
+
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        for k, default in self.OPTIONAL.items():
+            if d[k] == default:
+                del d[k]
         return d
 
     @classmethod

@@ -10,15 +10,20 @@ Block l (for every entry of config.layers), as in the official code:
     h = clip(h + o_merged W_O)                     [L6] clip after every block
     if mlp: h = clip(h + W_2 gelu(W_1 LN2(h) + b_1) + b_2)       [L5]
 
+With ``pos_enc_kq`` the first block's queries and keys are [h, P] W_Q, [h, P] W_K (P the sinusoidal encoding
+[L7] of width D, so W_Q, W_K are (2D, H*d)) while its values stay h W_V: position reaches the first attention's
+pattern and nothing else (the authors' "hybrid" first layer).
+
 Input modes: "constructed" [T2] feeds tokens (0, s_t, s_t, s_{t-1}) directly (D = 4n) and reads the
 prediction of s_{t+1} from the first n coordinates of the last residual stream; "embed" maps raw
 vectors with a dense layer (+ positional encoding [L7]); "tokens" looks up integer ids. The last two
 read out with (final LN and) a dense layer.
 
-Parameters are a flat dict name -> array: "l{i}.wq" (D, H*d), "l{i}.wk", "l{i}.wv" (D, H*d),
-"l{i}.wo" (H*d, D), mesa heads "l{i}.lam_raw" (H,) [lam = softplus + lam_min] and "l{i}.gamma_raw"
+Parameters are a flat dict name -> array: "l{i}.wq" (D, H*d), "l{i}.wk" (both (2D, H*d) in a hybrid first
+layer), "l{i}.wv" (D, H*d), "l{i}.wo" (H*d, D), mesa heads "l{i}.lam_raw" (H,) [lam = softplus + lam_min] and "l{i}.gamma_raw"
 (H,) [gamma = sigmoid], "l{i}.ln1.w"/".b", "l{i}.ln2.w"/".b", "l{i}.mlp.w1" (D, M), ".b1", ".w2"
-(M, D), ".b2", "embed.w" (n or V, D), "embed.b" (D,), "ln_f.w"/".b", "out.w" (D, out), "out.b".
+(M, D), ".b2", "embed.w" (n or V, D), "embed.b" (D,), "ln_f.w"/".b", "out.w" (D, out), "out.b" (the two biases only with
+``io_bias``).
 Gradients come back as a dict with exactly the same keys.
 """
 from __future__ import annotations
@@ -69,11 +74,13 @@ class Transformer:
         p = {}
         if c.input in ("embed", "tokens"):
             p["embed.w"] = w(c.input_dim, D)
-            p["embed.b"] = np.zeros(D, dt)
+            if c.io_bias:
+                p["embed.b"] = np.zeros(D, dt)
         for i, kind in enumerate(c.layers):
             if c.layernorm:
                 p[f"l{i}.ln1.w"], p[f"l{i}.ln1.b"] = np.ones(D, dt), np.zeros(D, dt)
-            p[f"l{i}.wq"], p[f"l{i}.wk"], p[f"l{i}.wv"] = w(D, H * d), w(D, H * d), w(D, H * d)
+            Dqk = 2 * D if (i == 0 and c.pos_enc_kq) else D                 # [h, P] feeds the first q and k
+            p[f"l{i}.wq"], p[f"l{i}.wk"], p[f"l{i}.wv"] = w(Dqk, H * d), w(Dqk, H * d), w(D, H * d)
             p[f"l{i}.wo"] = w(H * d, D)
             if kind == "mesa":
                 p[f"l{i}.lam_raw"] = np.full(H, inverse_softplus(c.mesa_lam_init - c.mesa_lam_min), dt)
@@ -89,7 +96,8 @@ class Transformer:
             if c.layernorm:
                 p["ln_f.w"], p["ln_f.b"] = np.ones(D, dt), np.zeros(D, dt)
             p["out.w"] = w(D, c.output_dim)
-            p["out.b"] = np.zeros(c.output_dim, dt)
+            if c.io_bias:
+                p["out.b"] = np.zeros(c.output_dim, dt)
         return p
 
     def mesa_lam(self, params, i):
@@ -131,9 +139,11 @@ class Transformer:
         if c.input == "constructed":
             h = x                                                            # [B,T,D]
         elif c.input == "embed":
-            h, top["embed"] = ops.dense_forward(x, params["embed.w"], params["embed.b"])   # [B,T,D]
+            h, top["embed"] = ops.dense_forward(x, params["embed.w"], params.get("embed.b"))   # [B,T,D]
         else:
-            h = params["embed.w"][x] + params["embed.b"]                   # [B,T,D]
+            h = params["embed.w"][x]                                         # [B,T,D]
+            if "embed.b" in params:
+                h = h + params["embed.b"]
         if c.pos_enc:
             h = h + ops.sinusoidal_positional_encoding(x.shape[1], c.width, dtype=h.dtype, xp=xp)
         residuals = [h]
@@ -143,11 +153,20 @@ class Transformer:
             lc = {}
             # one product for the three projections: [B,T,D] x [D, 3*H*d] -> [B,T,3*H*d]  [L2], after the LayerNorm
             # as one op where there is one (ops/layernorm_dense.py)
-            w_qkv = xp.concatenate([params[f"l{i}.wq"], params[f"l{i}.wk"], params[f"l{i}.wv"]], axis=1)
-            if c.layernorm:
-                qkv, lc["ln_qkv"] = ops.layernorm_dense_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"], w_qkv)
+            if i == 0 and c.pos_enc_kq:                                        # the hybrid first layer
+                P = ops.sinusoidal_positional_encoding(h.shape[1], c.width, dtype=h.dtype, xp=xp)      # [T,D]
+                hp = xp.concatenate([h, xp.broadcast_to(P, h.shape)], axis=-1)                          # [B,T,2D]
+                w_qk = xp.concatenate([params["l0.wq"], params["l0.wk"]], axis=1)                      # [2D,2*H*d]
+                qk, lc["qk"] = ops.dense_forward(hp, w_qk)                                              # [B,T,2*H*d]
+                v_, lc["v"] = ops.dense_forward(h, params["l0.wv"])                                     # [B,T,H*d]
+                qkv = xp.concatenate([qk, v_], axis=-1)                                                 # [B,T,3*H*d]
             else:
-                qkv, lc["qkv"] = ops.dense_forward(h, w_qkv)
+                w_qkv = xp.concatenate([params[f"l{i}.wq"], params[f"l{i}.wk"], params[f"l{i}.wv"]], axis=1)
+                if c.layernorm:
+                    qkv, lc["ln_qkv"] = ops.layernorm_dense_forward(h, params[f"l{i}.ln1.w"], params[f"l{i}.ln1.b"],
+                                                                    w_qkv)
+                else:
+                    qkv, lc["qkv"] = ops.dense_forward(h, w_qkv)
             q, k, v = ops.split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
             if kind == "linear":
                 o, lc["attn"] = ops.linear_attention_forward(q, k, v)
@@ -184,9 +203,9 @@ class Transformer:
         else:
             if c.layernorm:
                 y, top["ln_out"] = ops.layernorm_dense_forward(h, params["ln_f.w"], params["ln_f.b"],
-                                                               params["out.w"], params["out.b"])   # [B,T,out]
+                                                               params["out.w"], params.get("out.b"))   # [B,T,out]
             else:
-                y, top["out"] = ops.dense_forward(h, params["out.w"], params["out.b"])       # [B,T,out]
+                y, top["out"] = ops.dense_forward(h, params["out.w"], params.get("out.b"))       # [B,T,out]
         cache = ForwardCache(x=x, residuals=residuals, layers=layers, top=top, param_keys=tuple(params), params=params)
         return y, cache
 
@@ -211,7 +230,7 @@ class Transformer:
                 (dh, grads["ln_f.w"], grads["ln_f.b"], grads["out.w"],
                  grads["out.b"]) = ops.layernorm_dense_backward(dy, top["ln_out"])
             else:
-                dh, grads["out.w"], grads["out.b"] = ops.dense_backward(dy, top["out"])
+                dh, grads["out.w"], grads["out.b"] = ops.dense_backward(dy, top["out"])    # out.b: None without bias
         H = c.heads
         for i in reversed(range(len(c.layers))):
             kind, lc = c.layers[i], cache.layers[i]
@@ -248,6 +267,14 @@ class Transformer:
             # of constructed input sits only x itself
             need_da = input_grad or i > 0 or c.layernorm or c.input != "constructed"
             dqkv = ops.merge_qkv(dq, dk, dv)
+            if "qk" in lc:                                                   # the hybrid first layer
+                HD = dqkv.shape[-1] // 3
+                dhp, dw_qk, _ = ops.dense_backward(xp.ascontiguousarray(dqkv[..., :2 * HD]), lc["qk"])   # [B,T,2D]
+                dv_in, grads["l0.wv"], _ = ops.dense_backward(xp.ascontiguousarray(dqkv[..., 2 * HD:]), lc["v"])
+                grads["l0.wq"] = xp.ascontiguousarray(dw_qk[:, :HD])
+                grads["l0.wk"] = xp.ascontiguousarray(dw_qk[:, HD:])
+                dh = dh + dhp[..., :c.width] + dv_in                         # residual branch; P is a constant
+                continue
             if c.layernorm:
                 da, grads[f"l{i}.ln1.w"], grads[f"l{i}.ln1.b"], dw_qkv, _ = ops.layernorm_dense_backward(dqkv,
                                                                                                        lc["ln_qkv"])
@@ -267,7 +294,8 @@ class Transformer:
             gw = xp.zeros_like(params["embed.w"])
             _scatter_add(gw, cache.x.reshape(-1), dh.reshape(-1, dh.shape[-1]))
             grads["embed.w"] = gw
-            grads["embed.b"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
+            if "embed.b" in params:
+                grads["embed.b"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
         return {k: grads[k] for k in cache.param_keys}, dx
 
     # ------------------------------------------------------------------ loss

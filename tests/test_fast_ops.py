@@ -323,6 +323,9 @@ def _model_cases():
                                       output_dim=3, input_dim=5, width=16, heads=2, key_size=8)
     yield "tokens", ModelConfig(layers=("linear", "linear"), input="tokens", input_dim=11, output_dim=11,
                                 width=12, heads=3, key_size=4, mlp=True)
+    yield "hybrid-first-nobias", ModelConfig(layers=("softmax", "softmax", "softmax"), input="embed", clip=None,
+                                             pos_enc_kq=True, io_bias=False, output_dim=5, input_dim=5, width=14,
+                                             heads=3, key_size=5)
 
 
 def _batch(cfg, rng, dtype, B=3, T=9):

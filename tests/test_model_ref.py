@@ -17,6 +17,12 @@ CASES = {
                                   output_dim=2),
     "tokens-softmax-ln": dict(layers=("softmax", "linear"), layernorm=True, clip=None, input="tokens", input_dim=5,
                               output_dim=5, width=6, pos_enc=True),
+    # the authors' hybrid first layer (position in its queries and keys only) and dense maps without biases
+    "hybrid-first-embed-nobias": dict(layers=("softmax", "softmax"), clip=None, input="embed", width=6, output_dim=2,
+                                      pos_enc_kq=True, io_bias=False),
+    "hybrid-first-constructed": dict(layers=("linear", "mesa"), clip=2.0, pos_enc_kq=True),
+    "tokens-hybrid-first-nobias": dict(layers=("softmax",), clip=None, input="tokens", input_dim=5, output_dim=5,
+                                       width=6, pos_enc_kq=True, io_bias=False),
 }
 
 
@@ -101,3 +107,43 @@ def test_config_roundtrip():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"nope": 1})
+
+
+def test_optional_fields_leave_the_record_as_it_was():
+    # a config that does not use them has the same dict (so the same job key) as before they existed
+    cfg = ModelConfig(layers=("softmax",), input="embed", width=8)
+    assert "pos_enc_kq" not in cfg.to_dict() and "io_bias" not in cfg.to_dict()
+    hyb = cfg.replace(pos_enc_kq=True, io_bias=False)
+    d = hyb.to_dict()
+    assert d["pos_enc_kq"] is True and d["io_bias"] is False
+    assert ModelConfig.from_dict(d) == hyb and ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_hybrid_first_layer_shapes_and_position_only_in_queries_and_keys(rng):
+    cfg = ModelConfig(layers=("softmax", "softmax"), clip=None, input="embed", width=6, heads=2, key_size=3,
+                      input_dim=2, output_dim=2, pos_enc_kq=True, io_bias=False, init_std=0.4)
+    model = Transformer(cfg)
+    params = model.init(seed=1, dtype=np.float64)
+    assert params["l0.wq"].shape == (12, 6) and params["l0.wk"].shape == (12, 6) and params["l0.wv"].shape == (6, 6)
+    assert params["l1.wq"].shape == (6, 6) and "embed.b" not in params and "out.b" not in params
+    x = rng.standard_normal((2, 5, 2))
+    _, cache = model.forward(params, x)
+    # no position in the residual stream: the input stream is the embedding alone
+    np.testing.assert_allclose(cache.residuals[0], x @ params["embed.w"], rtol=1e-14)
+    # position does reach the first layer's attention: one layer without position is blind to the order of the
+    # tokens before the last, so its last output is the same when they are permuted; with position it is not
+    one = cfg.replace(layers=("softmax",))
+    p1 = Transformer(one).init(seed=2, dtype=np.float64)
+    flat = cfg.replace(layers=("softmax",), pos_enc_kq=False)
+    p_flat = dict(p1, **{"l0.wq": p1["l0.wq"][:6], "l0.wk": p1["l0.wk"][:6]})
+    xs = rng.standard_normal((1, 5, 2))
+    xp_ = xs[:, [2, 0, 3, 1, 4]]                               # the first four permuted, the last kept
+    y_flat, y_flat_p = (Transformer(flat).forward(p_flat, z)[0][:, -1] for z in (xs, xp_))
+    np.testing.assert_allclose(y_flat, y_flat_p, rtol=1e-12)
+    y_hyb, y_hyb_p = (Transformer(one).forward(p1, z)[0][:, -1] for z in (xs, xp_))
+    assert np.abs(y_hyb - y_hyb_p).max() > 1e-6
+
+
+def test_hybrid_first_layer_refuses_layernorm():
+    with pytest.raises(ValueError, match="pos_enc_kq"):
+        ModelConfig(layers=("softmax",), layernorm=True, input="embed", width=8, pos_enc_kq=True)

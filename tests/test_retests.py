@@ -27,9 +27,9 @@ def test_authors_recipe_jobs_are_new_and_paper_jobs_unchanged():
     assert not {j.key for j in paper.values()} & {j.key for j in authors.values()}
     # the new config fields left the paper recipe's jobs as they were (the committed store test checks the keys)
     assert all(j.train.clip_mode == "global_norm" and j.train.steps == 20000 for j in paper.values())
-    labels = [j.label for j in retest_jobs(root=ROOT / "figures" / "full")]
+    labels = [j.label for j in retest_jobs(["fig3_depth"], root=ROOT / "figures" / "full")]
     assert labels == [f"fig3_depth/recipe_authors/linear_L{L}" for L in (1, 2, 4, 6)]
-    assert set(RETESTS) == {"fig3_depth"}
+    assert set(RETESTS) == {"fig3_depth", "fig4_probing"}
 
 
 def _run(*flags):
@@ -43,3 +43,23 @@ def test_recipe_needs_its_own_out_and_full_size(tmp_path):
     r = _run("--recipe", "authors", "--quick", "--out", str(tmp_path))
     assert r.returncode == 2 and "full-size" in r.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_fig4_authors_softmax_model_is_built_like_theirs():
+    from mesa_lab.experiments import probe_layers as P
+    ours, theirs = P.jobs(P.FULL, 0, "fast"), P.jobs(P.AUTHORS_SOFTMAX, 0, "fast")
+    assert theirs["linear"].key == ours["linear"].key                 # the linear model is the shipped one
+    j = theirs["softmax"]
+    m, t = j.model, j.train
+    assert m.layers == ("softmax",) * 7 and m.pos_enc_kq and not m.pos_enc and not m.io_bias
+    assert (m.width, m.heads, m.key_size, m.mlp, m.layernorm, m.clip, m.init_std) == (40, 4, 20, False, False, None,
+                                                                                      0.05)
+    assert (t.steps, t.lr, t.warmup_steps, t.decay_steps, t.weight_decay, t.clip_mode) == (10000, 8e-4, 1000, 30000,
+                                                                                          0.05, "elementwise")
+    assert j.key != ours["softmax"].key
+
+
+def test_fig4_authors_model_needs_its_own_out(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "fig4_probing.py"), "--softmax-model", "authors",
+                        "--no-train", "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr

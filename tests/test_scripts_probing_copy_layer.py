@@ -74,10 +74,10 @@ def test_bad_flag_is_a_one_line_error(tmp_path):
 
 
 def test_full_jobs_share_fig3_and_keep_the_stated_sizes():
-    from mesa_lab.experiments import copy_layer, depth, probing
+    from mesa_lab.experiments import copy_layer, depth, probe_layers
     for seed in (0, 3):
         fig3 = depth.jobs(depth.FULL, seed, "fast")["linear_L6"]
-        fig4 = probing.jobs(probing.FULL, seed, "fast")
+        fig4 = probe_layers.jobs(probe_layers.FULL, seed, "fast")
         # the deep linear model of fig4 is fig3's six-layer job: one training run serves both figures
         assert fig4["linear"].key == fig3.key
         assert fig4["linear"].model.layers == ("linear",) * 6
@@ -94,30 +94,30 @@ def test_full_jobs_share_fig3_and_keep_the_stated_sizes():
         # fig5's model is fig4's softmax model with two layers
         f5 = copy_layer.jobs(copy_layer.FULL, seed, "fast")["model"]
         assert f5.model == sm.model.replace(layers=("softmax",) * 2) and f5.task == sm.task and f5.train == sm.train
-    assert probing.jobs(probing.FULL, 0, "fast")["softmax"].key != probing.jobs(probing.FULL, 1, "fast")["softmax"].key
+    assert probe_layers.jobs(probe_layers.FULL, 0, "fast")["softmax"].key != probe_layers.jobs(probe_layers.FULL, 1, "fast")["softmax"].key
 
 
 def test_quick_modes_list_their_deviations():
-    from mesa_lab.experiments import copy_layer, probing
+    from mesa_lab.experiments import copy_layer, probe_layers
     from mesa_lab.experiments.common import deviations
-    dev4 = deviations(probing.QUICK, probing.FULL, "full size")
+    dev4 = deviations(probe_layers.QUICK, probe_layers.FULL, "full size")
     assert "n = 4 (full size: 10)" in dev4 and "softmax_steps = 2000 (full size: 20000)" in dev4
     assert not any(d.startswith("lin_steps") for d in dev4)          # the full-size [P4] fit is the quick one
     dev5 = deviations(copy_layer.QUICK, copy_layer.FULL, "full size")
     assert "n = 4 (full size: 10)" in dev5 and not any(d.startswith("softmax_layers") for d in dev5)
     assert copy_layer.QUICK.softmax_layers == copy_layer.FULL.softmax_layers == 2
-    for exp in (probing.EXPERIMENT, copy_layer.EXPERIMENT):
+    for exp in (probe_layers.EXPERIMENT, copy_layer.EXPERIMENT):
         assert not exp.full_is_paper                                   # the softmax sizes are ours, not the paper's
 
 
 def test_fig5_job_serves_fig4_partial_run(tmp_path):
     # At the smoke sizes fig4's softmax model has two layers: it is fig5's job.  After fig5 has run, fig4
     # --partial finds that result in the shared store and analyses the softmax model alone.
-    from mesa_lab.experiments import copy_layer, probing
+    from mesa_lab.experiments import copy_layer, probe_layers
     args = ["--smoke", "--backend", "ref", "--no-progress", "--out", str(tmp_path)]
     assert copy_layer.EXPERIMENT.main(args) == 0
     f5 = json.loads((tmp_path / "fig5_copy_layer.json").read_text())
-    assert probing.EXPERIMENT.main([*args, "--partial"]) == 0
+    assert probe_layers.EXPERIMENT.main([*args, "--partial"]) == 0
     f4 = json.loads((tmp_path / "partial" / "fig4_probing.json").read_text())
     assert f4["complete"] is False and f4["missing_jobs"] == ["linear"]
     assert f4["config"]["jobs"]["softmax"]["key"] == f5["config"]["jobs"]["model"]["key"]

@@ -45,10 +45,12 @@ import numpy as np
 
 from mesa_ref.config import ModelConfig
 from mesa_ref.data import linear_dynamics
-from ..jobs import Job
 from mesa_ref.probing import PROBE_LAM, authors_probe, linearise_layer, probe_model
+from mesa_ref.runio import CLIError
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
+
+from ..jobs import Job
 from . import depth
 from .common import Experiment, label_axes, mode_line, seed_band
 from .dynamics import train_summary
@@ -89,24 +91,38 @@ class SoftmaxRunConfig:
     softmax_decay_steps: int = 20000   # cosine decay reaches final_lr here
     probe_train: int = 2048        # sequences the probes are fitted on
     probe_test: int = 1024         # other sequences they are scored on
+    softmax_kind: str = "ours"     # "ours" (softmax_model) | "authors" (a model built like theirs: AUTHORS_SOFTMAX)
+    softmax_lr: float | None = None        # the softmax model's peak lr (None: lr)
+    softmax_clip_mode: str = "global_norm"  # its gradient clipping ("elementwise": the authors' optax.clip)
 
-    def train_config(self, seed: int, steps: int, decay_steps: int) -> TrainConfig:
-        return TrainConfig(steps=steps, batch=self.batch, lr=self.lr, warmup_steps=min(self.warmup_steps, steps),
-                           decay_steps=decay_steps, final_lr=self.final_lr, weight_decay=self.weight_decay,
-                           eval_every=min(self.eval_every, steps), test_batches=self.test_batches,
-                           checkpoint_every=self.checkpoint_every, seed=seed)
+    def train_config(self, seed: int, steps: int, decay_steps: int, **changes) -> TrainConfig:
+        f = dict(steps=steps, batch=self.batch, lr=self.lr, warmup_steps=min(self.warmup_steps, steps),
+                 decay_steps=decay_steps, final_lr=self.final_lr, weight_decay=self.weight_decay,
+                 eval_every=min(self.eval_every, steps), test_batches=self.test_batches,
+                 checkpoint_every=self.checkpoint_every, seed=seed)
+        return TrainConfig(**{**f, **changes})
 
     def softmax_model(self) -> ModelConfig:
         """The full softmax Transformer on raw tokens: softmax attention, MLP, LayerNorm, embedding, positional
-        encoding, no activation clipping."""
+        encoding, no activation clipping.  ``softmax_kind="authors"``: the authors' probing model instead, a hybrid
+        first layer (position in its queries and keys only) and softmax layers without MLP, LayerNorm, biases or
+        clipping."""
+        if self.softmax_kind == "authors":
+            return ModelConfig(layers=("softmax",) * self.softmax_layers, heads=self.softmax_heads,
+                               width=self.softmax_width, key_size=self.softmax_key_size, mlp=False, layernorm=False,
+                               clip=None, input="embed", input_dim=self.n, output_dim=self.n, pos_enc_kq=True,
+                               io_bias=False, init_std=self.softmax_init_std)
         return ModelConfig(layers=("softmax",) * self.softmax_layers, heads=self.softmax_heads,
                            width=self.softmax_width, key_size=self.softmax_key_size, mlp=True,
                            mlp_factor=self.softmax_mlp_factor, layernorm=True, clip=None, input="embed",
                            input_dim=self.n, output_dim=self.n, pos_enc=True, init_std=self.softmax_init_std)
 
     def softmax_job(self, seed: int, backend: str) -> Job:
+        changes = {} if self.softmax_lr is None else {"lr": self.softmax_lr}
+        if self.softmax_clip_mode != "global_norm":
+            changes["clip_mode"] = self.softmax_clip_mode
         return Job(self.softmax_model(), LinearTask(n=self.n, T=self.T, sigma=self.sigma, tokens="raw"),
-                   self.train_config(seed, self.softmax_steps, self.softmax_decay_steps), backend)
+                   self.train_config(seed, self.softmax_steps, self.softmax_decay_steps, **changes), backend)
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,36 @@ SMOKE = dataclasses.replace(
     softmax_layers=2, softmax_heads=1, softmax_width=8, softmax_key_size=8, softmax_mlp_factor=1, softmax_steps=4,
     softmax_decay_steps=4, probe_train=40, probe_test=20, lin_fit=8, lin_eval=8, lin_steps=3, lin_lr=2e-2)
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+#: A softmax model built like the authors' probing model (run_probing_experiments_full_fledged.ipynb, their
+#: configs/config.py "probing_full"): a hybrid first layer and 6 more softmax layers, 4 heads of key size 20,
+#: width 40, no MLP, LayerNorm, biases or clipping, init N(0, 0.05^2); trained 10,000 steps at peak lr 8e-4 with
+#: 1,000 warm-up steps and a cosine planned for 30,000, weight decay 0.05, element-wise gradient clipping at 1.
+#: ``--softmax-model authors`` probes it beside the linear model (FULL's, unchanged).
+AUTHORS_SOFTMAX = dataclasses.replace(FULL, softmax_kind="authors", softmax_layers=7, softmax_heads=4,
+                                      softmax_width=40, softmax_key_size=20, softmax_init_std=0.05,
+                                      softmax_steps=10000, softmax_decay_steps=30000, softmax_lr=8e-4,
+                                      softmax_clip_mode="elementwise")
+AUTHORS_CHOICE = ("softmax model built like the authors' probing model (probe_layers.AUTHORS_SOFTMAX): hybrid first "
+                  "layer with position in queries and keys only, 7 softmax layers, width 40, 4 heads of 20, no MLP, "
+                  "LayerNorm, biases or clipping; 10,000 steps at lr 8e-4, cosine planned for 30,000")
+
+
+def add_arguments(p):
+    p.add_argument("--softmax-model", choices=("ours", "authors"), default="ours",
+                   help="ours: our softmax Transformer (FULL); authors: one built like the authors' probing model "
+                        "(AUTHORS_SOFTMAX); full size only")
+
+
+def configure(cfg, args):
+    kind = getattr(args, "softmax_model", "ours")
+    if kind == "ours":
+        return cfg
+    if cfg != FULL:
+        raise CLIError(f"--softmax-model {kind}: a full-size configuration; drop --quick and --set")
+    if getattr(args, "out", None) is None:
+        raise CLIError(f"--softmax-model {kind}: give --out DIR (e.g. figures/full/recipe_authors) and --store "
+                       "figures/full/jobs, so the shipped figure is not overwritten")
+    return AUTHORS_SOFTMAX
 
 
 def jobs(cfg: ProbingConfig, seed: int, backend: str) -> dict:
@@ -234,7 +280,7 @@ def analyse(ctx, cfg: ProbingConfig, results) -> dict:
         if kind == "softmax":
             lin = linearisation(ctx, cfg, model, params)
     return {
-        "choices": [SOFTMAX_CHOICE, LIN_NOTE],
+        "choices": [AUTHORS_CHOICE if cfg.softmax_kind == "authors" else SOFTMAX_CHOICE, LIN_NOTE],
         "probe_error": probe_error,
         "probe_error_per_t": per_t,
         "control_by_target": control_by_target,
@@ -308,4 +354,5 @@ def plot(data):
 
 
 # FULL mixes the paper's settings with our choices, so deviations are named against "full size"
-EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, full_is_paper=False)
+EXPERIMENT = Experiment(NAME, DESCRIPTION, MODES, jobs, analyse, plot, add_arguments=add_arguments,
+                        configure=configure, full_is_paper=False)

@@ -15,6 +15,7 @@ from . import experiment
 #: figure -> (flags of the second configuration, its output directory under figures/full/)
 RETESTS = {
     "fig3_depth": (("--recipe", "authors"), "recipe_authors"),
+    "fig4_probing": (("--softmax-model", "authors"), "recipe_authors"),
 }
 
 
