@@ -319,7 +319,8 @@ def plot(data):
     models = [m for m in ("linear", "softmax") if m in pe]
     lin = (data.get("linearisation") or {}).get("softmax") or []
     per_t = "linear" in data["probe_error_per_t"]
-    ncol = len(models) + int(per_t) + int(bool(lin))
+    auth = {m: a for m, a in (data.get("probe_error_authors") or {}).items() if a.get("inverse_curvature_t10")}
+    ncol = len(models) + int(per_t) + int(bool(lin)) + int(bool(auth))
     fig, axes = plt.subplots(1, ncol, figsize=(5 * ncol, 4), squeeze=False)
     axes = axes[0]
     titles = {"linear": "deep linear model, constructed tokens", "softmax": "softmax Transformer, raw tokens"}
@@ -336,6 +337,16 @@ def plot(data):
         for l, ys in enumerate(curves):
             ax.plot(range(1, len(ys) + 1), ys, color=cmap(l / max(1, len(curves) - 1)), label=f"layer {l}")
         label_axes(ax, "time step t", "inverse-curvature probe error", "linear model: (X_t X_t^T + lam I)^-1 s_t per t",
+                   title_size=10)
+    if auth:
+        ax = axes[len(models) + int(per_t)]
+        for m, a in auth.items():
+            ys = a["inverse_curvature_t10"]
+            ax.plot(range(len(ys)), ys, marker="D", color="C3" if m == "linear" else "C4", label=f"{m} model")
+        ax.set_yscale("log")
+        ax.set_xticks(range(max(len(a["inverse_curvature_t10"]) for a in auth.values())))
+        label_axes(ax, "layer (0 = input)", "in-sample error, raw units (sum sq. / 2N)",
+                   "inverse-curvature probe, the authors' definition\n(polynomial inverse, no bias, t >= 10)",
                    title_size=10)
     if lin:
         ax = axes[-1]
