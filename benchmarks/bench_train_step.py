@@ -26,6 +26,11 @@ not compile again. Setting the peer up:
     python benchmarks/bench_train_step.py --quick --models softmax6    # a few steps, nothing written
     python benchmarks/bench_train_step.py --models softmax6 --backends mesa_fast,jax --jax-python JAXENV/bin/python
     python benchmarks/bench_train_step.py --blas-threads 1 --numba-threads 1
+    python benchmarks/bench_train_step.py --backends mesa_fast,baseline --baseline /tmp/old   # a code change
+
+``--baseline PATH`` names another checkout of this project (say, the commit before a change): its mesa_fast is
+one more backend of the alternation, "baseline", timed in the same blocks, so a change's effect on the step is
+measured side by side rather than against a number from another day.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from families import FAMILIES  # noqa: E402
 from timing import python_call, run_worker, timed_calls, write_result  # noqa: E402
 
-BACKENDS = ("mesa_ref", "mesa_fast", "jax")
+BACKENDS = ("mesa_ref", "mesa_fast", "jax", "baseline")
 DEFAULT_MODELS = "linear2,linear6,mesa1,softmax6,softmax2_fig5,lm_fig8"
 
 
@@ -89,6 +94,8 @@ def parse(argv):
                    help="checkout of the authors' repository (mtavit/transformers_mesa_optimization_paper)")
     p.add_argument("--jax-cache", default=str(ROOT / ".peers" / "jax-cache"),
                    help="JAX's persistent compilation cache directory")
+    p.add_argument("--baseline", default=None, metavar="PATH",
+                   help="another checkout of this project: its mesa_fast runs as the backend 'baseline'")
     p.add_argument("--numba-threads", type=int, default=None, help="numba.set_num_threads (default: all cores)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="set OPENBLAS/OMP/MKL_NUM_THREADS before NumPy is imported (default: untouched)")
@@ -197,7 +204,7 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     batch = batch or fam_batch
     tcfg = TrainConfig(batch=batch)
     x, y = task.batch(np.random.default_rng(0), batch, np.float32)
-    model = Transformer(cfg, ops=fast_ops if backend == "mesa_fast" else ref_ops)
+    model = Transformer(cfg, ops=ref_ops if backend == "mesa_ref" else fast_ops)   # baseline: its own fast_ops
     params = model.init(0, dtype=np.float32)
     opt = AdamW(params, tcfg)
 
@@ -210,7 +217,8 @@ def worker(model_name, backend, batch, warmup, steps, numba_threads):
     step()                                   # compiles the Numba kernels (or loads them from the cache)
     first = time.perf_counter() - t0
     wall, cpu = timed_calls(step, steps, warmup)
-    print(json.dumps({"wall": wall, "cpu": cpu, "first": first, "numba_threads": numba.get_num_threads()}))
+    print(json.dumps({"wall": wall, "cpu": cpu, "first": first, "numba_threads": numba.get_num_threads(),
+                      "package": str(Path(mesa_fast.__file__).resolve().parents[1])}))
 
 
 def family_shape(name, batch):
@@ -234,7 +242,8 @@ def run_block(name, backend, args, n):
                "--warmup", str(args.warmup), "--cache", args.jax_cache]
         return run_worker(cmd, f"{name}/{backend}", env)
     cmd = python_call("bench_train_step", f"worker({name!r}, {backend!r}, {args.batch or 0}, {args.warmup}, {n}, "
-                                          f"{args.numba_threads or 0})")
+                                          f"{args.numba_threads or 0})",
+                      root=args.baseline if backend == "baseline" else None)
     return run_worker(cmd, f"{name}/{backend}")
 
 
@@ -271,6 +280,8 @@ def main(argv=None):
     for b in backends:
         if b not in BACKENDS:
             sys.exit(f"error: --backends: unknown backend {b!r}; expected a comma list of {list(BACKENDS)}")
+    if "baseline" in backends and not (args.baseline and (Path(args.baseline) / "mesa_fast").is_dir()):
+        sys.exit("error: --backends baseline needs --baseline PATH, a checkout of this project")
     jax_why = jax_status(args) if "jax" in backends else "not requested"
     if jax_why and "jax" in backends:
         backends.remove("jax")
@@ -294,13 +305,14 @@ def main(argv=None):
                 wall[b] += res["wall"]
                 cpu[b] += res["cpu"]
                 first.setdefault(b, res["first"])
+                first.setdefault(f"{b}_package", res.get("package"))
                 if b == "jax":
                     first["jax_version"] = res.get("jax")
         for b in backends:
             rows.append({"model": name, "backend": b, "steps": len(wall[b]),
                          "wall_ms_median": 1e3 * float(np.median(wall[b])), "wall_ms_min": 1e3 * float(np.min(wall[b])),
                          "cpu_ms_median": 1e3 * float(np.median(cpu[b])), "cpu_ms_min": 1e3 * float(np.min(cpu[b])),
-                         "first_step_s": first[b]})
+                         "first_step_s": first[b], "package": first.get(f"{b}_package")})
         print(f"{name}: " + ", ".join(f"{b} {1e3 * float(np.median(wall[b])):.1f} ms" for b in backends), flush=True)
     op_rows = time_ops(np, *_namespaces(), 5 if args.quick else 15) if args.ops else []
     load_after = loadavg()
@@ -308,20 +320,23 @@ def main(argv=None):
 
     by = {(r["model"], r["backend"]): r for r in rows}
     for r in rows:
-        for other, key in (("mesa_ref", "ref"), ("jax", "jax")):
+        for other, key in (("mesa_ref", "ref"), ("jax", "jax"), ("baseline", "baseline")):
             o = by.get((r["model"], other))
             if o is not None:
                 r[f"ratio_{key}_over_this_wall"] = o["wall_ms_median"] / r["wall_ms_median"]
                 r[f"ratio_{key}_over_this_cpu"] = o["cpu_ms_median"] / r["cpu_ms_median"]
+    base = "baseline" in backends
     lines = [f"{'model':14s} {'backend':10s} {'steps':>5s} {'wall ms':>9s} {'CPU ms':>9s} {'ref/this':>9s} "
-             f"{'JAX/this':>9s} {'JAX/this CPU':>12s}"]
+             f"{'JAX/this':>9s} {'JAX/this CPU':>12s}" + (f" {'base/this':>9s} {'base/this CPU':>13s}" if base else "")]
     for r in rows:
         def ratio(k):
             v = r.get(k)
             return f"{v:.2f}x" if v is not None else "-"
         lines.append(f"{r['model']:14s} {r['backend']:10s} {r['steps']:5d} {r['wall_ms_median']:9.1f} "
                      f"{r['cpu_ms_median']:9.1f} {ratio('ratio_ref_over_this_wall'):>9s} "
-                     f"{ratio('ratio_jax_over_this_wall'):>9s} {ratio('ratio_jax_over_this_cpu'):>12s}")
+                     f"{ratio('ratio_jax_over_this_wall'):>9s} {ratio('ratio_jax_over_this_cpu'):>12s}"
+                     + (f" {ratio('ratio_baseline_over_this_wall'):>9s} {ratio('ratio_baseline_over_this_cpu'):>13s}"
+                        if base else ""))
     table = "\n".join(lines)
     print(table)
     op_table = ""
@@ -354,6 +369,7 @@ def main(argv=None):
         "shape": {"batch": args.batch or "each family's own", "dtype": "float32"},
         "step": "loss_and_grads + gradient clipping + AdamW update (batch drawn beforehand)",
         "jax": jax_line,
+        "baseline": ({"path": args.baseline, "commit": _checkout_commit(args.baseline)} if base else None),
         "results": rows,
         "ops": op_rows,
     }
@@ -372,7 +388,8 @@ def main(argv=None):
           f"- load average (1, 5, 15 min) before: {load_before}, after: {load_after}"
           + (" -- **other processes shared the CPU while this ran**; wall-clock numbers are inflated and "
              "noisy, the CPU-time column is the steadier comparison" if busy else ""),
-          f"- {jax_line}", "", "Families:", ""]
+          f"- {jax_line}"] + ([f"- baseline: mesa_fast of the checkout at commit "
+                               f"{meta['baseline']['commit']} ({args.baseline})"] if base else []) + ["", "Families:", ""]
     md += [f"- {m}: {FAMILIES[m].describe}" for m in wanted]
     md += ["", "```", table, "```", ""]
     if op_table:
@@ -389,6 +406,12 @@ def _namespaces():
     import mesa_fast.ops as fast_ops
     import mesa_ref.ops as ref_ops
     return ref_ops, fast_ops
+
+
+def _checkout_commit(path):
+    r = subprocess.run(["git", "-C", str(path), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                       timeout=10)
+    return r.stdout.strip() or "unknown"
 
 
 def _authors_commit(path):

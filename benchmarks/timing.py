@@ -30,10 +30,11 @@ def timed_calls(run, repeats: int, warmup: int = 0) -> tuple[list, list]:
     return wall, cpu
 
 
-def python_call(module: str, call: str) -> list:
+def python_call(module: str, call: str, root=None) -> list:
     """The command that runs ``<module>.<call>`` (e.g. ``worker('linear2', ...)``) in a fresh interpreter with the
-    project and benchmarks/ on its path."""
-    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+    project and benchmarks/ on its path; ``root``: another checkout whose packages are imported instead (the
+    benchmark's own code still comes from this one)."""
+    code = (f"import sys; sys.path[:0] = [{str(root or ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
             f"import {module} as m; m.{call}")
     return [sys.executable, "-c", code]
 
