@@ -298,6 +298,18 @@ def default_store(out: Path, mode: str) -> Path:
     return out / "jobs" if mode == "full" else out / ".cache" / "jobs"
 
 
+def second_configuration(flag: str, value: str, cfg, full, alternative, args):
+    """``alternative``, the full-size configuration that ``--<flag> <value>`` selects (mesa_lab/experiments/
+    retests.py), once checked: it replaces the full size only (not --quick or --set), and it needs its own --out, so
+    that the shipped figure of the paper's configuration is never overwritten."""
+    if cfg != full:
+        raise CLIError(f"--{flag} {value}: a full-size configuration; drop --quick and --set")
+    if getattr(args, "out", None) is None:
+        raise CLIError(f"--{flag} {value}: give --out DIR (e.g. figures/full/recipe_{value}) and --store "
+                       "figures/full/jobs, so the shipped figure is not overwritten")
+    return alternative
+
+
 def figure_jobs(exp: Experiment, args, backend: str) -> dict:
     """{name: Job} of ``exp`` under the parsed flags, labelled "<figure>/<name>"."""
     cfg = exp.config(mode_of(args), args)

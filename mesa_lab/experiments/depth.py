@@ -23,10 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mesa_ref.runio import CLIError
-
 from ..jobs import Job
-from .common import Experiment, label_axes, mode_line, plot_per_step, seed_band
+from .common import Experiment, label_axes, mode_line, plot_per_step, second_configuration, seed_band
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, eval_batches, evaluate_models, ratio_after, train_summary,
                        trained_model, tune_baselines, tune_k_step)
 
@@ -86,12 +84,7 @@ def configure(cfg, args):
     recipe = getattr(args, "recipe", "paper")
     if recipe == "paper":
         return cfg
-    if cfg != FULL:
-        raise CLIError(f"--recipe {recipe}: a full-size configuration; drop --quick and --set")
-    if getattr(args, "out", None) is None:
-        raise CLIError(f"--recipe {recipe}: give --out DIR (e.g. figures/full/recipe_{recipe}) and --store "
-                       "figures/full/jobs, so the paper recipe's figure is not overwritten")
-    return RECIPES[recipe]
+    return second_configuration("recipe", recipe, cfg, FULL, RECIPES[recipe], args)
 
 
 def analyse(ctx, cfg: DepthConfig, results) -> dict:

@@ -46,13 +46,12 @@ import numpy as np
 from mesa_ref.config import ModelConfig
 from mesa_ref.data import linear_dynamics
 from mesa_ref.probing import PROBE_LAM, authors_probe, linearise_layer, probe_model
-from mesa_ref.runio import CLIError
 from mesa_ref.tasks import LinearTask
 from mesa_ref.train import TrainConfig
 
 from ..jobs import Job
 from . import depth
-from .common import Experiment, label_axes, mode_line, seed_band
+from .common import Experiment, label_axes, mode_line, second_configuration, seed_band
 from .dynamics import train_summary
 
 NAME = "fig4_probing"
@@ -185,12 +184,7 @@ def configure(cfg, args):
     kind = getattr(args, "softmax_model", "ours")
     if kind == "ours":
         return cfg
-    if cfg != FULL:
-        raise CLIError(f"--softmax-model {kind}: a full-size configuration; drop --quick and --set")
-    if getattr(args, "out", None) is None:
-        raise CLIError(f"--softmax-model {kind}: give --out DIR (e.g. figures/full/recipe_authors) and --store "
-                       "figures/full/jobs, so the shipped figure is not overwritten")
-    return AUTHORS_SOFTMAX
+    return second_configuration("softmax-model", kind, cfg, FULL, AUTHORS_SOFTMAX, args)
 
 
 def jobs(cfg: ProbingConfig, seed: int, backend: str) -> dict:
