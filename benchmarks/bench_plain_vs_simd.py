@@ -1,7 +1,7 @@
 """Plain against SIMD Numba kernels: linear attention [L2], softmax attention [L3], the mesa layer [M2]-[M4].
 
-The plain kernels (``mesa_fast/numba_kernels/plain.py``: a ``prange`` over the sequences, scalar loops) against
-the SIMD ones (``attention.py``, ``mesa.py``: sequences in the lanes of vector registers), timed two ways:
+The plain kernels (``mesa_fast/kernels/plain/``: a ``prange`` over the sequences, scalar loops) against
+the SIMD ones (``mesa_fast/kernels/simd/``: sequences in the lanes of vector registers), timed two ways:
 
 * op:    each kernel's op alone (forward, then backward on its cache) at the paper's shapes: batch 256, T 50,
          4 heads of key size 20 (width 40), float32, q, k, v read as the model reads them (views of one fused

@@ -60,14 +60,14 @@ NOTES = [
     "cores, OpenBLAS's threads busy-wait at every internal synchronisation and a dense backward "
     "(x.T @ dy, 12800 x 40 x 80) takes ~0.3-1 s instead of ~2 ms; that is most of mesa_ref's step time in a "
     "run with default threads on a busy machine. mesa_fast's dense op runs the same BLAS products split by "
-    "rows over its own threads, with OpenBLAS set to one thread while the op runs (numba_kernels/dense.py). "
+    "rows over its own threads, with OpenBLAS set to one thread while the op runs (mesa_fast/runtime/blas.py). "
     "Compare the run with "
     "`--blas-threads 1 --numba-threads 1` (file suffix _1thread) for both backends on one thread each.",
     "- Both backends run with mesa_fast's heap setting (every worker calls mesa_fast.keep_freed_memory(); "
-    "mesa_fast/numba_kernels/_heap.py): freed memory stays in the process heap, so the step's large temporaries "
+    "mesa_fast/runtime/heap.py): freed memory stays in the process heap, so the step's large temporaries "
     "do not page-fault every step; run with MESA_FAST_KEEP_HEAP=0 for glibc's defaults.",
     "- mesa_fast's loss_and_grads runs one shard of the batch per Numba thread, each shard's whole forward and "
-    "backward on its thread (batch_map, mesa_fast/batching.py); mesa_ref runs the whole batch at once.",
+    "backward on its thread (batch_map, mesa_fast/ops/batching.py); mesa_ref runs the whole batch at once.",
     "- loss_and_grads skips the gradient w.r.t. the model input (Model.backward(input_grad=False)): one product "
     "fewer in block 0's QKV backward for constructed tokens, for both backends.",
     "- jax: the authors' own jitted training step (benchmarks/jax_peer_step.py has what is built and how it "

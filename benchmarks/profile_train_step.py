@@ -18,7 +18,7 @@ the threads as before; the CPU column is then the process's CPU time during the 
     MESA_FAST_KEEP_HEAP=0 python benchmarks/profile_train_step.py     # glibc's default heap policy
 
 As in ``bench_train_step.py``, ``mesa_fast.keep_freed_memory()`` is called for both backends, so both run with
-the heap setting of ``mesa_fast/numba_kernels/_heap.py`` unless MESA_FAST_KEEP_HEAP=0. OPENBLAS_NUM_THREADS=1 is set
+the heap setting of ``mesa_fast/runtime/heap.py`` unless MESA_FAST_KEEP_HEAP=0. OPENBLAS_NUM_THREADS=1 is set
 here before NumPy loads unless the environment sets it.
 """
 from __future__ import annotations

@@ -13,14 +13,14 @@ thread pool asks it for the thread count); the kernels compile, or load from Num
 Importing mesa_fast changes no process-wide setting. Two are made explicitly instead:
 * ``keep_freed_memory()`` keeps freed memory in the C heap (glibc ``mallopt``), so that a training step's large
   temporaries do not page-fault every step; the training entry points call it, a library user may
-  (``MESA_FAST_KEEP_HEAP=0`` makes it a no-op; numba_kernels/_heap.py).
+  (``MESA_FAST_KEEP_HEAP=0`` makes it a no-op; runtime/heap.py).
 * The fast dense op limits the BLAS libraries to one thread while it runs, through threadpoolctl, and puts the
-  previous counts back when it returns (numba_kernels/dense.py).
+  previous counts back when it returns (runtime/blas.py).
 """
 from mesa_ref import __version__  # noqa: F401
 
 from . import ops  # noqa: F401
 from .backend import get_backend, set_backend  # noqa: F401
-from .numba_kernels._heap import keep_freed_memory  # noqa: F401
+from .runtime.heap import keep_freed_memory  # noqa: F401
 
 __all__ = ["ops", "set_backend", "get_backend", "keep_freed_memory", "__version__"]

@@ -6,7 +6,7 @@
 Dispatch rule. In every op of ``mesa_fast.ops``, NumPy in -> NumPy out and CuPy in -> CuPy out. Where the work
 runs depends on the op:
 
-* The mesa layer (``mesa_forward`` / ``mesa_backward``, mesa_fast/mesa.py), the ops with both a Numba and a
+* The mesa layer (``mesa_forward`` / ``mesa_backward``, mesa_fast/ops/mesa.py), the ops with both a Numba and a
   CUDA kernel, and the only ones the backend setting affects:
     CuPy arrays in -> the CUDA kernels, whatever the setting: the arrays' module says where they live.
     NumPy arrays in -> the setting decides:
@@ -22,8 +22,9 @@ runs depends on the op:
                ``NUMBA_ENABLE_CUDASIM=1 MESA_BACKEND=cudasim python ...``); without it, choosing "cudasim"
                raises ValueError saying so. "auto" never picks it.
 * The other ops with Numba kernels (dense, linear and softmax attention, layernorm, gelu, clip, MSE, head
-  layout; ``numba_kernels/layers.py``) have no CUDA twin: NumPy input always runs the Numba kernels (copying it
-  to a GPU would buy nothing), CuPy input runs the reference op, which is written against an array module.
+  layout, the fused MLP and LayerNorm ops; ``mesa_fast/ops/<op>.py``) have no CUDA twin: NumPy input always runs the
+  Numba kernels (copying it to a GPU would buy nothing), CuPy input runs the reference op, which is written against
+  an array module.
 * Every other op is the reference's own and runs on NumPy or CuPy as its inputs are (the chunkwise mesa
   layer [M5] among them).
 

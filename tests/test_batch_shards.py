@@ -1,12 +1,13 @@
-"""One shard of a training step's batch per thread (``batch_map``: mesa_ref/ops/batching.py, mesa_fast/batching.py,
-``_pool.map_shards``) and ``Transformer.loss_and_grads`` combining the shards."""
+"""One shard of a training step's batch per thread (``batch_map``: mesa_ref/ops/batching.py,
+mesa_fast/ops/batching.py, ``runtime.pool.map_shards``) and ``Transformer.loss_and_grads`` combining the shards."""
 import numba
 import numpy as np
 import pytest
 
-from mesa_fast import batching
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import _pool
+from mesa_fast.ops import batching
+from mesa_fast.runtime import pool as _pool
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer
@@ -64,8 +65,8 @@ def test_map_shards_reraises_either_shards_error_and_restores_the_count(two_thre
 
 @needs_two
 def test_fast_batch_map_splits_only_large_numpy_batches(two_threads):
-    """Two shards need 2 x MIN_POSITIONS positions (samples x time steps); one thread never splits."""
-    P = batching.MIN_POSITIONS
+    """Two shards need 2 x SHARD_MIN_POSITIONS positions (samples x time steps); one thread never splits."""
+    P = tuning.SHARD_MIN_POSITIONS
     for T, shape in [(1, ()), (16, (16, 3)), (16, (16,)), (P + 1, (P + 1, 2))]:
         n = 2 * -(-P // T)
         x = np.zeros((n,) + shape)
@@ -97,7 +98,7 @@ def _data(cfg, B, dtype, seed=0):
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("kind", ["linear", "softmax-mlp", "mesa", "tokens"])
 def test_sharded_loss_and_grads_equal_the_whole_batch(two_threads, kind, dtype, tol, monkeypatch):
-    """67 samples of 16 steps on 2 threads: shards of 33 and 34 (at least MIN_POSITIONS = 512 positions each),
+    """67 samples of 16 steps on 2 threads: shards of 33 and 34 (at least SHARD_MIN_POSITIONS = 512 positions each),
     weighted 33/67 and 34/67, equal the unsplit batch (one thread), and equal the reference in float64."""
     cfg = _cfg(kind)
     model = Transformer(cfg, ops=F)

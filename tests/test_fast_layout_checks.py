@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mesa_fast import ops as F
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.ops._common import all_finite
 
@@ -134,8 +135,7 @@ def test_clip_finds_every_non_finite_input(bad, split, monkeypatch):
     """The fast clip kernels check x (forward) and dy (backward) in the pass that clips, in every range when
     the pass is split over the thread pool (CLIP_MIN_CHUNK = 5)."""
     if split:
-        from mesa_fast.numba_kernels import layers as fast_layers
-        monkeypatch.setattr(fast_layers, "CLIP_MIN_CHUNK", 5)
+        monkeypatch.setattr(tuning, "CLIP_MIN_CHUNK", 5)
     rng = np.random.default_rng(9)
     for trial in range(8):
         x = (2 * rng.standard_normal((5, 9, 7))).astype(np.float32)
@@ -187,11 +187,10 @@ def test_dense_finds_every_non_finite_input(shape, bad, split, monkeypatch):
     """dense_forward checks y when y is the smaller array (8 -> 5) and x, W, b when x is (5 -> 8); dense_backward
     finds NaN/inf in dy through dW (for 64 -> 5 and 64 -> 40 computed by gemm.atb_rows; y for 64 -> 40 and dx for
     40 -> 130 by gemm.ab_rows). Positions drawn at random, with zero rows and columns around them; "split":
-    the 33 rows multiplied (and checked) in several ranges on the thread pool (MIN_ROWS = 4). When x and W are
+    the 33 rows multiplied (and checked) in several ranges on the thread pool (DENSE_MIN_ROWS = 4). When x and W are
     both bad, the message names x, as the reference's does."""
     if split:
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 4)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 4)
     rng = np.random.default_rng(4)
     b0, t0, din, dout = shape
     for trial in range(10):
@@ -264,7 +263,7 @@ class SpyCDLL(ctypes.CDLL):                        # records every lookup of mal
 ctypes.CDLL = SpyCDLL
 import numpy as np
 import mesa_fast
-from mesa_fast.numba_kernels import _heap
+from mesa_fast.runtime import heap as _heap
 state = [_heap.applied, len(calls)]                                     # after the import
 y, cache = mesa_fast.ops.dense_forward(np.ones((3000, 4)), np.ones((4, 3)))
 mesa_fast.ops.dense_backward(np.ones_like(y), cache)
@@ -327,12 +326,12 @@ def test_loss_and_grads_skips_only_the_input_gradient(ns, case):
 
 
 def test_map_chunks_covers_every_item_once_in_order(monkeypatch):
-    """The shared-out ranges (``_pool.map_chunks``): contiguous, in order, each item once, at least
+    """The shared-out ranges (``runtime.pool.map_chunks``): contiguous, in order, each item once, at least
     ``min_chunk // 2`` long and never growing, whatever the thread count; a pool thread's exception reaches the
     caller."""
     import numba
 
-    from mesa_fast.numba_kernels import _pool
+    from mesa_fast.runtime import pool as _pool
     for threads in sorted({1, numba.get_num_threads()}):
         numba.set_num_threads(threads)
         try:
@@ -482,7 +481,8 @@ def test_dense_products_run_blas_single_threaded_then_restore():
 import threading
 import numpy as np
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import dense
+from mesa_fast.ops import dense
+from mesa_fast.runtime.blas import one_blas_thread
 start = blas()
 assert start and set(start.values()) == {2}, start
 seen = []
@@ -496,8 +496,8 @@ x, W = rng.standard_normal((3000, 8)), rng.standard_normal((8, 5))
 y, cache = F.dense_forward(x, W)
 F.dense_backward(rng.standard_normal(y.shape), cache)
 assert seen == [{1}, {1}] and blas() == start, (seen, blas())
-with dense.one_blas_thread():
-    with dense.one_blas_thread():
+with one_blas_thread():
+    with one_blas_thread():
         assert set(blas().values()) == {1}
     assert set(blas().values()) == {1}
 assert blas() == start
@@ -516,7 +516,7 @@ def test_numba_blas_products_run_single_threaded_too():
     _run_blas2(r'''
 import numpy as np
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import dense
+from mesa_fast.runtime.blas import one_blas_thread
 rng = np.random.default_rng(0)
 y, cache = F.dense_forward(rng.standard_normal((3000, 8)), rng.standard_normal((8, 5)))
 x = rng.standard_normal((3000, 40))
@@ -525,7 +525,7 @@ y, cache = F.layernorm_dense_forward(x, w, b, W)
 F.layernorm_dense_backward(np.ones_like(y), cache)
 libs = blas()
 assert len(libs) >= 2 and set(libs.values()) == {2}, libs
-with dense.one_blas_thread():
+with one_blas_thread():
     assert set(blas().values()) == {1}, blas()
 assert blas() == libs, blas()
 print("ok")
@@ -536,9 +536,8 @@ print("ok")
 def test_layernorm_and_gelu_find_every_non_finite_input(bad, monkeypatch):
     """The NaN/inf checks made inside the LayerNorm and GELU passes (row sums, the GELU kernels, the bias sums of the
     LayerNorm backward), rows and elements split over the pool: the reference's message for x, w, b and dout."""
-    from mesa_fast.numba_kernels import layers as fast_layers
-    monkeypatch.setattr(fast_layers, "LN_MIN_ROWS", 2)
-    monkeypatch.setattr(fast_layers, "GELU_MIN_CHUNK", 3)
+    monkeypatch.setattr(tuning, "LAYERNORM_MIN_ROWS", 2)
+    monkeypatch.setattr(tuning, "GELU_MIN_CHUNK", 3)
     rng = np.random.default_rng(11)
     for trial in range(6):
         x = rng.standard_normal((3, 7, 19)).astype(np.float32)
@@ -572,9 +571,8 @@ def test_dense_gelu_finds_every_non_finite_input(bad, split, monkeypatch):
     """dense_gelu_forward finds NaN/inf in x through z = x W + b (every z of the row), in W and b up front, and in dg in
     the GELU backward; the reference composition's messages. "split": rows in ranges and blocks of 2 and 3."""
     if split:
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
-        monkeypatch.setattr(fast_dense, "SUB_ROWS", 2)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 3)
+        monkeypatch.setattr(tuning, "DENSE_GELU_SUB_ROWS", 2)
     rng = np.random.default_rng(12)
     for trial in range(6):
         x = rng.standard_normal((3, 11, 5)).astype(np.float32)

@@ -15,6 +15,7 @@ import pytest
 
 from mesa_fast import ops as F
 from mesa_fast.model import Transformer as FastTransformer
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer as RefTransformer
@@ -146,28 +147,24 @@ def test_linear_attention_lanes_are_independent():
 @pytest.mark.parametrize("case", ["3d-bias", "2d-nobias", "noncontig", "tiny", "row-split", "row-split-small",
                                   "narrow-dy", "narrow-dx", "narrow-y"])
 def test_dense_matches_reference(case, dtype, monkeypatch):
-    """Including products split by rows over the thread pool (numba_kernels/dense.py): 2103 rows with the default
-    MIN_ROWS, and 7 rows with MIN_ROWS = 1 (uneven pieces); "narrow-dy": x^T dy through gemm.atb_rows (float32, 80
-    -> 37 columns) in uneven row ranges; "narrow-dx": dx = dy W^T through gemm.ab_rows (float32, 130 -> 40
-    columns); "narrow-y": y = x W through gemm.ab_rows (float32, 80 -> 40)."""
+    """Including products split by rows over the thread pool (mesa_fast/ops/dense.py): 2103 rows with the default
+    DENSE_MIN_ROWS, and 7 rows with DENSE_MIN_ROWS = 1 (uneven pieces); "narrow-dy": x^T dy through gemm.atb_rows
+    (float32, 80 -> 37 columns) in uneven row ranges; "narrow-dx": dx = dy W^T through gemm.ab_rows (float32,
+    130 -> 40 columns); "narrow-y": y = x W through gemm.ab_rows (float32, 80 -> 40)."""
     rng = np.random.default_rng(11)
     if case == "narrow-y":
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 100)
         x, W, b = rng.standard_normal((3, 301, 80)), rng.standard_normal((80, 40)), rng.standard_normal(40)
     elif case == "narrow-dx":
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 100)
         x, W, b = rng.standard_normal((3, 301, 40)), rng.standard_normal((40, 130)), rng.standard_normal(130)
     elif case == "narrow-dy":
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 100)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 100)
         x, W, b = rng.standard_normal((3, 301, 80)), rng.standard_normal((80, 37)), rng.standard_normal(37)
     elif case == "row-split":
         x, W, b = rng.standard_normal((3, 701, 9)), rng.standard_normal((9, 13)), rng.standard_normal(13)
     elif case == "row-split-small":
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 1)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 1)
         x, W, b = rng.standard_normal((7, 4)), rng.standard_normal((4, 5)), None
     elif case == "3d-bias":
         x, W, b = rng.standard_normal((9, 49, 12)), rng.standard_normal((12, 7)), rng.standard_normal(7)
@@ -222,8 +219,7 @@ def test_layernorm_and_gelu_match_reference(shape, dtype, contiguous):
 def test_clip_matches_reference_exactly(dtype, split, monkeypatch):
     """Also split over the thread pool in uneven ranges (CLIP_MIN_CHUNK = 7)."""
     if split:
-        from mesa_fast.numba_kernels import layers as fast_layers
-        monkeypatch.setattr(fast_layers, "CLIP_MIN_CHUNK", 7)
+        monkeypatch.setattr(tuning, "CLIP_MIN_CHUNK", 7)
     rng = np.random.default_rng(5)
     x = (2 * rng.standard_normal((4, 7, 9))).astype(dtype)
     x[0, 0, :3] = [1.5, -1.5, 0.0]                      # on the band's edges: no gradient there
@@ -410,42 +406,55 @@ def test_fast_train_cli_runs(tmp_path):
 
 
 def test_numba_cache_guard_drops_kernels_compiled_from_other_sources(tmp_path, monkeypatch):
-    """Numba checks only the defining file's timestamp; the package's guard drops every cached kernel when any
-    kernel source (the inlined _simd.py included) changed, and keeps them while nothing did."""
+    """Numba checks only the defining file's timestamp; the kernels' guard drops every cached kernel, in every
+    folder below mesa_fast/kernels, when any kernel source (the inlined simd/lanevec.py included) or the tuning
+    constants the kernels compile in (runtime/tuning.py) changed, and keeps them while nothing did."""
     import shutil
 
-    import mesa_fast.numba_kernels as nk_pkg
-    src = tmp_path / "numba_kernels"
-    src.mkdir()
-    for f in ("_simd.py", "mesa.py"):
-        shutil.copy(Path(nk_pkg.__file__).with_name(f), src / f)
+    import mesa_fast.kernels as nk_pkg
+    from mesa_fast.runtime import tuning as tuning_module
+    src = tmp_path / "kernels"
+    (src / "simd").mkdir(parents=True)
+    for f in ("lanevec.py", "mesa.py"):
+        shutil.copy(Path(nk_pkg.__file__).parent / "simd" / f, src / "simd" / f)
+    tuning_copy = tmp_path / "tuning.py"
+    shutil.copy(tuning_module.__file__, tuning_copy)
     cache = src / "__pycache__"
     cache.mkdir()
+    sub_cache = src / "simd" / "__pycache__"
+    sub_cache.mkdir()
     monkeypatch.setattr(nk_pkg, "_HERE", src)
+    monkeypatch.setattr(nk_pkg, "_EXTRA_SOURCES", (tuning_copy,))
 
     def cached():
-        return sorted(p.name for p in cache.iterdir() if p.suffix in (".nbi", ".nbc"))
+        return sorted(p.name for d in (cache, sub_cache) for p in d.iterdir() if p.suffix in (".nbi", ".nbc"))
 
     for name in ("mesa.kernel-1.py311.nbi", "mesa.kernel-1.py311.1.nbc"):
-        (cache / name).write_text("old")
+        (sub_cache / name).write_text("old")
     nk_pkg._drop_stale_cache()                       # no record yet: whatever is cached is of unknown origin
     assert cached() == []
-    (cache / "mesa.kernel-1.py311.nbi").write_text("new")
+    (sub_cache / "mesa.kernel-1.py311.nbi").write_text("new")
     nk_pkg._drop_stale_cache()                       # sources unchanged: the cache stays
     assert cached() == ["mesa.kernel-1.py311.nbi"]
-    (src / "_simd.py").write_text((src / "_simd.py").read_text() + "\n# edited\n")
+    (src / "simd" / "lanevec.py").write_text((src / "simd" / "lanevec.py").read_text() + "\n# edited\n")
     nk_pkg._drop_stale_cache()                       # an inlined file changed: the cache goes
+    assert cached() == []
+    (sub_cache / "mesa.kernel-1.py311.nbi").write_text("new")
+    nk_pkg._drop_stale_cache()
+    assert cached() == ["mesa.kernel-1.py311.nbi"]
+    tuning_copy.write_text(tuning_copy.read_text() + "\n# edited\n")
+    nk_pkg._drop_stale_cache()                       # a tuning constant changed: the cache goes too
     assert cached() == []
     assert (cache / nk_pkg._STAMP).read_text().strip() == nk_pkg._sources_digest()
 
 
 # ------------------------------------------------------------------------------- lane-vector exp, GELU, LayerNorm
 def test_vector_exp_within_two_ulp_over_the_whole_range():
-    """_simd.vexp (the exp of the softmax and GELU kernels) against float64 exp: within 2 ulp of every result in
+    """lanevec.vexp (the exp of the softmax and GELU kernels) against float64 exp: within 2 ulp of every result in
     the normal range, exact specials (0, inf, NaN), 0 or the right subnormal below the normal range."""
     from numba import njit
 
-    from mesa_fast.numba_kernels._simd import WIDE, vexp, vstore, wload
+    from mesa_fast.kernels.simd.lanevec import WIDE, vexp, vstore, wload
 
     @njit
     def vexp_all(x, y):
@@ -475,11 +484,10 @@ def test_vector_exp_within_two_ulp_over_the_whole_range():
 @pytest.mark.parametrize("shape", [(2, 3, 40), (7, 13), (5, 11, 17), (4, 3, 64), (1, 8)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_layernorm_and_gelu_split_over_threads_match_reference(shape, dtype, monkeypatch):
-    """Row and element ranges shared out to the pool in small pieces (LN_MIN_ROWS = 2, GELU_MIN_CHUNK = 5), widths
-    that are not multiples of the 8 / 16 lanes, and the ranges' dw, db partial sums added in order."""
-    from mesa_fast.numba_kernels import layers as fast_layers
-    monkeypatch.setattr(fast_layers, "LN_MIN_ROWS", 2)
-    monkeypatch.setattr(fast_layers, "GELU_MIN_CHUNK", 5)
+    """Row and element ranges shared out to the pool in small pieces (LAYERNORM_MIN_ROWS = 2, GELU_MIN_CHUNK = 5),
+    widths that are not multiples of the 8 / 16 lanes, and the ranges' dw, db partial sums added in order."""
+    monkeypatch.setattr(tuning, "LAYERNORM_MIN_ROWS", 2)
+    monkeypatch.setattr(tuning, "GELU_MIN_CHUNK", 5)
     rng = np.random.default_rng(shape[-1])
     x = (3 * rng.standard_normal(shape)).astype(dtype)
     D = shape[-1]
@@ -506,7 +514,7 @@ def test_layernorm_and_gelu_split_over_threads_match_reference(shape, dtype, mon
 def test_atb_rows_matches_numpy(IJ, dtype):
     """gemm.atb_rows: out += a[lo:hi]^T b[lo:hi] with blocks of 4 x 64, 4 x 16, single rows and single columns, over
     a row range longer than one pass of 256 rows, added to what out held."""
-    from mesa_fast.numba_kernels.gemm import atb_rows
+    from mesa_fast.kernels.simd.gemm import atb_rows
     I, J = IJ
     rng = np.random.default_rng(I * J)
     a, b = rng.standard_normal((700, I)).astype(dtype), rng.standard_normal((700, J)).astype(dtype)
@@ -522,7 +530,7 @@ def test_atb_rows_matches_numpy(IJ, dtype):
 def test_ab_rows_matches_numpy(KI, dtype):
     """gemm.ab_rows: out[lo:hi] = a[lo:hi] b in panels of 40, 32, 16 and 8 columns, 4 rows at a time and the rows
     left over one at a time; rows outside [lo, hi) untouched."""
-    from mesa_fast.numba_kernels.gemm import ab_rows
+    from mesa_fast.kernels.simd.gemm import ab_rows
     K, I = KI
     rng = np.random.default_rng(K * I)
     a, b = rng.standard_normal((103, K)).astype(dtype), rng.standard_normal((K, I)).astype(dtype)
@@ -538,16 +546,15 @@ def test_ab_rows_matches_numpy(KI, dtype):
 @pytest.mark.parametrize("case", ["mlp", "odd", "nobias", "tiny", "row-blocks", "no-input-grad"])
 def test_dense_gelu_matches_reference(case, dtype, monkeypatch):
     """dense_gelu against the reference composition (dense then gelu) in float64: the model's MLP shape, widths that
-    are not multiples of 16, no bias, one row, rows in many ranges and blocks (MIN_ROWS = 3, SUB_ROWS = 2), and
-    input_grad=False."""
-    from mesa_fast.numba_kernels import dense as fast_dense
+    are not multiples of 16, no bias, one row, rows in many ranges and blocks (DENSE_MIN_ROWS = 3,
+    DENSE_GELU_SUB_ROWS = 2), and input_grad=False."""
     rng = np.random.default_rng(17)
     shape, M, bias = {"mlp": ((8, 50, 40), 160, True), "odd": ((3, 7, 5), 19, True), "nobias": ((600, 9), 13, False),
                       "tiny": ((1, 1, 3), 2, True), "row-blocks": ((5, 9, 6), 21, True),
                       "no-input-grad": ((4, 5, 7), 33, True)}[case]
     if case == "row-blocks":
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
-        monkeypatch.setattr(fast_dense, "SUB_ROWS", 2)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 3)
+        monkeypatch.setattr(tuning, "DENSE_GELU_SUB_ROWS", 2)
     x = rng.standard_normal(shape).astype(dtype)
     W = (rng.standard_normal((shape[-1], M)) / np.sqrt(shape[-1])).astype(dtype)
     b = rng.standard_normal(M).astype(dtype) if bias else None

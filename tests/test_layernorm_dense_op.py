@@ -1,12 +1,13 @@
 """A LayerNorm and the dense layer it feeds as one op, y = layernorm(x) W + c [L4] + [L1]: the reference (the
 composition of layernorm and dense) by finite differences and against its parts, the fused fast op
-(mesa_fast/numba_kernels/lndense.py) against the fast composition and against the reference in float64 and float32,
-and its NaN/inf and argument errors against the reference's."""
+(mesa_fast/kernels/simd/layernorm_dense.py) against the fast composition and against the reference in float64 and
+float32, and its NaN/inf and argument errors against the reference's."""
 import numpy as np
 import pytest
 
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import layers as fast_layers
+from mesa_fast.ops import layernorm_dense as fast_layernorm_dense
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
 from op_agreement import assert_within_ulps, check_fast_against_reference, raises_same, rel, ulps_apart
@@ -54,7 +55,7 @@ def test_gradients_by_finite_differences(ns, bias):
     inputs = list(_inputs(rng, (2, 3, 5), 4, np.float64, bias))
     y, cache = ns.layernorm_dense_forward(*inputs)
     if ns is F:
-        assert isinstance(cache, fast_layers.LayerNormDenseFastCache)
+        assert isinstance(cache, fast_layernorm_dense.LayerNormDenseFastCache)
     dy = rng.standard_normal(y.shape)
     grads = ns.layernorm_dense_backward(dy, cache)
     for name, arr, grad in zip(NAMES, inputs, grads):
@@ -98,7 +99,7 @@ def test_fast_is_the_fast_composition_to_rounding(case, dtype):
     inputs = _inputs(rng, shape, O, dtype, bias)
     dy = rng.standard_normal(shape[:-1] + (O,)).astype(dtype)
     y, cache = F.layernorm_dense_forward(*inputs)
-    assert isinstance(cache, fast_layers.LayerNormDenseFastCache)
+    assert isinstance(cache, fast_layernorm_dense.LayerNormDenseFastCache)
     assert (cache.a2 is None) == _own_dw(O)
     grads = F.layernorm_dense_backward(dy, cache)
     y2, grads2 = _composed(F, inputs, dy)
@@ -117,20 +118,18 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     """The fast op against the float64 reference; "split": rows in ranges of at least 3 on the thread pool (ranges
     that do not start at a multiple of 16). float64 to 1e-12, float32 to 1e-5 (relative to the largest entry)."""
     if split:
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 3)
     shape, O, bias = CASES[case]
     rng = np.random.default_rng(4)
     inputs = _inputs(rng, shape, O, dtype, bias)
     cache = check_fast_against_reference(F.layernorm_dense_forward, F.layernorm_dense_backward,
                                          R.layernorm_dense_forward, R.layernorm_dense_backward, inputs, rng, NAMES)
-    assert isinstance(cache, fast_layers.LayerNormDenseFastCache)
+    assert isinstance(cache, fast_layernorm_dense.LayerNormDenseFastCache)
 
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
     """The ranges' partial sums are added in range order: bit for bit the same on every call."""
-    from mesa_fast.numba_kernels import dense as fast_dense
-    monkeypatch.setattr(fast_dense, "MIN_ROWS", 64)
+    monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 64)
     inputs = _inputs(np.random.default_rng(5), (6, 50, 40), 240, np.float32, False)
     y, cache = F.layernorm_dense_forward(*inputs)
     dy = np.random.default_rng(6).standard_normal(y.shape).astype(np.float32)
@@ -178,7 +177,7 @@ def test_overflow_in_the_layernorm_gradient_raises_the_reference_error():
     with np.errstate(all="ignore"):
         _, rc = R.layernorm_dense_forward(*inputs)
         _, fc = F.layernorm_dense_forward(*inputs)
-        assert isinstance(fc, fast_layers.LayerNormDenseFastCache)
+        assert isinstance(fc, fast_layernorm_dense.LayerNormDenseFastCache)
         da = R.dense_backward(dy, rc.dense)[0]           # the dense backward is fine ...
         assert not np.isfinite(da).all()                 # ... and hands the LayerNorm an inf
         msg = raises_same(lambda: F.layernorm_dense_backward(dy, fc), lambda: R.layernorm_dense_backward(dy, rc))

@@ -1,13 +1,14 @@
 """The pre-LayerNorm MLP sub-block with its residual as one op, y = x + mlp(layernorm(x)) [L4] + [L1] + [L5]: the
 reference (the composition of layernorm, mlp and the addition) by finite differences and against its parts, the
-fused fast op (mesa_fast/numba_kernels/mlp.py: ln_mlp_fwd_rows / ln_mlp_bwd_rows) bit for bit against the fast
+fused fast op (mesa_fast/kernels/simd/mlp_block.py: ln_mlp_fwd_rows / ln_mlp_bwd_rows) bit for bit against the fast
 composition and against the reference in float64 and float32, and its NaN/inf and argument errors against the
 reference's."""
 import numpy as np
 import pytest
 
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import layers as fast_layers
+from mesa_fast.ops import mlp_block as fast_mlp_block
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
 from op_agreement import check_fast_against_reference, raises_same
@@ -58,7 +59,7 @@ def test_gradients_by_finite_differences(ns, shape, M):
     inputs = list(_inputs(rng, shape, M, np.float64))
     y, cache = ns.mlp_block_forward(*inputs)
     if ns is F:
-        assert isinstance(cache, fast_layers.MLPBlockFastCache) == (shape[-1] % 8 == 0)
+        assert isinstance(cache, fast_mlp_block.MLPBlockFastCache) == (shape[-1] % 8 == 0)
     dy = rng.standard_normal(y.shape)
     grads = ns.mlp_block_backward(dy, cache)
     for name, arr, grad in zip(NAMES, inputs, grads):
@@ -83,7 +84,7 @@ def test_fast_is_the_fast_composition_bit_for_bit(case, dtype):
     inputs = _inputs(rng, shape, M, dtype, bias)
     dy = rng.standard_normal(shape).astype(dtype)
     y, cache = F.mlp_block_forward(*inputs)
-    assert isinstance(cache, fast_layers.MLPBlockFastCache) == (case != "composed")
+    assert isinstance(cache, fast_mlp_block.MLPBlockFastCache) == (case != "composed")
     grads = F.mlp_block_backward(dy, cache)
     y2, grads2 = _composed(F, inputs, dy)
     np.testing.assert_array_equal(y, y2)
@@ -101,8 +102,7 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     """The fast op against the float64 reference; "split": rows in ranges of at least 3 on the thread pool (ranges
     that do not start at a multiple of 16). float64 to 1e-12, float32 to 1e-5 (relative to the largest entry)."""
     if split:
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 3)
     shape, M, bias = CASES[case]
     rng = np.random.default_rng(4)
     inputs = _inputs(rng, shape, M, dtype, bias)
@@ -112,8 +112,7 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
     """The ranges' partial sums are added in range order: bit for bit the same on every call."""
-    from mesa_fast.numba_kernels import dense as fast_dense
-    monkeypatch.setattr(fast_dense, "MIN_ROWS", 64)
+    monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 64)
     inputs = _inputs(np.random.default_rng(5), (6, 50, 40), 160, np.float32)
     y, cache = F.mlp_block_forward(*inputs)
     dy = np.random.default_rng(6).standard_normal(y.shape).astype(np.float32)
@@ -161,7 +160,7 @@ def test_overflow_in_the_layernorm_gradient_raises_the_reference_error():
     with np.errstate(all="ignore"):
         _, rc = R.mlp_block_forward(*inputs)
         _, fc = F.mlp_block_forward(*inputs)
-        assert isinstance(fc, fast_layers.MLPBlockFastCache)
+        assert isinstance(fc, fast_mlp_block.MLPBlockFastCache)
         dm = R.mlp_backward(dy, rc.mlp)[0]               # the MLP's own backward is fine ...
         assert not np.isfinite(dm).all()                 # ... and hands the LayerNorm an inf
         msg = raises_same(lambda: F.mlp_block_backward(dy, fc), lambda: R.mlp_block_backward(dy, rc))

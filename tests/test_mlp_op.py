@@ -1,11 +1,12 @@
 """The MLP sub-block as one op, y = gelu(x W1 + b1) W2 + b2 [L1] + [L5]: the reference (the composition of dense_gelu
-and dense) by finite differences, the fused fast op (mesa_fast/numba_kernels/mlp.py) against the reference in float64
-and float32, and its NaN/inf errors and overflow against the reference's."""
+and dense) by finite differences, the fused fast op (mesa_fast/ops/mlp.py, kernels/simd/mlp.py) against the
+reference in float64 and float32, and its NaN/inf errors and overflow against the reference's."""
 import numpy as np
 import pytest
 
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import layers as fast_layers
+from mesa_fast.ops import mlp as fast_mlp
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.gradcheck import numerical_gradient, rel_error
 from op_agreement import check_fast_against_reference
@@ -46,7 +47,7 @@ def test_gradients_by_finite_differences(ns, shape, M, E):
     inputs = list(_inputs(rng, shape, M, E, np.float64))
     y, cache = ns.mlp_forward(*inputs)
     if ns is F:
-        fused = isinstance(cache, fast_layers.MLPFastCache)
+        fused = isinstance(cache, fast_mlp.MLPFastCache)
         assert fused == (shape[-1] % 8 == 0)
     dy = rng.standard_normal(y.shape)
     grads = ns.mlp_backward(dy, cache)
@@ -68,20 +69,18 @@ def test_fast_matches_reference(case, split, dtype, monkeypatch):
     composition); "split": rows in ranges of at least 3 on the thread pool. float64 to 1e-12, float32 to 1e-5
     (relative to the largest entry)."""
     if split:
-        from mesa_fast.numba_kernels import dense as fast_dense
-        monkeypatch.setattr(fast_dense, "MIN_ROWS", 3)
+        monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 3)
     shape, M, E, bias = CASES[case]
     rng = np.random.default_rng(3)
     inputs = _inputs(rng, shape, M, E, dtype, bias)
     cache = check_fast_against_reference(F.mlp_forward, F.mlp_backward, R.mlp_forward, R.mlp_backward, inputs, rng,
                                          NAMES)
-    assert isinstance(cache, fast_layers.MLPFastCache) == (case != "composed")
+    assert isinstance(cache, fast_mlp.MLPFastCache) == (case != "composed")
 
 
 def test_fast_backward_is_repeatable_with_split_rows(monkeypatch):
     """dW1, dW2 sum the ranges' partial products in range order: bit for bit the same on every call."""
-    from mesa_fast.numba_kernels import dense as fast_dense
-    monkeypatch.setattr(fast_dense, "MIN_ROWS", 64)
+    monkeypatch.setattr(tuning, "DENSE_MIN_ROWS", 64)
     inputs = _inputs(np.random.default_rng(4), (6, 50, 40), 160, 40, np.float32)
     y, cache = F.mlp_forward(*inputs)
     dy = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The plain Numba kernels (mesa_fast/numba_kernels/plain.py) against the NumPy reference ops.
+"""The plain Numba kernels (mesa_fast/kernels/plain/) against the NumPy reference ops.
 
 Every test runs the ``mesa_fast.ops`` op with the plain kernels selected (the ``plain`` fixture: what
 MESA_FAST_KERNELS=plain does) and checks that they really ran (the plain kernels hand back the (B, H, T, T) map
@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mesa_fast.numba_kernels as nk
+import mesa_fast.kernels as nk
 from mesa_fast import ops as F
-from mesa_fast.numba_kernels import plain
+from mesa_fast.kernels.plain import attention_linear as plain_linear
+from mesa_fast.kernels.plain import attention_softmax as plain_softmax
+from mesa_fast.kernels.plain import mesa as plain_mesa
+from mesa_fast.runtime import tuning
 from mesa_ref import ops as R
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer as RefTransformer
@@ -36,7 +39,7 @@ DTYPES = [np.float64, np.float32]
 def plain_kernels(monkeypatch):
     """The plain kernels for every family, as MESA_FAST_KERNELS=plain selects them at import."""
     monkeypatch.setattr(nk, "_choice", "plain")
-    assert all(nk.kernels(f) is plain for f in ("linear", "softmax", "mesa"))
+    assert [nk.kernel_module(f) for f in ("linear", "softmax", "mesa")] == [plain_linear, plain_softmax, plain_mesa]
 
 
 def rel(a, b):
@@ -87,7 +90,8 @@ def test_attention_kernels_read_views_as_copies(kind):
     rng = np.random.default_rng(1)
     q, k, v = F.split_qkv(rng.standard_normal((B, T, 3 * H * d)), H)
     dout = F.split_heads(rng.standard_normal((B, T, H * d)), H)
-    fwd, bwd = getattr(plain, kind + "_forward"), getattr(plain, kind + "_backward")
+    module = {"linear": plain_linear, "softmax": plain_softmax}[kind]
+    fwd, bwd = getattr(module, kind + "_forward"), getattr(module, kind + "_backward")
     extra = (0.5,) if kind == "softmax" else ()
     res = fwd(q, k, v, *extra)
     res_c = fwd(*(np.ascontiguousarray(a) for a in (q, k, v)), *extra)
@@ -194,16 +198,18 @@ def test_whole_model_float64_matches_reference(plain_kernels):
 
 # ---------------------------------------------------------------------------------------------- the switch
 def test_switch_reads_the_environment_once_and_rejects_other_values(monkeypatch):
-    code = "import mesa_fast.numba_kernels as nk; print(*(nk.kernels(f).__name__ for f in ('linear', 'mesa')))"
+    code = "import mesa_fast.kernels as nk; print(*(nk.kernel_module(f).__name__ for f in ('linear', 'mesa')))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, MESA_FAST_KERNELS="plain"))
-    assert r.stdout.split() == ["mesa_fast.numba_kernels.plain"] * 2, r.stderr[-2000:]
+    assert r.stdout.split() == ["mesa_fast.kernels.plain.attention_linear", "mesa_fast.kernels.plain.mesa"], \
+        r.stderr[-2000:]
     monkeypatch.setattr(nk, "_choice", "simd")
-    assert nk.kernels("softmax").__name__ == "mesa_fast.numba_kernels.attention"
-    monkeypatch.setattr(nk, "_choice", "")                      # unset: DEFAULT_KERNELS decides, per family
-    monkeypatch.setitem(nk.DEFAULT_KERNELS, "mesa", "plain")
-    monkeypatch.setitem(nk.DEFAULT_KERNELS, "linear", "simd")
-    assert nk.kernels("mesa") is plain and nk.kernels("linear").__name__ == "mesa_fast.numba_kernels.attention"
+    assert nk.kernel_module("softmax").__name__ == "mesa_fast.kernels.simd.attention_softmax"
+    monkeypatch.setattr(nk, "_choice", "")                      # unset: tuning.DEFAULT_KERNELS decides, per family
+    monkeypatch.setitem(tuning.DEFAULT_KERNELS, "mesa", "plain")
+    monkeypatch.setitem(tuning.DEFAULT_KERNELS, "linear", "simd")
+    assert nk.kernel_module("mesa") is plain_mesa
+    assert nk.kernel_module("linear").__name__ == "mesa_fast.kernels.simd.attention_linear"
     monkeypatch.setattr(nk, "_choice", "fast")
     with pytest.raises(ValueError, match="MESA_FAST_KERNELS: expected one of"):
-        nk.kernels("linear")
+        nk.kernel_module("linear")

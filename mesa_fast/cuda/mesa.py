@@ -1,7 +1,7 @@
 """The mesa-layer's GPU kernels, [M2]-[M4] (docs/math.md section 3), in Numba CUDA.
 
-The CUDA twin of ``mesa_fast/numba_kernels/mesa.py``; both re-express ``mesa_ref.ops.mesa.mesa_forward`` and
-``mesa_backward``. One kernel source serves two targets:
+The CUDA twin of ``mesa_fast/kernels/simd/mesa.py`` (and of the readable ``kernels/plain/mesa.py``); all re-express
+``mesa_ref.ops.mesa.mesa_forward`` and ``mesa_backward``. One kernel source serves two targets:
 
 * a GPU: the launch wrappers take CuPy arrays, hand them to Numba through the CUDA array interface (without
   Numba's stream synchronisation: the kernel is queued on CuPy's current stream, so it runs after whatever CuPy
@@ -42,7 +42,7 @@ Arithmetic in the input's dtype (float32 or float64; one compiled kernel per dty
 the wrappers' arguments: q, k, qt, w (B, H, T, d); v, out, dout (B, H, T, dv); lam, gamma (H,).
 Shared memory per block (dynamic): ``shared_bytes``. The block size is a launch parameter (``threads``: a power
 of two, 1 to ``MAX_THREADS`` = 256, as the kernels use up to ~150 registers per thread; default
-``default_threads(d, dv)``, chosen without GPU timings, see docs/performance.md).
+``default_threads(d, dv)``, chosen without GPU timings; both from ``mesa_fast/runtime/tuning.py``, CUDA_*).
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ import threading
 
 import numpy as np
 from numba import cuda, from_dtype
+
+from ..runtime import tuning
 
 __all__ = ["forward", "backward", "shared_bytes", "default_threads", "kernels", "contiguous",
            "simulator_enabled", "signature", "SHARED_LIMIT_DEFAULT", "MAX_THREADS"]
@@ -465,10 +467,11 @@ def default_threads(d, dv):
     """Threads per block: a power of two >= 4 max(d, dv), within [32, 256] (d = 20: 128; d = 64: 256).
 
     About four partial sums per row of R, and a few warps to hide shared-memory latency. Not yet tuned on a GPU.
+    (4, 32 and 256: ``tuning.CUDA_THREADS_PER_ROW``, ``CUDA_MIN_THREADS``, ``CUDA_MAX_THREADS``.)
     """
-    want = 4 * max(int(d), int(dv))
-    t = 32
-    while t < want and t < 256:
+    want = tuning.CUDA_THREADS_PER_ROW * max(int(d), int(dv))
+    t = tuning.CUDA_MIN_THREADS
+    while t < want and t < tuning.CUDA_MAX_THREADS:
         t *= 2
     return t
 
@@ -485,7 +488,7 @@ def shared_bytes(kind, d, dv, has_gamma, itemsize, threads):
     return n * itemsize
 
 
-MAX_THREADS = 256    # 256 threads x (at most 151 registers, benchmarks/results/cuda_resources.md) fit 64K registers
+MAX_THREADS = tuning.CUDA_MAX_THREADS    # threads per block at most (the tuning module says why)
 
 
 def _check_threads(threads):

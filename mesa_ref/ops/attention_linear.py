@@ -7,7 +7,7 @@ Two forms of the same sums, each a forward/backward pair:
                      the masked score matrix A[t, t'] = k_{t'} . q_t for t' <= t, then out = A v.
     recurrent form   ``linear_attention_recurrent_forward`` / ``linear_attention_recurrent_backward``:
                      the running state S_t = S_{t-1} + v_t k_t^T, out_t = S_t q_t; nothing T x T is formed.
-                     The plain version of what mesa_fast/numba_kernels/attention.py computes (module-level
+                     The plain version of what mesa_fast/kernels/*/attention_linear.py compute (module-level
                      here, not part of the ops namespace).
 
 Names: B batch, H heads, T time, d key/query size, d_v value size; dout = dL/dout, d<x> = dL/d<x>.

@@ -1,19 +1,22 @@
 """A LayerNorm and the dense layer it feeds [L4] + [L1], y = layernorm(x) W (+ c), row block by row block.
 
+Plain twin: none; the readable statement is the reference's composition, which these kernels re-express (below).
+
 Re-expresses ``mesa_ref.ops.layernorm_dense`` (the composition of ``layernorm`` and ``dense``). What differs:
 
-* Forward: each block of R rows is normalised (``elementwise.layernorm_fwd`` on the block's rows) and multiplied
+* Forward: each block of R rows is normalised (``layernorm.layernorm_fwd`` on the block's rows) and multiplied
   right away, so the product reads the normalised rows from cache. The LayerNorm's own cache (xhat) is not
-  written, and where the backward makes dW itself (``own_dw``, below) neither is the normalised input a.
+  written, and where the backward makes dW itself (``own_dw``, below) neither is the normalised input a. R is
+  ``runtime.tuning.LN_DENSE_BLOCK_ROWS``.
 * Backward: per block, da = dy W^T goes into a buffer, the block is normalised again from x (the same operations
-  on the same rows: bit for bit the forward's a, xhat and rstd) and the LayerNorm's backward of da writes dx, so
-  da never goes out to memory. With ``own_dw`` (a wide output, O a multiple of 16 and at least 64: the QKV
-  product) the block's dW = a^T dy is added too (``gemm.atb_rows``) while a and dy are in cache; otherwise
-  (the readout, 10 columns) the forward keeps a and the caller makes dW as one product over all rows
-  (``dense.xt_dy``), as the dense op does.
+  on the same rows: bit for bit the forward's a, xhat and rstd) and the LayerNorm's backward of da writes dx, so da
+  never goes out to memory. With ``own_dw`` (a wide output, O a multiple of 16 and at least
+  ``tuning.OWN_DW_MIN_COLS``: the QKV product) the block's dW = a^T dy is added too (``gemm.atb_rows``) while a and
+  dy are in cache; otherwise (the readout, 10 columns) the forward keeps a and the caller makes dW as one product
+  over all rows (``mesa_fast.ops.dense.xt_dy``), as the dense op does.
 * The products inside the blocks are ``np.dot`` (BLAS, through Numba; on one thread while the caller holds
-  ``dense.one_blas_thread``), and da = dy W^T is ``gemm.ab_rows`` where the caller says the output is narrow
-  (``dense._narrow``), as the dense op does.
+  ``runtime.blas.one_blas_thread``), and da = dy W^T is ``gemm.ab_rows`` where the caller says the output is narrow
+  (``mesa_fast.ops.dense._narrow``), as the dense op does.
 
 The LayerNorm sees the rows in the groups of 16 that one call on rows lo..hi would (R is a multiple of 16). At the
 model's shapes y, dx and the LayerNorm's gradients are the composition's bit for bit, and so is dW where the caller
@@ -27,10 +30,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .elementwise import layernorm_bwd, layernorm_fwd
+from ...runtime.tuning import LN_DENSE_BLOCK_ROWS as R     # rows per block
 from .gemm import ab_rows, atb_rows
-
-R = 256     # rows per block: the block's normalised rows (R x D) and its output rows (R x O) stay in L2
+from .layernorm import layernorm_bwd, layernorm_fwd
 
 
 @njit(cache=True, nogil=True)

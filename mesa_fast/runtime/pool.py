@@ -1,4 +1,4 @@
-"""The thread pool every Numba kernel wrapper runs on, and the array preparation they share.
+"""The thread pool every Numba kernel wrapper runs on.
 
 Threads rather than ``prange``: a ``parallel=True`` wrapper added many seconds of compilation per dtype and
 kernel for the same run time, and the kernels release the GIL anyway (docs/performance.md).
@@ -9,27 +9,26 @@ import concurrent.futures
 import threading
 
 import numba
-import numpy as np
+
+from . import tuning
 
 _POOL = None
 _POOL_WORKERS = 0
 _POOL_LOCK = threading.Lock()
 
 
-GUIDE = 2      # map_chunks: each range is 1/(GUIDE * threads) of what is left; the threads take them in turn
-
-
 def chunk_bounds(n, nthreads, min_chunk=1):
     """Boundaries 0 = b_0 < b_1 < ... = n of the ranges ``map_chunks`` shares out: "guided" sizes, each range
-    ceil(left / (GUIDE * nthreads)) items but at least ``min_chunk``, except that a rest too short for two
-    ranges of min_chunk is split into two halves (so every range has at least min_chunk // 2 items, and n
-    < min_chunk gives one range). Big ranges first, small ones last, so that the thread that finishes first
+    ceil(left / (GUIDE * nthreads)) items (GUIDE: ``tuning.GUIDE``) but at least ``min_chunk``, except that a rest
+    too short for two ranges of min_chunk is split into two halves (so every range has at least min_chunk // 2
+    items, and n < min_chunk gives one range). Big ranges first, small ones last, so that the thread that finishes first
     waits at most about one small range for the other. Depends on its arguments only."""
     m = max(1, min_chunk)
+    guide = tuning.GUIDE
     bounds = [0]
     left = n
     while left > 0:
-        size = min(left, max(m, -(-left // (GUIDE * nthreads))))
+        size = min(left, max(m, -(-left // (guide * nthreads))))
         if 0 < left - size < m:
             size = left - left // 2 if left >= m else left
         bounds.append(bounds[-1] + size)
@@ -131,12 +130,3 @@ def run_groups(kernel, G, *args):
     """Run kernel(g0, g1, *args) over the groups 0..G-1 in contiguous chunks shared out to
     ``numba.get_num_threads()`` threads (``map_chunks``). Returns the chunks' results in order."""
     return map_chunks(kernel, G, *args)
-
-
-def contiguous_writeable(x):
-    """C-contiguous, writeable ``x``, copied only when needed (a read-only array is a separate Numba
-    type and would trigger a recompile)."""
-    x = np.ascontiguousarray(x)
-    if not x.flags.writeable:
-        x = x.copy()
-    return x

@@ -1,4 +1,4 @@
-"""Explicit SIMD lane vectors for the Numba kernels.
+"""Explicit SIMD lane vectors for the Numba kernels (the intrinsics every SIMD kernel in this folder is built on).
 
 Why this exists: the kernels vectorise across independent (batch, head) sequences ("lanes"), each
 lane running the scalar recursion of ``mesa_ref.ops``. Numba ships with LLVM's SLP vectoriser switched
@@ -12,12 +12,12 @@ memory location), so the kernels get the same SIMD code whatever the Numba confi
 Two widths, fixed when a vector is made (``vload``/``vzeros``/``vsplat`` make LANES = 8 lanes,
 ``wload``/``wzeros``/``wsplat`` make WIDE = 16); every other operation takes the width of its
 arguments:
-* LANES = 8: the mesa kernels (``mesa.py``). One AVX2 register of float32, two of float64. (The mesa
-  kernels at 16 lanes with FMA were tried and measured no faster; not adopted.)
-* WIDE = 16: the attention kernels (``attention.py``). One AVX-512 register of float32 (two of
-  float64); on a machine without AVX-512 LLVM splits each operation into two AVX2 ones. 16 lanes, and
-  ``vfma`` on top, each made the linear-attention recursion measurably faster than 8 lanes
-  (docs/performance.md).
+* LANES = 8 (``runtime.tuning.MESA_LANES``): the mesa kernels (``mesa.py``). One AVX2 register of float32, two of
+  float64. (The mesa kernels at 16 lanes with FMA were tried and measured no faster; not adopted.)
+* WIDE = 16 (``runtime.tuning.ATTENTION_LANES``): the attention kernels (``attention_*.py``), GELU, LayerNorm and
+  ``gemm.py``. One AVX-512 register of float32 (two of float64); on a machine without AVX-512 LLVM splits each
+  operation into two AVX2 ones. 16 lanes, and ``vfma`` on top, each made the linear-attention recursion measurably
+  faster than 8 lanes (docs/performance-archive/notes.md, "Attention kernels").
 
 Semantics: ``vadd``/``vsub``/``vmul``/``vdiv``/``vsqrt`` are the IEEE operations applied lane by lane
 (no fast-math flags, no FMA contraction), so each lane computes exactly what a scalar loop with the
@@ -38,9 +38,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-LANES = 8   # lanes of the mesa kernels' vectors
-WIDE = 16   # lanes of the attention kernels' vectors
-ALIGN = 64  # bytes: one cache line, one AVX-512 register
+from ...runtime.tuning import ALIGN                      # bytes: one cache line, one AVX-512 register
+from ...runtime.tuning import ATTENTION_LANES as WIDE   # lanes of the attention kernels' vectors
+from ...runtime.tuning import MESA_LANES as LANES       # lanes of the mesa kernels' vectors
 
 
 class LaneVec(types.Type):

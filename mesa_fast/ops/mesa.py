@@ -5,9 +5,9 @@
 
 Shapes as the reference: q, k (B, H, T, d); v (B, H, T, dv); lam, gamma (H,); out (B, H, T, dv).
 Validation is the reference's own ``validate_mesa_inputs`` (same ValueErrors, same messages).
-Kernels: NumPy input -> ``numba_kernels.mesa`` or ``numba_kernels.plain`` (``numba_kernels.kernels("mesa")``
-picks; or the GPU, or Numba's CUDA simulator for the backend "cudasim", see ``mesa_fast.backend``); CuPy
-input -> ``cuda.mesa``. Float32 in -> float32 arithmetic and output; float64 -> float64.
+Kernels: NumPy input -> ``kernels/simd/mesa.py`` or ``kernels/plain/mesa.py`` (``mesa_fast.kernels.kernel_module
+("mesa")`` picks; or the GPU, or Numba's CUDA simulator for the backend "cudasim", see ``mesa_fast.backend``); CuPy
+input -> ``cuda/mesa.py``. Float32 in -> float32 arithmetic and output; float64 -> float64.
 
 Backward strategies (chosen at forward time, as in the reference):
     "store"      the forward keeps w_t = c_t sqrt(beta_t) (T d numbers per sequence) and the
@@ -31,8 +31,8 @@ import numpy as np
 from mesa_ref.ops._common import array_module, check_dout, to_host
 from mesa_ref.ops.mesa import validate_mesa_inputs
 
-from .backend import get_backend, get_cupy
-from .numba_kernels._pool import contiguous_writeable
+from ..backend import get_backend, get_cupy
+from ..kernels.buffers import contiguous_writeable
 
 __all__ = ["MesaFastCache", "mesa_forward", "mesa_backward"]
 
@@ -49,7 +49,7 @@ class MesaFastCache(NamedTuple):
     engine:   str           "numba" | "cupy" | "cudasim": the kernels that made it (the backward uses the same;
                             "cudasim": the CUDA kernels in Numba's simulator, on NumPy arrays).
     qt_raw:   q~_t = R_t q_t in the kernels' layout: the SIMD Numba kernels: the lane layout, flat
-              (G*T*d*8,) (see numba_kernels/mesa.py); the plain Numba kernels, cupy and cudasim: (B, H, T, d).
+              (G*T*d*8,) (see kernels/simd/mesa.py); the plain Numba kernels, cupy and cudasim: (B, H, T, d).
               Use the ``qt`` property.
     w_raw:    w_t = c_t sqrt(beta_t) ("store"; empty for "checkpoint"), same layout as qt_raw.
     to_host:  bool          NumPy input computed on the GPU: the backward returns NumPy too.
@@ -72,18 +72,18 @@ class MesaFastCache(NamedTuple):
         """q~_t = R_t q_t as (B, H, T, d) (a fresh array, in the input's array module)."""
         B, H, T, d = self.q.shape
         if self.qt_raw.ndim == 1:         # the SIMD Numba kernels' lane layout
-            from .numba_kernels import mesa as nk  # noqa: PLC0415
-            return nk.lanes_to_bhtd(self.qt_raw, B, H, T, d)
+            from ..kernels.simd import mesa as simd_mesa  # noqa: PLC0415
+            return simd_mesa.lanes_to_bhtd(self.qt_raw, B, H, T, d)
         return to_host(self.qt_raw) if self.to_host else self.qt_raw.copy()
 
 
 def _numba():
-    from .numba_kernels import kernels  # noqa: PLC0415
-    return kernels("mesa")
+    from ..kernels import kernel_module  # noqa: PLC0415
+    return kernel_module("mesa")
 
 
 def _cuda():
-    from .cuda import mesa as ck  # noqa: PLC0415  (imports numba.cuda on first use)
+    from ..cuda import mesa as ck  # noqa: PLC0415  (imports numba.cuda on first use)
     return ck
 
 

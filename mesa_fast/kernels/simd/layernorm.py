@@ -1,158 +1,26 @@
-"""Numba CPU kernels for GELU [L5], LayerNorm [L4] and the MSE loss (one pass per row / element).
+"""SIMD Numba CPU kernels for LayerNorm [L4] (one pass per row for each of its sums).
 
-Re-expresses ``mesa_ref.ops.activations.gelu_*`` and ``mesa_ref.ops.layernorm``; what differs:
+Plain twin: none; the readable statement is the reference, ``mesa_ref.ops.layernorm`` (``layernorm_forward`` /
+``layernorm_backward``), which these re-express. What differs: per row of D values, one pass for the mean, one for
+the variance, one for xhat and y (the reference's NumPy expression makes ~8 passes over the whole array), 16 rows at
+a time with one row per lane (moved in and out by 8 x 8 register transposes), so a row's sums are lane-vector adds;
+leftover rows one at a time with 8 columns per vector. The forward finds NaN/inf in x through the row sums.
+``layernorm_fwd`` / ``layernorm_bwd`` on a block of rows are also what the fused LayerNorm + dense and MLP sub-block
+kernels call (``layernorm_dense.py``, ``mlp_block.py``).
 
-* GELU. tanh(u) is computed as sign(u) (1 - z) / (1 + z) with z = exp(-2|u|) (exact identity; no
-  overflow since z <= 1; one exp instead of tanh and pow), 16 elements at a time with the lane-vector
-  exp of ``_simd.vexp`` (Numba compiles ``np.exp`` in a loop to one scalar call per element), and the
-  forward keeps t = tanh(u) in its cache, so the backward is pure arithmetic (the reference recomputes
-  tanh and x**3). Both find NaN/inf in their input (x, dy) in the same pass.
-* LayerNorm. Per row of D values: one pass for the mean, one for the variance, one for xhat and y (the
-  reference's NumPy expression makes ~8 passes over the whole array), 16 rows at a time with one row per
-  lane (moved in and out by 8 x 8 register transposes), so a row's sums are lane-vector adds; leftover rows
-  one at a time with 8 columns per vector. The forward finds NaN/inf in x through the row sums.
-
-* MSE. One pass over pred and target (any strides) for diff = pred - target, the sum of squares and
-  the NaN/inf check; the reference checks both inputs first (with pred a strided view of the
-  residual stream, a pass of its own: docs/performance.md), then makes two temporaries.
-
-The callers (``layers.py``) share the rows / elements out to the thread pool. Arithmetic in the input dtype,
-IEEE operations without fast-math, except: the leftover LayerNorm rows' sums of 8 partial sums (lanes), then
-added in order; the variance's and backward's row sums fused multiply-adds (``_simd.vfma``); sums over all B*T rows (LayerNorm's
-dw, db, the MSE's sum of squares) accumulated in float64 and rounded once.
-Shapes: x, y, t: (n,) flat; LayerNorm rows: x, y, xhat, dy, dx flat (M*D,), w, b (D,), rstd (M,);
-MSE: pred, target, diff (M, n).
+The callers (``mesa_fast/ops/layernorm.py``) share the rows out to the thread pool. Arithmetic in the input dtype,
+IEEE operations without fast-math, except: the leftover rows' sums of 8 partial sums (lanes), then added in order;
+the variance's and backward's row sums fused multiply-adds (``lanevec.vfma``); sums over all rows (dw, db)
+accumulated in float64 and rounded once.
+Shapes: x, y, xhat, dy, dx flat (M*D,), w, b (D,), rstd (M,); sw, sb (D,) float64.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
 
-from ._simd import (LANES, WIDE, aligned_empty, vabs, vadd, vcopysign, vdiv, vexp, vfma, vload, vmul, vsplat, vsqrt,
-                    vstore, vsub, vsum, vtranspose_copy, vzeros, wload, wsplat, wzeros)
-
-_C = math.sqrt(2.0 / math.pi)
-_A = 0.044715
-
-
-@njit(cache=True, nogil=True)
-def _gelu_vec(x, like):
-    """(y, t) of ``gelu_fwd`` for one lane vector x (``like``: an array of x's dtype)."""
-    one = wsplat(like, 1.0)
-    u = vmul(wsplat(like, _C), vadd(x, vmul(wsplat(like, _A), vmul(vmul(x, x), x))))
-    z = vexp(vmul(wsplat(like, -2.0), vabs(u)))
-    ti = vcopysign(vdiv(vsub(one, z), vadd(one, z)), u)
-    return vmul(vmul(wsplat(like, 0.5), x), vadd(one, ti)), ti
-
-
-@njit(cache=True, nogil=True)
-def gelu_fwd(x, y, t):
-    """y = 0.5 x (1 + t), t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3), with tanh(u) = sign(u) (1 - z) / (1 + z),
-    z = exp(-2|u|), 16 elements at a time (``_simd.vexp``; the last < 16 through a padded buffer).  [L5]
-    x, y, t: (n,) C-contiguous. Returns False when some x is NaN or inf."""
-    n = x.shape[0]
-    fin = wzeros(x)
-    i = 0
-    while i + WIDE <= n:
-        xi = wload(x, i)
-        fin = vadd(fin, vsub(xi, xi))
-        yi, ti = _gelu_vec(xi, x)
-        vstore(y, i, yi)
-        vstore(t, i, ti)
-        i += WIDE
-    if i < n:
-        buf = np.zeros(3 * WIDE, x.dtype)
-        for j in range(n - i):
-            buf[j] = x[i + j]
-        xi = wload(buf, 0)
-        fin = vadd(fin, vsub(xi, xi))
-        yi, ti = _gelu_vec(xi, x)
-        vstore(buf, WIDE, yi)
-        vstore(buf, 2 * WIDE, ti)
-        for j in range(n - i):
-            y[i + j] = buf[WIDE + j]
-            t[i + j] = buf[2 * WIDE + j]
-    return vsum(fin) == 0
-
-
-@njit(cache=True, nogil=True)
-def bias_gelu_fwd(z, b, M, g, t):
-    """For rows of M values (z, g, t flat (R*M,), C-contiguous): z += b (in place), then g = gelu(z) and
-    t = tanh(...) as in ``gelu_fwd``, 16 columns at a time (the last < 16 of a row through a padded buffer).  [L5]
-    Returns False when some z (after the bias) is NaN or inf."""
-    R = z.shape[0] // M if M else 0
-    fin = wzeros(z)
-    buf = np.zeros(4 * WIDE, z.dtype)
-    for r in range(R):
-        o = r * M
-        j = 0
-        while j + WIDE <= M:
-            zi = vadd(wload(z, o + j), wload(b, j))
-            vstore(z, o + j, zi)
-            fin = vadd(fin, vsub(zi, zi))
-            gi, ti = _gelu_vec(zi, z)
-            vstore(g, o + j, gi)
-            vstore(t, o + j, ti)
-            j += WIDE
-        if j < M:
-            for e in range(M - j):
-                buf[e] = z[o + j + e] + b[j + e]
-            zi = wload(buf, 0)
-            fin = vadd(fin, vsub(zi, zi))
-            gi, ti = _gelu_vec(zi, z)
-            vstore(buf, WIDE, gi)
-            vstore(buf, 2 * WIDE, ti)
-            for e in range(M - j):
-                z[o + j + e] = buf[e]
-                g[o + j + e] = buf[WIDE + e]
-                t[o + j + e] = buf[2 * WIDE + e]
-    return vsum(fin) == 0
-
-
-@njit(cache=True, nogil=True)
-def gelu_bwd_rows(dg, z, t, M, dz, sb):
-    """dz = dg gelu'(z) as in ``gelu_bwd`` for rows of M values (flat (R*M,) arrays), and sb += the column sums of
-    dz (float64 (M,) accumulators: the bias gradient).  [L5]  Returns False when some dg is NaN or inf."""
-    c = z.dtype.type(_C)
-    a3 = z.dtype.type(3 * _A)
-    one = z.dtype.type(1.0)
-    half = z.dtype.type(0.5)
-    R = z.shape[0] // M if M else 0
-    bad = 0
-    for r in range(R):
-        o = r * M
-        for j in range(M):
-            xi = z[o + j]
-            ti = t[o + j]
-            d = dg[o + j]
-            dt = (one - ti * ti) * c * (one + a3 * xi * xi)
-            v = d * (half * (one + ti) + half * xi * dt)
-            dz[o + j] = v
-            bad |= (d - d) != 0
-        for j in range(M):
-            sb[j] += float(dz[o + j])
-    return bad == 0
-
-
-@njit(cache=True, nogil=True)
-def gelu_bwd(dy, x, t, dx):
-    """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2)).  [L5]  Returns False when some dy
-    is NaN or inf."""
-    c = x.dtype.type(_C)
-    a3 = x.dtype.type(3 * _A)
-    one = x.dtype.type(1.0)
-    half = x.dtype.type(0.5)
-    bad = 0
-    for i in range(x.shape[0]):
-        xi = x[i]
-        ti = t[i]
-        d = dy[i]
-        dt = (one - ti * ti) * c * (one + a3 * xi * xi)
-        dx[i] = d * (half * (one + ti) + half * xi * dt)
-        bad |= (d - d) != 0
-    return bad == 0
+from .lanevec import (LANES, WIDE, aligned_empty, vadd, vdiv, vfma, vload, vmul, vsplat, vsqrt, vstore, vsub, vsum,
+                      vtranspose_copy, vzeros, wload, wsplat, wzeros)
 
 
 @njit(cache=True, nogil=True)
@@ -349,20 +217,3 @@ def layernorm_bwd(dy, xhat, rstd, w, D, dx, sw, sb):
             _lanes_to_rows(xb, dx, m, D)
             m += WIDE
     _layernorm_bwd_rows(dy, xhat, rstd, w, D, dx, sw, sb, m)
-
-
-@njit(cache=True, nogil=True)
-def mse_fwd(p, t, diff):
-    """diff = p - t for (M, n) arrays of any strides; returns (sum of diff^2 accumulated in float64, whether
-    every diff is finite). A NaN or inf in p or t always leaves a NaN or inf in diff (inf - inf is NaN)."""
-    tot = 0.0
-    bad = 0
-    for r in range(p.shape[0]):
-        s = 0.0
-        for j in range(p.shape[1]):
-            d = p[r, j] - t[r, j]
-            diff[r, j] = d
-            s += float(d) * float(d)
-            bad |= (d - d) != 0
-        tot += s
-    return tot, bad == 0

@@ -11,7 +11,8 @@ fresh pages from the kernel and gives them back when freed, and the top of the h
 resident memory (docs/performance.md has the measurements).
 
 ``keep_freed_memory()`` sets ``M_MMAP_THRESHOLD`` to glibc's maximum (32 MB: smaller blocks come from the
-heap) and ``M_TRIM_THRESHOLD`` to 1 GiB (the heap is not shrunk until that much of it is free). Cost: the
+heap) and ``M_TRIM_THRESHOLD`` to 1 GiB (the heap is not shrunk until that much of it is free); the two values are
+``tuning.HEAP_MMAP_THRESHOLD`` and ``tuning.HEAP_TRIM_THRESHOLD``. Cost: the
 process keeps its peak heap instead of returning it between steps. It is a process-wide setting of the C
 allocator, so it is never made on import: the training entry points call it (``python -m mesa_ref.train
 --backend fast``, ``python -m mesa_fast.train``, the benchmarks), and a library user calls it if they want it.
@@ -27,13 +28,13 @@ import ctypes.util
 import os
 import sys
 
-M_TRIM_THRESHOLD = -1
+from . import tuning
+
+M_TRIM_THRESHOLD = -1                  # mallopt's parameter numbers (glibc's malloc.h)
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 * 1024 * 1024      # glibc's largest accepted value on 64-bit
-TRIM_THRESHOLD = 1 << 30
 ENV_VAR = "MESA_FAST_KEEP_HEAP"
 
-applied = False      # True once the settings took effect (read it as mesa_fast.numba_kernels._heap.applied)
+applied = False      # True once the settings took effect (read it as mesa_fast.runtime.heap.applied)
 
 
 def keep_freed_memory() -> bool:
@@ -51,5 +52,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
-    applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    applied = (bool(mallopt(M_MMAP_THRESHOLD, tuning.HEAP_MMAP_THRESHOLD))
+               and bool(mallopt(M_TRIM_THRESHOLD, tuning.HEAP_TRIM_THRESHOLD)))
     return applied

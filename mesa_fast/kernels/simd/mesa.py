@@ -1,13 +1,14 @@
-"""Numba CPU kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3).
+"""SIMD Numba CPU kernels for the mesa-layer, [M2]-[M4] (docs/math.md section 3).
 
-Plain version first: ``mesa_fast/numba_kernels/plain.py``, functions ``forward`` and ``backward``. They compute the
+Plain twin: ``mesa_fast/kernels/plain/mesa.py``, functions ``forward`` and ``backward``. They compute the
 same thing (same arguments; q~_t and w_t come back as (B, H, T, d) arrays instead of the lane layout below) the
 plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py holds
 them to the reference op: read them before this file. This version is faster because the passes over R, S, D and C
 run 8 sequences per vector instruction: in the plain version a pass over a d x d matrix vectorises only along rows
 of d = 20 (two 8-wide vectors and a scalar remainder) and the dot products (k.c, q~.u, the rows of D_t v_t) not at
 all, since IEEE sums keep their order. ``benchmarks/bench_plain_vs_simd.py`` measures the two against each other
-(docs/performance.md); this version runs by default, MESA_FAST_KERNELS=plain runs the plain one.
+(benchmarks/results/bench_plain_vs_simd_cpu.json); this version runs by default (``runtime.tuning.DEFAULT_KERNELS``),
+MESA_FAST_KERNELS=plain runs the plain one. The CUDA twin is ``mesa_fast/cuda/mesa.py``.
 
 Re-expresses ``mesa_ref.ops.mesa.mesa_forward`` / ``mesa_backward``: the Sherman-Morrison recursion
 ``_sm_update`` [M2] and the closed-form reverse scan of ``mesa_backward`` [M3]; with gamma, the
@@ -15,10 +16,10 @@ reference's [M4] section, ``_sm_update_gamma`` and ``_mesa_backward_gamma`` (dga
 accumulators). What differs:
 
 * Lanes. 8 independent (batch, head) sequences are processed together, one per SIMD lane
-  (``_simd.LaneVec``: <8 x float> / <8 x double> registers). Every per-sequence vector or matrix
+  (``lanevec.LaneVec``: <8 x float> / <8 x double> registers). Every per-sequence vector or matrix
   is "lane laid out": element (i, j) of lane l sits at ``(i*ncol + j)*LANES + l``. Each lane runs
   the scalar recursion, so a lane's result does not depend on its neighbours. Groups of 8 are
-  spread over ``numba.get_num_threads()`` threads (``_pool.run_groups``). Moving a token between the
+  spread over ``numba.get_num_threads()`` threads (``runtime.pool.run_groups``). Moving a token between the
   (N, T, width) arrays and the lane layout is an 8 x 8 register transpose.
 * Fusion. One pass over R per token does the update [M2]/[M4] and both products with the new
   rows: q~_t = R_t q_t and c_{t+1} = R_t k_{t+1}. R is a full symmetric d x d matrix per lane.
@@ -28,7 +29,7 @@ accumulators). What differs:
   wait on the add latency; 4 rows measured clearly faster than 2). Full matrix or one
   triangle: a packed-triangle pass (each entry feeds row i in registers and row j through memory)
   measured no clear winner against the full 4-row pass, so the simpler full matrix stays
-  (docs/performance.md has both measurements).
+  (docs/performance-archive/notes.md, "Mesa-layer kernels", has both measurements).
 * What the forward keeps. Never R_t (T d^2 per sequence: 80 MB at the paper shape, more memory
   traffic than the whole computation). The backward needs u_t = R_t dq~_t only, and
   dq~_t = S_t^T g_t needs a forward sweep anyway, so the backward rebuilds R_t going forward:
@@ -56,9 +57,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._pool import contiguous_writeable, run_groups
-from ._simd import (LANES, vadd, vdiv, vload, vmul, vsplat, vsqrt, vstore, vsub,
-                    vtranspose_copy, vzeros)
+from ...runtime.pool import run_groups
+from ..buffers import contiguous_writeable
+from .lanevec import LANES, vadd, vdiv, vload, vmul, vsplat, vsqrt, vstore, vsub, vtranspose_copy, vzeros
 
 L = LANES
 _JIT = dict(cache=True, fastmath=False, nogil=True)

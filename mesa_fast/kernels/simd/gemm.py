@@ -1,9 +1,11 @@
 """Two narrow matrix products of the dense layer [L1] on lane vectors (float32 at the model's shapes), where
-OpenBLAS runs well below the multiply-add rate the same core reaches on wider products (docs/performance.md):
+OpenBLAS runs well below the multiply-add rate the same core reaches on wider products
+(docs/performance-archive/notes.md, "The full Transformer on the CPU"):
 
 * ``atb_rows``: out += a^T b over a range of rows, for the weight gradient dW = x^T dy with a narrow dy (the dense
   op calls it as (dy^T x)^T). A 4 x 64 block of the result stays in sixteen 16-lane registers while the rows
-  stream, 256 rows at a time (so they stay in cache for every block of the result).
+  stream, ``ROWS`` (``runtime.tuning.GEMM_ROWS``) rows at a time (so they stay in cache for every block of the
+  result).
 
       out[i, j] += sum_{lo <= n < hi} a[n, i] b[n, j]      a (N, I), b (N, J) C-contiguous, out (I, J) C-contiguous
 
@@ -16,7 +18,10 @@ OpenBLAS runs well below the multiply-add rate the same core reaches on wider pr
   b's rows (k) streamed from cache. ``ab_panels`` is the same loop, and with ``wide`` it takes panels of 40 while
   they last (the MLP's 40 -> 160 products, mlp.py).
 
-Arithmetic: fused multiply-adds (``_simd.vfma``) along the summed index, in index order (within a block of 256
+Plain twin: none; these re-express the products of ``mesa_ref.ops.dense`` (x @ W, x^T dy, dy W^T), which the op
+wrappers (``mesa_fast/ops/dense.py``) call instead of BLAS at the shapes ``runtime.tuning`` names (ATB_*, NARROW_*).
+
+Arithmetic: fused multiply-adds (``lanevec.vfma``) along the summed index, in index order (within a block of ROWS
 rows for ``atb_rows``, those sums then added to out in row order): another order of the same sums than BLAS's,
 float32 rounding only.
 """
@@ -24,10 +29,10 @@ from __future__ import annotations
 
 from numba import njit
 
-from ._simd import WIDE, vadd, vfma, vload, vsplat, vstore, vzeros, wload, wsplat, wzeros
+from ...runtime.tuning import GEMM_ROWS as ROWS     # rows of a and b per pass over the blocks of out
+from .lanevec import WIDE, vadd, vfma, vload, vsplat, vstore, vzeros, wload, wsplat, wzeros
 
 L = WIDE
-ROWS = 256          # rows of a and b per pass over the blocks of out
 
 
 @njit(cache=True, nogil=True)
@@ -285,7 +290,7 @@ def ab_rows(a, b, K, I, lo, hi, out):
 @njit(cache=True, nogil=True)
 def ab_panels(a, b, K, I, lo, hi, out, wide):
     """``ab_rows`` with the columns in panels of 40 while they last when ``wide`` (the MLP's wide products,
-    numba_kernels/mlp.py), and otherwise only when I is 40; then panels of 32, 16 and 8. The panels change which
+    mlp.py), and otherwise only when I is 40; then panels of 32, 16 and 8. The panels change which
     outputs share a pass over k, not any output's sum."""
     n = lo
     while n < hi:
