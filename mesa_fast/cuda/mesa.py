@@ -53,6 +53,7 @@ import numpy as np
 from numba import cuda, from_dtype
 
 from ..runtime import tuning
+from ..runtime.pool import in_order
 
 __all__ = ["forward", "backward", "shared_bytes", "default_threads", "kernels", "contiguous",
            "simulator_enabled", "signature", "SHARED_LIMIT_DEFAULT", "MAX_THREADS"]
@@ -562,7 +563,7 @@ def forward(xp, q, k, v, lam, gamma, store_w, threads=None):
     dv = v.shape[3]
     threads = _check_threads(default_threads(d, dv) if threads is None else threads)
     dt = q.dtype
-    fn = kernels(dt)["fwd"][1]
+    pyfn, fn = kernels(dt)["fwd"]
     has_gamma = gamma is not None
     lam = contiguous(xp, lam.astype(dt, copy=False))
     gam = contiguous(xp, gamma.astype(dt, copy=False)) if has_gamma else xp.ones(H, dtype=dt)
@@ -573,8 +574,9 @@ def forward(xp, q, k, v, lam, gamma, store_w, threads=None):
     if B * H * T > 0:
         smem = shared_bytes("fwd", d, dv, has_gamma, dt.itemsize, threads)
         _launch(xp, fn, B * H, threads, smem,
-                (_flat(q), _flat(k), _flat(v), lam, gam, H, T, d, dv, int(has_gamma), int(bool(store_w)),
-                 _flat(out), _flat(qt), _flat(w)))
+                in_order(pyfn, q=_flat(q), k=_flat(k), v=_flat(v), lam=lam, gam=gam, H=H, T=T, d=d, dv=dv,
+                         has_gamma=int(has_gamma), store_w=int(bool(store_w)), out=_flat(out), qt=_flat(qt),
+                         wst=_flat(w)))
     return out, qt, (w if store_w else xp.empty(0, dtype=dt))
 
 
@@ -585,7 +587,7 @@ def backward(xp, dout, k, v, lam, gamma, store_w, qt, w, threads=None):
     dv_ = v.shape[3]
     threads = _check_threads(default_threads(d, dv_) if threads is None else threads)
     dt = k.dtype
-    fn = kernels(dt)["bwd"][1]
+    pyfn, fn = kernels(dt)["bwd"]
     has_gamma = gamma is not None
     lam = contiguous(xp, lam.astype(dt, copy=False))
     gam = contiguous(xp, gamma.astype(dt, copy=False)) if has_gamma else xp.ones(H, dtype=dt)
@@ -599,8 +601,9 @@ def backward(xp, dout, k, v, lam, gamma, store_w, qt, w, threads=None):
     if B * H * T > 0:
         smem = shared_bytes("bwd", d, dv_, has_gamma, dt.itemsize, threads)
         _launch(xp, fn, B * H, threads, smem,
-                (_flat(k), _flat(v), _flat(dout), lam, gam, H, T, d, dv_, int(has_gamma), int(bool(store_w)),
-                 _flat(qt), _flat(wst), _flat(dq), _flat(dk), _flat(dv), dlam_n, dgam_n))
+                in_order(pyfn, k=_flat(k), v=_flat(v), dout=_flat(dout), lam=lam, gam=gam, H=H, T=T, d=d, dv=dv_,
+                         has_gamma=int(has_gamma), store_w=int(bool(store_w)), qt=_flat(qt), wst=_flat(wst),
+                         dq=_flat(dq), dk=_flat(dk), dvo=_flat(dv), dlam_n=dlam_n, dgam_n=dgam_n))
     dlam = dlam_n.reshape(B, H).sum(axis=0)
     dgamma = dgam_n.reshape(B, H).sum(axis=0) if has_gamma else None
     return dq, dk, dv, dlam, dgamma

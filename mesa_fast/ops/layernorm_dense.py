@@ -19,7 +19,7 @@ from mesa_ref.ops._common import all_finite
 
 from ..runtime import tuning
 from ..runtime.blas import one_blas_thread
-from ..runtime.pool import map_chunks
+from ..runtime.pool import map_chunks, ranged
 from ._common import float_numpy, ln_params_fusable, on_numpy, simd
 from .dense import DenseFastCache, _narrow, dense_backward, dense_forward, xt_dy
 from .layernorm import layernorm_backward, layernorm_forward
@@ -90,11 +90,10 @@ def layernorm_dense_forward(x, w, b, W, c=None, *, eps=1e-5):
     wf, bf, Wc = np.ascontiguousarray(w), np.ascontiguousarray(b), np.ascontiguousarray(W)
     cf = c if c is not None else np.zeros(O, dt)
     e = dt.type(eps)
-    kernel = simd("layernorm_dense").ln_dense_fwd_rows
+    rows = ranged(simd("layernorm_dense").ln_dense_fwd_rows, x=x2.reshape(-1), lw=wf, lb=bf, eps=e, keep_a=keep_a,
+                  a=a2.reshape(-1), a2=a2, W=Wc, c=cf, has_c=c is not None, y2=y2, D=D)
     with one_blas_thread():
-        ok = map_chunks(lambda lo, hi: kernel(x2.reshape(-1), wf, bf, e, keep_a, a2.reshape(-1), a2, Wc,
-                                              cf, c is not None, y2, D, lo, hi),
-                        N, min_chunk=tuning.DENSE_MIN_ROWS)
+        ok = map_chunks(rows, N, min_chunk=tuning.DENSE_MIN_ROWS)
     if not all(ok):
         return _ln_dense_composed_forward(x, w, b, W, c, eps)
     return (y2.reshape(x.shape[:-1] + (O,)),
@@ -144,8 +143,8 @@ def layernorm_dense_backward(dy, cache):
     def rows(lo, hi):
         sw, sb = np.zeros(D), np.zeros(D)
         dWp = np.zeros(D * O if own else 0, dt)
-        kernel(dy2, dy2.reshape(-1), x2.reshape(-1), w, b, e, Wt, Wtf, narrow, own, dWp, dx, D, lo, hi,
-               sw, sb)
+        kernel(dy2=dy2, dyf=dy2.reshape(-1), x=x2.reshape(-1), lw=w, lb=b, eps=e, Wt=Wt, Wtf=Wtf, narrow=narrow,
+               own_dw=own, dW=dWp, dx=dx, D=D, lo=lo, hi=hi, sw=sw, sb=sb)
         return sw, sb, (dWp.reshape(D, O) if own else xt_dy(a2, dy2, lo, hi))
 
     with one_blas_thread():

@@ -18,7 +18,7 @@ from mesa_ref.ops._common import all_finite
 
 from ..runtime import tuning
 from ..runtime.blas import one_blas_thread
-from ..runtime.pool import map_chunks
+from ..runtime.pool import map_chunks, ranged
 from ._common import float_numpy, on_numpy, simd
 from .dense import DenseFastCache, dense_backward, dense_forward
 from .dense_gelu import DenseGeluFastCache, dense_gelu_backward, dense_gelu_forward
@@ -83,11 +83,10 @@ def mlp_forward(x, W1, b1, W2, b2):
     b1f = b1 if b1 is not None else np.zeros(M, dt)
     b2f = b2 if b2 is not None else np.zeros(E, dt)
     W1f, W2f = np.ascontiguousarray(W1).reshape(-1), np.ascontiguousarray(W2).reshape(-1)
-    kernel = simd("mlp").mlp_fwd_rows
+    rows = ranged(simd("mlp").mlp_fwd_rows, x=x2.reshape(-1), W1=W1f, b1=b1f, W2=W2f, b2=b2f, D=D, M=M, E=E,
+                  z=z.reshape(-1), t=t.reshape(-1), y=y.reshape(-1))
     with one_blas_thread():
-        ok = map_chunks(lambda lo, hi: kernel(x2.reshape(-1), W1f, b1f, W2f, b2f, D, M, E, lo, hi,
-                                              z.reshape(-1), t.reshape(-1), y.reshape(-1)),
-                        N, min_chunk=tuning.DENSE_MIN_ROWS)
+        ok = map_chunks(rows, N, min_chunk=tuning.DENSE_MIN_ROWS)
     if not all(ok):
         return _mlp_composed_forward(x, W1, b1, W2, b2)
     return y.reshape(x.shape[:-1] + (E,)), MLPFastCache(x2, W1, b1, W2, b2, tuple(x.shape), z, t)
@@ -133,8 +132,8 @@ def mlp_backward(dy, cache):
         dW2t = np.zeros(E * M, dt)
         db1 = np.zeros(M)
         db2 = np.zeros(E)
-        ok = kernel(dy2.reshape(-1), x2.reshape(-1), z.reshape(-1), t.reshape(-1), W1t, W2t, D, M, E,
-                    lo, hi, dx.reshape(-1), dW1, dW2t, db1, db2)
+        ok = kernel(dy=dy2.reshape(-1), x=x2.reshape(-1), z=z.reshape(-1), t=t.reshape(-1), W1t=W1t, W2t=W2t, D=D, M=M,
+                    E=E, lo=lo, hi=hi, dx=dx.reshape(-1), dW1=dW1, dW2t=dW2t, db1=db1, db2=db2)
         return dW1, dW2t, db1, db2, ok
 
     with one_blas_thread():

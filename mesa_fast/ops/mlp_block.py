@@ -18,7 +18,7 @@ from mesa_ref.ops import mlp_block as _ref_block
 from mesa_ref.ops._common import all_finite
 
 from ..runtime import tuning
-from ..runtime.pool import map_chunks
+from ..runtime.pool import map_chunks, ranged
 from ._common import ln_params_fusable, on_numpy, simd
 from .layernorm import layernorm_backward, layernorm_forward
 from .mlp import MLPFastCache, _mlp_fusable, mlp_backward, mlp_forward
@@ -79,10 +79,9 @@ def mlp_block_forward(x, w, b, W1, b1, W2, b2, *, eps=1e-5):
     b2f = b2 if b2 is not None else np.zeros(D, dt)
     W1f, W2f = np.ascontiguousarray(W1).reshape(-1), np.ascontiguousarray(W2).reshape(-1)
     e = dt.type(eps)
-    kernel = simd("mlp_block").ln_mlp_fwd_rows
-    ok = map_chunks(lambda lo, hi: kernel(x2.reshape(-1), wf, bf, e, W1f, b1f, W2f, b2f, D, M, lo, hi,
-                                          z.reshape(-1), t.reshape(-1), y.reshape(-1)),
-                    N, min_chunk=tuning.DENSE_MIN_ROWS)
+    rows = ranged(simd("mlp_block").ln_mlp_fwd_rows, x=x2.reshape(-1), lw=wf, lb=bf, eps=e, W1=W1f, b1=b1f, W2=W2f,
+                  b2=b2f, D=D, M=M, z=z.reshape(-1), t=t.reshape(-1), y=y.reshape(-1))
+    ok = map_chunks(rows, N, min_chunk=tuning.DENSE_MIN_ROWS)
     if not all(ok):
         return _block_composed_forward(x, w, b, W1, b1, W2, b2, eps)
     return y.reshape(x.shape), MLPBlockFastCache(x2, wf, bf, eps, W1, b1, W2, b2, tuple(x.shape), z, t)
@@ -124,8 +123,9 @@ def mlp_block_backward(dy, cache):
         dW1 = np.zeros(D * M, dt)
         dW2t = np.zeros(D * M, dt)
         db1, db2, sw, sb = np.zeros(M), np.zeros(D), np.zeros(D), np.zeros(D)
-        ok = kernel(dy2.reshape(-1), x2.reshape(-1), w, b, e, z.reshape(-1), t.reshape(-1), W1t, W2t,
-                    D, M, lo, hi, dx.reshape(-1), dW1, dW2t, db1, db2, sw, sb)
+        ok = kernel(dy=dy2.reshape(-1), x=x2.reshape(-1), lw=w, lb=b, eps=e, z=z.reshape(-1), t=t.reshape(-1),
+                    W1t=W1t, W2t=W2t, D=D, M=M, lo=lo, hi=hi, dx=dx.reshape(-1), dW1=dW1, dW2t=dW2t, db1=db1, db2=db2,
+                    sw=sw, sb=sb)
         return dW1, dW2t, db1, db2, sw, sb, ok
 
     parts = map_chunks(rows, N, min_chunk=tuning.DENSE_MIN_ROWS)

@@ -1,7 +1,12 @@
-"""The thread pool every Numba kernel wrapper runs on.
+"""The thread pool every Numba kernel wrapper runs on, and how a wrapper calls a kernel with many parameters.
 
 Threads rather than ``prange``: a ``parallel=True`` wrapper added many seconds of compilation per dtype and
 kernel for the same run time, and the kernels release the GIL anyway (docs/performance.md).
+
+Kernels with many positional parameters (up to 23) are called from Python by name: ``run_groups(kernel, G, q=q,
+...)``, ``ranged(kernel, ...)`` and ``in_order(kernel, ...)`` put the named arguments in the kernel's own parameter
+order once per op call (a missing or unknown name is a TypeError before any work), so a wrapper cannot pass them
+in a drifted order, and each range's call of the compiled kernel is still positional.
 """
 from __future__ import annotations
 
@@ -126,7 +131,56 @@ def map_shards(fn, n, min_shard=1):
     return [(bounds[i], bounds[i + 1], r) for i, r in enumerate([first] + rest)]
 
 
-def run_groups(kernel, G, *args):
-    """Run kernel(g0, g1, *args) over the groups 0..G-1 in contiguous chunks shared out to
-    ``numba.get_num_threads()`` threads (``map_chunks``). Returns the chunks' results in order."""
-    return map_chunks(kernel, G, *args)
+def run_groups(kernel, G, **args):
+    """Run kernel(g0, g1, ...) over the groups 0..G-1 in contiguous chunks shared out to
+    ``numba.get_num_threads()`` threads (``map_chunks``), the kernel's other parameters given by name (``ranged``).
+    Returns the chunks' results in order."""
+    return map_chunks(ranged(kernel, **args), G)
+
+
+_RANGES = (("g0", "g1"), ("lo", "hi"))
+_SIGNATURES = {}        # kernel -> (parameter names, index of its range (g0, g1) or (lo, hi) or None, the others)
+
+
+def _signature(kernel):
+    sig = _SIGNATURES.get(kernel)
+    if sig is None:
+        code = getattr(kernel, "py_func", kernel).__code__          # a Numba dispatcher's Python function
+        names = code.co_varnames[:code.co_argcount]
+        at = next((i for i in range(len(names) - 1) if names[i:i + 2] in _RANGES), None)
+        sig = _SIGNATURES[kernel] = (names, at, names if at is None else names[:at] + names[at + 2:])
+    return sig
+
+
+def _ordered(kernel, names, args):
+    """The values of ``args`` in the order of ``names`` (TypeError unless every name is there exactly once)."""
+    if len(args) == len(names):
+        try:
+            return tuple(map(args.__getitem__, names))
+        except KeyError:
+            pass
+    unknown = sorted(set(args) - set(names))
+    missing = [n for n in names if n not in args]
+    raise TypeError(f"{kernel.__name__}: " + ", ".join(([f"unknown argument(s) {unknown}"] if unknown else []) +
+                                                       ([f"missing argument(s) {missing}"] if missing else [])))
+
+
+def in_order(kernel, **args):
+    """The values of ``args`` as a tuple in ``kernel``'s parameter order (every parameter named exactly once;
+    TypeError otherwise): for launching a kernel that takes positional arguments only (the CUDA kernels)."""
+    return _ordered(kernel, _signature(kernel)[0], args)
+
+
+def ranged(kernel, **args):
+    """``kernel`` as a function of its range alone: (lo, hi) -> kernel(..., lo, hi, ...) with every other parameter
+    from ``args`` by name. The range is the kernel's adjacent parameters (g0, g1) or (lo, hi). The arguments are put
+    in the kernel's parameter order here, once (TypeError for a missing or unknown name), so each range's call is
+    positional."""
+    names, at, rest = _signature(kernel)
+    if at is None:
+        raise TypeError(f"{kernel.__name__}: no range parameters (g0, g1) or (lo, hi) in {names}")
+    values = _ordered(kernel, rest, args)
+    if not at:
+        return lambda lo, hi: kernel(lo, hi, *values)
+    before, after = values[:at], values[at:]
+    return lambda lo, hi: kernel(*before, lo, hi, *after)

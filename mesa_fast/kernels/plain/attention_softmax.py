@@ -137,5 +137,5 @@ def softmax_backward(q, k, v, P, scale, dout):
     NaN/inf in dout.  [L3]"""
     B, H, T, d = q.shape
     dq, dk, dvv = grad_buffers(B, H, T, d, v.shape[3], q.dtype)
-    bad = _softmax_backward(q, k, v, P, float(scale), dout, dq, dk, dvv)
+    bad = _softmax_backward(q=q, k=k, v=v, P=P, scale=float(scale), dout=dout, dq=dq, dk=dk, dvv=dvv)
     return (dq, dk, dvv), bad == 0

@@ -203,8 +203,8 @@ def forward(q, k, v, lam, gamma, store_w):
     out = np.empty((N, T, dv), dt)
     qt = np.empty((N, T, d), dt)
     wk = np.empty((N, T, d) if store_w else (0, T, d), dt)
-    _mesa_forward(q.reshape(N, T, d), k.reshape(N, T, d), v.reshape(N, T, dv), np.asarray(lam, dt), gam,
-                  bool(store_w), out, qt, wk)
+    _mesa_forward(q=q.reshape(N, T, d), k=k.reshape(N, T, d), v=v.reshape(N, T, dv), lam=np.asarray(lam, dt), gam=gam,
+                  store_w=bool(store_w), out=out, qt=qt, wk=wk)
     return out.reshape(B, H, T, dv), qt.reshape(B, H, T, d), wk.reshape(-1, H, T, d)
 
 
@@ -222,9 +222,10 @@ def backward(dout, k, v, lam, gamma, store_w, qt, wk):
     dvv = np.empty((N, T, dv), dt)
     dlam_n = np.empty(N, dt)
     dgam_n = np.empty(N, dt)
-    _mesa_backward(k.reshape(N, T, d), v.reshape(N, T, dv), np.ascontiguousarray(dout).reshape(N, T, dv),
-                   np.asarray(lam, dt), gam, has_gamma, bool(store_w), qt.reshape(N, T, d),
-                   wk.reshape(-1, T, d), dq, dk, dvv, dlam_n, dgam_n)
+    _mesa_backward(k=k.reshape(N, T, d), v=v.reshape(N, T, dv), dout=np.ascontiguousarray(dout).reshape(N, T, dv),
+                   lam=np.asarray(lam, dt), gam=gam, has_gamma=has_gamma, store_w=bool(store_w),
+                   qt=qt.reshape(N, T, d), wk=wk.reshape(-1, T, d), dq=dq, dk=dk, dv_=dvv, dlam_n=dlam_n,
+                   dgam_n=dgam_n)
     dlam = dlam_n.reshape(B, H).sum(axis=0)
     dgamma = dgam_n.reshape(B, H).sum(axis=0) if has_gamma else None
     return dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dvv.reshape(B, H, T, dv), dlam, dgamma

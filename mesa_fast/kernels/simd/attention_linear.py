@@ -440,8 +440,9 @@ def linear_forward(q, k, v):
     B, H, T, d = q.shape
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
-    ok = run_groups(_linear_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    *_strided(out), B * H, H, T, d, dv)
+    (qm, qs), (km, ks), (vm, vs), (om, os) = (_strided(x) for x in (q, k, v, out))
+    ok = run_groups(_linear_forward_range, _groups(B * H), q=qm, qs=qs, k=km, ks=ks, v=vm, vs=vs, out=om, os=os,
+                    N=B * H, H=H, T=T, d=d, dv=dv)
     return out, all(ok)
 
 
@@ -452,6 +453,8 @@ def linear_backward(q, k, v, dout):
     B, H, T, d = q.shape
     dv = v.shape[3]
     dq, dk, dvv = grad_buffers(B, H, T, d, dv, q.dtype)
-    ok = run_groups(_linear_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    *_strided(dout), *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
+    (qm, qs), (km, ks), (vm, vs), (gm, gs) = (_strided(x) for x in (q, k, v, dout))
+    (dqm, dqs), (dkm, dks), (dvm, dvs) = (_strided(x) for x in (dq, dk, dvv))
+    ok = run_groups(_linear_backward_range, _groups(B * H), q=qm, qs=qs, k=km, ks=ks, v=vm, vs=vs, dout=gm, dos=gs,
+                    dq=dqm, dqs=dqs, dk=dkm, dks=dks, dvv=dvm, dvs=dvs, N=B * H, H=H, T=T, d=d, dv=dv)
     return (dq, dk, dvv), all(ok)

@@ -471,8 +471,9 @@ def softmax_forward(q, k, v, scale):
     dv = v.shape[3]
     out = merged_empty(B, H, T, dv, v.dtype)
     P = _aligned_empty_np(_groups(B * H) * T * T * L, q.dtype)
-    ok = run_groups(_softmax_forward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    q.dtype.type(scale), P, *_strided(out), B * H, H, T, d, dv)
+    (qm, qs), (km, ks), (vm, vs), (om, os) = (_strided(x) for x in (q, k, v, out))
+    ok = run_groups(_softmax_forward_range, _groups(B * H), q=qm, qs=qs, k=km, ks=ks, v=vm, vs=vs,
+                    scale=q.dtype.type(scale), P=P, out=om, os=os, N=B * H, H=H, T=T, d=d, dv=dv)
     return out, P, all(ok)
 
 
@@ -482,9 +483,11 @@ def softmax_backward(q, k, v, P, scale, dout):
     B, H, T, d = q.shape
     dv = v.shape[3]
     dq, dk, dvv = grad_buffers(B, H, T, d, dv, q.dtype)
-    ok = run_groups(_softmax_backward_range, _groups(B * H), *_strided(q), *_strided(k), *_strided(v),
-                    P, q.dtype.type(scale), *_strided(dout),
-                    *_strided(dq), *_strided(dk), *_strided(dvv), B * H, H, T, d, dv)
+    (qm, qs), (km, ks), (vm, vs), (gm, gs) = (_strided(x) for x in (q, k, v, dout))
+    (dqm, dqs), (dkm, dks), (dvm, dvs) = (_strided(x) for x in (dq, dk, dvv))
+    ok = run_groups(_softmax_backward_range, _groups(B * H), q=qm, qs=qs, k=km, ks=ks, v=vm, vs=vs, P=P,
+                    scale=q.dtype.type(scale), dout=gm, dos=gs, dq=dqm, dqs=dqs, dk=dkm, dks=dks, dvv=dvm, dvs=dvs,
+                    N=B * H, H=H, T=T, d=d, dv=dv)
     return (dq, dk, dvv), all(ok)
 
 

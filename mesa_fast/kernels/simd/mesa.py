@@ -663,9 +663,9 @@ def forward(q, k, v, lam, gamma, store_w):
     out = np.empty((N, T, dv), dtype=dt)
     qt_l = np.empty(G * T * d * L, dtype=dt)
     w_l = np.empty(G * T * d * L if store_w else 0, dtype=dt)
-    run_groups(_forward_range, G, _seq(q, N, T, d), _seq(k, N, T, d), _seq(v, N, T, dv),
-                _per_seq(lam, B, H, dt), _per_seq(gam, B, H, dt), has_gamma, bool(store_w),
-                out, qt_l, w_l)
+    run_groups(_forward_range, G, q=_seq(q, N, T, d), k=_seq(k, N, T, d), v=_seq(v, N, T, dv),
+               lam_n=_per_seq(lam, B, H, dt), gam_n=_per_seq(gam, B, H, dt), has_gamma=has_gamma,
+               store_w=bool(store_w), out=out, qt_l=qt_l, w_l=w_l)
     return out.reshape(B, H, T, dv), qt_l, w_l
 
 
@@ -683,9 +683,9 @@ def backward(dout, k, v, lam, gamma, store_w, qt_l, w_l):
     dv = np.empty((N, T, dv_), dtype=dt)
     dlam_n = np.empty(N, dtype=dt)
     dgam_n = np.empty(N, dtype=dt)
-    run_groups(_backward_range, G, _seq(k, N, T, d), _seq(v, N, T, dv_), _seq(dout, N, T, dv_),
-                _per_seq(lam, B, H, dt), _per_seq(gam, B, H, dt), has_gamma, bool(store_w),
-                qt_l, w_l, dq, dk, dv, dlam_n, dgam_n)
+    run_groups(_backward_range, G, k=_seq(k, N, T, d), v=_seq(v, N, T, dv_), dout=_seq(dout, N, T, dv_),
+               lam_n=_per_seq(lam, B, H, dt), gam_n=_per_seq(gam, B, H, dt), has_gamma=has_gamma,
+               store_w=bool(store_w), qt_l=qt_l, w_l=w_l, dq=dq, dk=dk, dv=dv, dlam_n=dlam_n, dgam_n=dgam_n)
     dlam = dlam_n.reshape(B, H).sum(axis=0)
     dgamma = dgam_n.reshape(B, H).sum(axis=0) if has_gamma else None
     return (dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, dv_), dlam, dgamma)
