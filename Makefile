@@ -16,7 +16,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: venv lock reproduce figures-full train-full test test-latest bench clean
+.PHONY: venv lock reproduce figures-full train-full test test-quick test-latest bench clean
 
 # --locked: refuse to install if pyproject.toml changed since uv.lock was made (then run `make lock`).
 # --inexact: keep uv itself (and anything else the user added) in the venv.
@@ -48,6 +48,11 @@ train-full: $(STAMP)
 # The whole test suite (what CI runs).
 test: $(STAMP)
 	CUPY_TF32=0 $(PY) -m pytest -q -x tests
+
+# The edit loop's tier: every test not marked slow (the figure scripts, the CUDA simulator, the fresh-process and
+# whole-suite checks are); under a minute on a quiet 2-core machine.
+test-quick: $(STAMP)
+	CUPY_TF32=0 $(PY) -m pytest -q -x -m "not slow" tests
 
 # The suite against the newest versions pyproject.toml allows, ignoring the lock, in its own venv: an upstream
 # release that breaks something fails here first, not in a new user's `make test`.

@@ -7,7 +7,7 @@ Compiles each kernel ([M2]/[M4] forward, [M3]/[M4] backward) in float32 and floa
 per thread, spill stores / loads, stack frame and static shared memory (mesa_fast/cuda/resources.py), and the
 dynamic shared memory per block at the paper's shape (d = dv = 20) and the language model's (d = dv = 64) with the
 default block size. Then run ``python benchmarks/make_performance_doc.py`` to put the table in docs/performance.md.
-The same numbers are checked by tests/test_cuda_compile.py (no spills).
+The same numbers are checked by tests/gpu/test_cuda_compile.py (no spills).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ the inputs alone moves out and the gradients by ~1e-7 relative here).
     .venv/bin/python benchmarks/mesa_stability.py            # full table -> benchmarks/results/
     .venv/bin/python benchmarks/mesa_stability.py --T 256 --lam 1 --no-write
 
-Nothing here is asserted; tests/test_mesa_ref.py runs a tiny version and asserts only the exact
+Nothing here is asserted; tests/ops/test_mesa_ref.py runs a tiny version and asserts only the exact
 properties (checkpoint == store, float64 forward == oracle).
 """
 from __future__ import annotations

@@ -152,7 +152,7 @@ def gd_one_step(s: np.ndarray, eta: float, feats: np.ndarray | None = None) -> n
     W_t = eta sum_{t'<=t} y_{t'} x_{t'}^T, prediction W_t q_t.
 
     s: (B, T, n), eta: scalar, feats: (B, T, p) or None -> (B, T, n).
-    A single linear-attention layer on [T2] tokens computes exactly this (tests/test_solvers.py).
+    A single linear-attention layer on [T2] tokens computes exactly this (tests/model/test_solvers.py).
     """
     eta = check_number("eta", eta)
     YX, _, q = context_stats(s, feats)

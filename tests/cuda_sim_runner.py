@@ -1,11 +1,11 @@
-"""Runs the mesa-layer's CUDA kernels in Numba's CUDA simulator; tests/test_cuda_kernels.py starts it.
+"""Runs the mesa-layer's CUDA kernels in Numba's CUDA simulator; tests/gpu/test_cuda_kernels.py starts it.
 
     NUMBA_ENABLE_CUDASIM=1 MESA_BACKEND=cudasim python tests/cuda_sim_runner.py OUT_DIR
 
 (the simulator must be on before Numba is imported, hence a separate process). It runs every case of
 ``CASES`` through the launch wrappers (mesa_fast/cuda/mesa.py, with the case's small block size), two cases
 through the public ops (``mesa_fast.ops`` with MESA_BACKEND=cudasim, then with ``set_backend("cudasim")``), and
-the bad inputs of tests/test_fast_mesa.py through the public ops, and writes what came out to OUT_DIR:
+the bad inputs of tests/fast/test_fast_mesa.py through the public ops, and writes what came out to OUT_DIR:
 ``arrays.npz`` (inputs are rebuilt by the test from the same seeds) and ``meta.json`` (timings, cache engines,
 error messages). It compares nothing itself: the test does, against mesa_ref, so a wrong kernel cannot pass
 here by a wrong check.
@@ -105,7 +105,7 @@ def main(out_dir):
 
     # bad input: the reference's ValueError, through the public ops on this backend
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_fast_mesa import _bad_inputs
+    from mesa_cases import _bad_inputs
     for name, kw in _bad_inputs().items():
         args = [kw.pop(n) for n in ("q", "k", "v", "lam")]
         try:

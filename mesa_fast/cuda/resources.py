@@ -9,7 +9,7 @@ needed) and assembled by the ``ptxas`` of the nvidia-cuda-nvcc wheel, whose ``-v
 thread, spill stores and loads, stack frame and static shared memory. The kernels' shared memory is dynamic, sized
 per launch (``mesa.shared_bytes``); ``shared_table`` gives it at chosen shapes.
 
-Used by tests/test_cuda_compile.py (a kernel that does not compile or spills fails it) and by
+Used by tests/gpu/test_cuda_compile.py (a kernel that does not compile or spills fails it) and by
 benchmarks/cuda_resources.py (the recorded table).
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """mesa_fast.ops: the ``mesa_ref.ops`` namespace, with fast kernels where they exist.
 
-Every public name of ``mesa_ref.ops`` is here, with the same signature (tests/test_api.py), so the one model in
+Every public name of ``mesa_ref.ops`` is here, with the same signature (tests/api/test_api.py), so the one model in
 ``mesa_ref/model.py`` runs on either namespace. ``OPS`` below maps each name to its implementation, explicitly:
 
 * a fast wrapper from ``mesa_fast/ops/<op>.py``, the module named as the reference's ``mesa_ref/ops/<op>.py``
-  (``FAST`` lists these names; tests/test_fast_layout.py checks the correspondence);
+  (``FAST`` lists these names; tests/fast/test_fast_layout.py checks the correspondence);
 * or the reference's own function, for the ops without a fast kernel. Those are written against an array module
   ``xp`` and run on NumPy and on CuPy (the chunkwise mesa-layer [M5], ``mesa_chunkwise_forward`` / ``_backward``,
   among them: CuPy input runs it on the GPU through cuBLAS / cuSOLVER);

@@ -38,7 +38,7 @@ What the forward keeps for the backward: q~ and, per chunk, R_{t0} and G (T/C d^
 sequence). No forgetting factor ([M4]: use ``mesa_forward``). Precision: the Cholesky factorisation and
 the triangular solve for G run in the input dtype; M >= I, so L's diagonal is >= 1, but M's condition
 number grows with |K^T R0 K| ~ C |k|^2 / lam. Against the float64 sequential op, float32 errors are of the
-sequential float32 op's size, a little larger with long chunks when lam is small (tests/test_mesa_chunkwise.py
+sequential float32 op's size, a little larger with long chunks when lam is small (tests/ops/test_mesa_chunkwise.py
 holds float32 to the fast kernels' tolerances).
 
 On the CPU through NumPy this form is slower than the Numba kernel (its batched small products are not what

@@ -8,7 +8,7 @@
 The same computations as the SIMD kernels in ``../simd/``, written the plain way: one ``prange`` over the N = B*H
 (batch, head) sequences, and inside it ordinary loops over that one sequence, following the reference ops line by
 line. No lane vectors, no gathering of several sequences into one buffer, no blocks of rows unrolled by hand. Read
-these first: they are the readable statement of what the SIMD kernels compute, and tests/test_plain_kernels.py holds
+these first: they are the readable statement of what the SIMD kernels compute, and tests/fast/test_plain_kernels.py holds
 them to the reference ops. Which version an op runs is decided by ``runtime.tuning.DEFAULT_KERNELS`` after
 ``benchmarks/bench_plain_vs_simd.py`` (the SIMD version only where it is clearly faster).
 

@@ -2,7 +2,7 @@
 
 Plain twin: ``mesa_fast/kernels/plain/attention_linear.py`` computes the same kernels (``linear_forward``,
 ``linear_backward``: same arguments, same results up to rounding) the plain way, one sequence per iteration of a
-``prange`` with ordinary loops, and tests/test_plain_kernels.py holds it to the reference ops: read it before this
+``prange`` with ordinary loops, and tests/fast/test_plain_kernels.py holds it to the reference ops: read it before this
 file. This version is faster because one sequence's rows are short and odd for vector registers (d = dv = 20,
 T = 50 in the paper's models): the plain loops vectorise only along a row of 20 (two 8-wide vectors and a scalar
 remainder) and their dot products not at all (IEEE sums keep their order), while here 16 independent sequences fill
@@ -33,7 +33,7 @@ The 16 lanes and FMA were each kept because they made the recursion faster (docs
 Arithmetic: in the input dtype (float32 in -> float32 arithmetic), IEEE operations without fast-math,
 with one exception: every multiply-add of the recursions is fused (``lanevec.vfma``, rounded once), which
 made the recursion faster. Float32 results differ from the reference's float32 results by rounding only (sums in
-another order, fused multiply-adds); tests/test_fast_ops.py holds the float32 outputs and gradients to 1e-5 of
+another order, fused multiply-adds); tests/fast/test_fast_ops.py holds the float32 outputs and gradients to 1e-5 of
 their largest entry (max|fast - truth| / max|truth|, its TOL table), the truth being the float64 reference on the
 same float32-rounded inputs.
 

@@ -19,7 +19,7 @@ What differs:
 
 Arithmetic: in the input dtype, IEEE operations without fast-math, except that the multiply-adds of the products are
 fused (``lanevec.vfma``, rounded once) and exp is ``lanevec.vexp`` (Cephes' expf / exp on lane vectors, within 2 ulp:
-tests/test_fast_ops.py). Float32 results differ from the reference's by rounding only; tests/test_fast_ops.py holds
+tests/fast/test_fast_ops.py). Float32 results differ from the reference's by rounding only; tests/fast/test_fast_ops.py holds
 them to 1e-5 of their largest entry against the float64 reference (its TOL table).
 
 Shapes (N = B*H sequences, G = ceil(N / L) groups): q, k (B, H, T, d); v, dout (B, H, T, dv), any strides; out and

@@ -340,7 +340,7 @@ def vexp(typingctx, a):
 
 _TRANSPOSE_STAGES = (
     # (pairs of register indices, low mask, high mask): three butterfly stages turn 8 rows into
-    # 8 columns (checked against numpy in tests/test_fast_mesa.py through the gathers).
+    # 8 columns (checked against numpy in tests/fast/test_fast_mesa.py through the gathers).
     (((0, 1), (2, 3), (4, 5), (6, 7)), (0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15)),
     (((0, 2), (1, 3), (4, 6), (5, 7)), (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
     (((0, 4), (1, 5), (2, 6), (3, 7)), (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),

@@ -21,7 +21,7 @@ Re-expresses ``mesa_ref.ops.layernorm_dense`` (the composition of ``layernorm`` 
 The LayerNorm sees the rows in the groups of 16 that one call on rows lo..hi would (R is a multiple of 16). At the
 model's shapes y, dx and the LayerNorm's gradients are the composition's bit for bit, and so is dW where the caller
 makes it; dW made here sums in another order than BLAS (float32 rounding only). Elsewhere the per-block np.dot may
-round differently from NumPy's one product over all rows (tests/test_layernorm_dense_op.py).
+round differently from NumPy's one product over all rows (tests/ops/test_layernorm_dense_op.py).
 Shapes: x, a, dx flat (N*D,) and a2 its (N, D) view; y2, dy2 (N, O); W (D, O); Wt = W^T (O, D), Wtf its flat view;
 dW flat (D*O,).
 """

@@ -2,7 +2,7 @@
 
 Plain twin: ``mesa_fast/kernels/plain/mesa.py``, functions ``forward`` and ``backward``. They compute the
 same thing (same arguments; q~_t and w_t come back as (B, H, T, d) arrays instead of the lane layout below) the
-plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/test_plain_kernels.py holds
+plain way, one sequence per iteration of a ``prange`` with ordinary loops, and tests/fast/test_plain_kernels.py holds
 them to the reference op: read them before this file. This version is faster because the passes over R, S, D and C
 run 8 sequences per vector instruction: in the plain version a pass over a d x d matrix vectorises only along rows
 of d = 20 (two 8-wide vectors and a scalar remainder) and the dot products (k.c, q~.u, the rows of D_t v_t) not at

@@ -2,7 +2,7 @@
 
 Plain twin: none; the readable statement is the reference's ``mesa_ref.ops.mlp`` (the composition of ``dense_gelu``
 and ``dense``), which these kernels re-express, and the fast op checks them against the fast composition
-(tests/test_mlp_op.py).
+(tests/ops/test_mlp_op.py).
 
 A block of R rows goes through both products and the GELU before the next block starts, so the block's hidden
 activations (R x M) stay in cache: the forward writes z = x W1 + b1 and t = tanh(...) (what the backward needs)

@@ -3,7 +3,7 @@ row block (float32 or float64).
 
 Plain twin: none; the readable statement is the reference's ``mesa_ref.ops.mlp_block`` (the composition of
 ``layernorm``, ``mlp`` and the addition), which these kernels re-express, and the fast op checks them bit for bit
-against the fast composition (tests/test_mlp_block_op.py).
+against the fast composition (tests/ops/test_mlp_block_op.py).
 
 The sub-block goes the same way as the MLP (``mlp.py``, whose block kernels it calls): each block of rows is
 normalised into a buffer right before its products (``layernorm.layernorm_fwd`` on the block's rows), and the

@@ -9,7 +9,7 @@ import pytest
 from mesa_lab.experiments import FIGURES, experiment
 from mesa_lab.experiments.common import experiment_parser, figure_jobs
 
-FULL = Path(__file__).resolve().parents[1] / "figures" / "full"
+FULL = Path(__file__).resolve().parents[2] / "figures" / "full"
 
 
 @pytest.mark.parametrize("name", [n for n in FIGURES if (FULL / f"{n}.json").exists()])

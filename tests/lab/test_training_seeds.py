@@ -12,7 +12,9 @@ from mesa_lab.experiments import experiment
 from mesa_lab.experiments.seeds import SEEDED, TRAINING_SEEDS, pick, seed_jobs, seed_spread
 from mesa_lab.jobs import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # trains and analyses smoke figures at two seeds
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pick_expands_wildcards_and_skips_absent_paths():

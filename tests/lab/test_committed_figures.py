@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FIG = Path(__file__).resolve().parents[1] / "figures"
+FIG = Path(__file__).resolve().parents[2] / "figures"
 
 
 def load(name):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MATH = ROOT / "docs/math.md"
 
 SOURCE_SUFFIXES = {".py", ".md", ".sh", ".cu"}

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # runs the figure scripts end to end
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name, *args):

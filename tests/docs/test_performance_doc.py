@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "make_performance_doc.py"
 DOC = ROOT / "docs" / "performance.md"
 ARCHIVE_DOC = ROOT / "docs" / "performance-archive" / "index.md"

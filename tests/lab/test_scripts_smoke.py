@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # runs the figure scripts end to end
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _mains():

@@ -7,7 +7,7 @@ This scans mesa_ref/ops/*.py and mesa_ref/model.py for those names and looks eac
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "mesa_ref" / "ops").glob("*.py")) + [ROOT / "mesa_ref" / "model.py"]
 XP_NAME = re.compile(r"\bxp\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 

@@ -12,6 +12,8 @@ from mesa_ref import ops as R
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer
 
+pytestmark = pytest.mark.slow        # whole training steps, sharded and not, in both dtypes
+
 THREADS = numba.config.NUMBA_NUM_THREADS
 needs_two = pytest.mark.skipif(THREADS < 2, reason="needs 2 Numba threads")
 

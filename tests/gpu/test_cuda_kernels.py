@@ -4,13 +4,13 @@ No GPU needed: one subprocess with NUMBA_ENABLE_CUDASIM=1 and MESA_BACKEND=cudas
 every case on the same kernel source a GPU runs, with small blocks (the simulator runs one Python thread per GPU
 thread), and this file compares what it wrote with the reference computed here:
 * out, q~ and every gradient (dq, dk, dv, dlam, dgamma) in float64 to 1e-12 relative and in float32 within the
-  fast backend's float32 tolerances (tests/test_fast_mesa.py's TOL), with and without gamma [M4], for both fast
+  fast backend's float32 tolerances (tests/fast/test_fast_mesa.py's TOL), with and without gamma [M4], for both fast
   backward strategies [M3] (which must also agree bit for bit), at shapes with d below and above the block size;
 * the public ops under MESA_BACKEND=cudasim and under set_backend("cudasim");
 * the reference's ValueError, message for message, for bad input, and the wrappers' own ValueError for a bad
   block size.
 What the simulator cannot show (speed, real concurrency between warps, float32 rounding with FMA on the device)
-needs a GPU: the gpu-marked tests in tests/test_fast_mesa.py and benchmarks/gpu_checks.sh.
+needs a GPU: the gpu-marked tests in tests/fast/test_fast_mesa.py and benchmarks/gpu_checks.sh.
 """
 import json
 import os
@@ -25,9 +25,11 @@ import pytest
 import cuda_sim_runner as runner
 import mesa_fast
 from mesa_ref.ops import mesa as ref
-from test_fast_mesa import _bad_inputs, _tol
+from mesa_cases import _bad_inputs, _tol
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # one CUDA-simulator subprocess runs every kernel case (about a minute and a half)
+
+ROOT = Path(__file__).resolve().parents[2]
 F64_REL = 1e-12
 GRADS = ("dq", "dk", "dv", "dlam", "dgamma")
 

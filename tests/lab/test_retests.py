@@ -4,11 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mesa_lab.experiments import depth
 from mesa_lab.experiments.retests import RETESTS, retest_jobs
 from mesa_ref.train import learning_rate
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # command-line checks in fresh interpreters
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_authors_recipe_is_theirs_per_depth():

@@ -20,7 +20,7 @@ from mesa_ref import ops as R
 from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer as RefTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Tolerance on max|fast - truth| / max|truth|, truth = the float64 reference on the same inputs.
 TOL = {

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # runs the figure scripts end to end
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name):

@@ -3,8 +3,8 @@
 Every test runs the ``mesa_fast.ops`` op with the plain kernels selected (the ``plain`` fixture: what
 MESA_FAST_KERNELS=plain does) and checks that they really ran (the plain kernels hand back the (B, H, T, T) map
 and (B, H, T, d) q~_t where the SIMD ones keep lane layouts). Truth is the float64 reference on the same inputs:
-the kernels in float64 agree to 1e-10, in float32 to the tolerances of tests/test_fast_ops.py and
-tests/test_fast_mesa.py. Sizes are odd (T 7, d 5, 3 batches x 3 or 5 heads) so that no loop length is a
+the kernels in float64 agree to 1e-10, in float32 to the tolerances of tests/fast/test_fast_ops.py and
+tests/fast/test_fast_mesa.py. Sizes are odd (T 7, d 5, 3 batches x 3 or 5 heads) so that no loop length is a
 multiple of a vector width. A NaN or inf in an input raises the reference's ValueError, word for word.
 """
 import os
@@ -26,7 +26,9 @@ from mesa_ref.config import ModelConfig
 from mesa_ref.model import Transformer as RefTransformer
 from mesa_ref.ops import mesa as ref_mesa
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow        # compiles the plain kernels beside the SIMD ones
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # max|plain - truth| / max|truth|; float32 as in test_fast_ops.TOL / test_fast_mesa.TOL (measured here <= 2e-6)
 TOL = {np.float64: dict.fromkeys(("out", "P", "dq", "dk", "dv", "dlam", "dgamma"), 1e-10),

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 from mesa_ref.gradcheck import numerical_gradient  # noqa: E402
 from mesa_ref.ops import mesa as seq  # noqa: E402
 from mesa_ref.ops import mesa_chunkwise as chk  # noqa: E402
-from test_fast_mesa import _inputs  # noqa: E402  (tests/ is on sys.path under pytest)
+from mesa_cases import _inputs  # noqa: E402  (tests/ is on pytest's pythonpath)
 
 NAMES = ("out", "dq", "dk", "dv", "dlam")
 
@@ -47,7 +47,7 @@ def test_float64_matches_sequential_reference(shape, chunk):
 @pytest.mark.parametrize("shape,chunk", [((2, 3, 33, 20, 20), 8), ((1, 2, 64, 16, 12), 16)])
 def test_float32_matches_float64_truth(shape, chunk):
     """float32 through the chunkwise form against the float64 sequential reference; same tolerances as the fast
-    kernels' (tests/test_fast_mesa.py): 1e-5, 2e-5 for dk and dlam (cancellation in the sums)."""
+    kernels' (tests/fast/test_fast_mesa.py): 1e-5, 2e-5 for dk and dlam (cancellation in the sums)."""
     q, k, v, g, lam = inputs(*shape, seed=1)
     got = run_chunk(*(x.astype(np.float32) for x in (q, k, v, g, lam)), chunk)
     assert all(x.dtype == np.float32 for x in got)

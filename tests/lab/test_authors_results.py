@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "authors_results.py"
 spec = importlib.util.spec_from_file_location("authors_results", SCRIPT)
 ar = importlib.util.module_from_spec(spec)

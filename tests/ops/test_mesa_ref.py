@@ -26,7 +26,7 @@ from mesa_ref.ops.mesa import (
     validate_mesa_inputs,
 )
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def make_inputs(B, H, T, d, dv, *, lam=None, gamma=False, dtype=np.float64, seed=0):

@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+pytestmark = pytest.mark.slow        # runs the speed figure end to end
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args):

@@ -21,6 +21,8 @@ from mesa_lab.jobs import Job, JobFailed, MissingResults, Store, run_job, run_jo
 from mesa_ref.tasks import LinearTask, NonlinearTask, PartialTask, task_from_dict
 from mesa_ref.train import TrainConfig
 
+pytestmark = pytest.mark.slow        # starts Dask clusters and kills workers
+
 
 def tiny_job(seed=0, steps=40, checkpoint_every=10, backend="ref", layers=("linear",), batch=16, T=8, n=3):
     model = ModelConfig(layers=layers, heads=1, width=4 * n, key_size=n, input_dim=n, output_dim=n, init_std=0.05)
@@ -229,7 +231,7 @@ def test_a_failing_job_fails_the_sweep_with_its_error(tmp_path, cluster):
 def test_scheduler_from_dasks_environment_variable(tmp_path, cluster):
     """A figure script sends its jobs to the scheduler named by DASK_SCHEDULER_ADDRESS, as Dask's own tools do."""
     address, _ = cluster
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, str(root / "scripts" / "fig3_depth.py"), "--smoke", "--backend", "ref",
                         "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "DASK_SCHEDULER_ADDRESS": address})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mesa_ref
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("mesa_fast", "mesa_lab", "distributed", "dask", "matplotlib", "numba", "cupy")
 
 

@@ -12,6 +12,8 @@ import pytest
 from mesa_fast.cuda import mesa as ck
 from mesa_fast.cuda import resources
 
+pytestmark = pytest.mark.slow        # compiles every CUDA kernel to PTX and through ptxas
+
 REGISTERS_PER_SM = 65536        # sm_80 and sm_90: 64K 32-bit registers per multiprocessor (and per block)
 H100_SHARED_OPTIN = 227 * 1024  # the most dynamic shared memory one block may opt in to on sm_90
 

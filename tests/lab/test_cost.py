@@ -40,7 +40,7 @@ def test_a_figure_counts_a_shared_job_once():
 
 
 # ---------------------------------------------------------------------------------------------- the step-time file
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_step_times_come_from_the_results_file():
