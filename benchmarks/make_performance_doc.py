@@ -51,12 +51,10 @@ HEADER = """# Performance
 Do not edit by hand: edit those and run `python benchmarks/make_performance_doc.py`
 (tests/docs/test_performance_doc.py fails when this file is out of date). -->
 
-Today's run of each benchmark: the newest saved run that measured all its benchmark measures (the rule is in
-`benchmarks/make_performance_doc.py`), with date, commit, machine and command; the Markdown file beside each JSON
-has the whole run. Ratios are the peer's time over ours (above 1: ours is faster). CPU numbers come from 2-core
-virtual machines shared with other jobs, where wall-clock times vary by up to 1.5x between runs (process CPU time
-is steadier); no test asserts a timing. Older runs are in [the archive](performance-archive/index.md), beside the
-[notebook](performance-archive/notes.md) kept while the fast backend was written (the code's comments refer to it).
+Today's run of each benchmark (the newest complete one), with date, commit, machine and command; ratios are the
+peer's time over ours (above 1: ours is faster). 2-core shared VMs: wall times vary up to 1.5x between runs, CPU
+time is steadier; no test asserts a timing. Older runs: [the archive](performance-archive/index.md) and the
+[notebook](performance-archive/notes.md) the code's comments cite.
 """
 
 ARCHIVE_HEADER = """# Performance archive
@@ -175,6 +173,8 @@ def kind_of(d) -> str:
 
 
 def _peer(backends):
+    if "baseline" in backends:          # bench_train_step.py --baseline: this commit against an earlier checkout
+        return "baseline"
     return "jax" if "jax" in backends else "ref" if "mesa_ref" in backends else "none"
 
 
@@ -317,6 +317,19 @@ def page_train_step(r: Run):
                             f"{label} CPU ms", f"CPU {label} / mesa_fast"], table)
 
 
+def page_train_step_baseline(r: Run):
+    """A code change timed side by side (``--baseline``): one line of ratios, earlier checkout over this commit."""
+    d = r.data
+    base = (d.get("baseline") or {}).get("commit", "?")
+    parts = []
+    for m, bs in _train_rows(d).items():
+        ours, other = bs.get("mesa_fast", {}), bs.get("baseline", {})
+        parts.append(f"{m} {_x(_ratio(other.get('wall_ms_median'), ours.get('wall_ms_median')))} "
+                     f"({_x(_ratio(other.get('cpu_ms_median'), ours.get('cpu_ms_median')))})")
+    return [f"- the earlier checkout (commit {base}) over this commit, wall (CPU), medians over "
+            f"{d['results'][0].get('steps', '?')} alternating steps each: " + ", ".join(parts)], []
+
+
 def page_bench_mesa(r: Run):
     d = r.data
     impls = [i for i in d.get("impls", []) if any("median_ms" in x["timings"].get(i, {}) for x in d["results"])]
@@ -445,6 +458,8 @@ SECTIONS = (  # (title, the benchmarks it shows, renderer), in the order of the 
     ("The authors' JAX step in the cost estimates", ("jax_step_ms",), page_jax_step_ms),
     ("Training step, mesa_fast against mesa_ref", ("bench_train_step:ref",), page_train_step),
     ("Training step", ("bench_train_step:none",), page_train_step),
+    ("Training step, this commit against an earlier checkout", ("bench_train_step:baseline",),
+     page_train_step_baseline),
     ("Mesa layer, forward + backward", ("bench_mesa:cpu",), page_bench_mesa),
     ("Mesa layer on the GPU, forward + backward", ("bench_mesa:gpu",), page_bench_mesa),
     ("Numerical error of the mesa-layer backward strategies", ("mesa_stability",), page_mesa_stability),

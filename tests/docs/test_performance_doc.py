@@ -160,3 +160,19 @@ def test_bad_input_is_a_clear_error(tmp_path):
                             "--archive-out", str(tmp_path / "index.md")], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 1 and f"{stale} is out of date" in r.stderr
         shutil.copy(DOC if stale == "page.md" else ARCHIVE_DOC, tmp_path / stale)
+
+
+def test_a_code_change_timed_against_an_earlier_checkout_is_a_section_of_ratios(tmp_path):
+    """bench_train_step.py --baseline: a benchmark of its own (peer "baseline"), shown as one line of earlier /
+    this ratios per model, not as another table of the step against JAX."""
+    mod = _module()
+    res, notes = _copy(tmp_path)
+    d = json.loads((res / "bench_train_step_cpu_layout.json").read_text())
+    for row in d["results"]:
+        if row["model"] == "linear2":
+            row["wall_ms_median"] = 20.0 if row["backend"] == "mesa_fast" else 30.0
+    (res / "bench_train_step_cpu_layout.json").write_text(json.dumps(d))
+    page = mod.build_all(res, notes)["page"]
+    section = page.split("## Training step, this commit against an earlier checkout", 1)[1].split("\n## ", 1)[0]
+    assert "linear2 1.50x" in section and "commit " in section
+    assert "`bench_train_step_cpu_dw_b.json`" in page                    # the JAX comparison is still today's
