@@ -82,7 +82,7 @@ def step_runner(model, params, x, y, tcfg):
 
 def bench_models(cfg, task, backends, repeats, ref_repeats, log) -> list:
     from mesa_lab.ref_or_fast import resolve_backend
-    from mesa_lab.experiments.language import KINDS, kind_layers, model_config, train_config
+    from mesa_lab.experiments.language import KINDS, model_config, train_config
     from mesa_ref.model import Transformer
     x, y = task.batch(np.random.default_rng(0), cfg.batch)
     tokens = cfg.batch * cfg.T

@@ -83,7 +83,7 @@ def jax_step_estimate(model: dict) -> tuple[float, str]:
     if fam.startswith("softmax") and width != 40:
         ms *= (width / 40) ** 2       # the dense products grow with width^2
     return ms, f"extrapolated from the measured {base[0]} {base[1]}-layer step by the number of layers" + (
-        f" and (width / 40)^2" if fam.startswith("softmax") and width != 40 else "")
+        " and (width / 40)^2" if fam.startswith("softmax") and width != 40 else "")
 
 
 def jax_hours(record: dict) -> tuple[float, str]:
