@@ -1,6 +1,5 @@
 """scripts/authors_results.py: its unpickler rebuilds arrays and refuses everything else; its command line turns a
 small checkout made here (no download) into the expected JSON, and fails in one line on a bad path."""
-import importlib.util
 import json
 import os
 import pickle
@@ -11,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mesa_lab.authors_results as ar
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "authors_results.py"
-spec = importlib.util.spec_from_file_location("authors_results", SCRIPT)
-ar = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ar)
 
 
 def _call_pickle(module: str, name: str, args: tuple) -> bytes:

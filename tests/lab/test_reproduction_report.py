@@ -28,12 +28,8 @@ def test_a_changed_number_changes_the_block(tmp_path):
 def test_the_authors_estimate_is_recomputed_from_the_job_records(tmp_path):
     """A stale estimate in a figure JSON is neither printed nor kept: the block and the refreshed JSON both carry
     the job records' estimate from mesa_lab/cost.py; a second refresh changes nothing."""
-    import importlib.util
-
+    from mesa_lab import report
     from mesa_lab.cost import jax_hours
-    spec = importlib.util.spec_from_file_location("report_full", SCRIPT)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
     d = json.loads((ROOT / "figures" / "full" / "fig2_one_layer_gd.json").read_text())
     d["cost"]["jax_hours_estimate"] = 999.0
     path = tmp_path / "fig2_one_layer_gd.json"

@@ -1,0 +1,61 @@
+"""Train the seeded full-size models (mesa_lab/experiments/seeds.py) and the second configurations
+(mesa_lab/experiments/retests.py) into the job store, on Dask.
+
+    python scripts/train_seeds.py --list                    what would run, and what is already stored
+    python scripts/train_seeds.py --seeds 1 2               train seeds 1 and 2 of every seeded figure
+    python scripts/train_seeds.py --seeds 1 2 --only fig8_language,fig3_depth
+    python scripts/train_seeds.py --seeds 1 2 --retests     the second configurations first, then the seeds
+
+Resumable: a finished job is in STORE/<key>.npz and never runs again; a killed one resumes from its
+checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap ones complete first.
+--store (default figures/full/jobs), --workers N (default: one single-threaded worker per core; 0: no Dask),
+--scheduler ADDRESS (an existing Dask scheduler).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]        # the checkout: figures/, docs/, scripts/
+
+
+def main(argv=None) -> int:
+    from mesa_lab.experiments.retests import retest_jobs
+    from mesa_lab.experiments.seeds import SEEDED, TRAINING_SEEDS, seed_jobs
+    p = argparse.ArgumentParser(prog="scripts/train_seeds.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(TRAINING_SEEDS), help="training seeds")
+    p.add_argument("--only", default=None, help=f"comma-separated figures (of: {', '.join(SEEDED)})")
+    p.add_argument("--store", default=str(ROOT / "figures" / "full" / "jobs"), help="job store")
+    p.add_argument("--workers", type=int, default=None, help="local Dask workers (default: one per core); 0: no Dask")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--retests", action="store_true",
+                   help="also train the figures' second configurations (retests.RETESTS), before the seeds")
+    p.add_argument("--list", action="store_true", help="list the jobs and whether each is stored; train nothing")
+    args = p.parse_args(argv)
+    from mesa_lab.jobs import Store, run_jobs, unique_jobs
+    from mesa_ref.runio import CLIError
+    figures = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
+    try:
+        jobs = unique_jobs((retest_jobs(figures, ROOT / "figures" / "full") if args.retests else [])
+                           + seed_jobs(figures, tuple(args.seeds)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    store = Store(args.store)
+    if args.list:
+        for j in jobs:
+            print(f"{'stored ' if store.finished(j) else 'missing'} {j.key}  {j.label}")
+        return 0
+    try:
+        run_jobs(jobs, store.root, scheduler=args.scheduler, workers=args.workers, progress=sys.stderr.isatty(),
+                 log=lambda s: print(s, flush=True))
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
