@@ -167,7 +167,9 @@ def mode_line(data: dict) -> str:
     for label, names in _SIZE_FIELDS:
         for name in names:
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
-                sizes.append(f"{label} {values[name]:,}")
+                by_depth = values.get(f"{name}_by_depth") or ()       # per-depth steps (fig3 --recipe authors)
+                sizes.append(f"{label} " + (" / ".join(f"{v:,}" for _, v in by_depth) + " by depth" if by_depth
+                                            else f"{values[name]:,}"))
                 break
     what = {"quick": "quick run (CPU-sized)", "smoke": "smoke test (tiny sizes)", "full": "full size"}.get(mode, mode)
     if mode == "full" and cfg.get("deviations"):
