@@ -402,6 +402,9 @@ def linearise_layer(model: Transformer, params: dict, i: int, x_fit, x_eval, y_e
     c = model.config
     if not (isinstance(i, (int, np.integer)) and 0 <= i < len(c.layers)):
         raise ValueError(f"i: expected a layer index in [0, {len(c.layers)}), got {i!r}")
+    if i == 0 and c.pos_enc_kq:
+        raise ValueError("i: the hybrid first layer (pos_enc_kq: queries and keys read [h, P]) has no linear "
+                         "attention of the same inputs to fit; linearise layers 1 and above")
     a_fit, d_fit = attention_block_io(model, params, x_fit, i)
     dt = params[f"l{i}.wq"].dtype
     init = tuple(np.asarray(_host(params[f"l{i}.{k}"]), np.float64) for k in ("wq", "wk", "wv"))

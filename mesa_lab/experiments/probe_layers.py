@@ -255,8 +255,9 @@ def linearisation(ctx, cfg: ProbingConfig, model, params) -> list:
     ev = linear_dynamics(rng, cfg.lin_eval, cfg.T, cfg.n, cfg.sigma, dtype=np.float32)
     x_fit = np.ascontiguousarray(fit.inputs)
     x_ev, y_ev = np.ascontiguousarray(ev.inputs), np.ascontiguousarray(ev.targets)
+    first = 1 if model.config.pos_enc_kq else 0      # a hybrid first layer is not linearised (linearise_layer)
     return [linearise_layer(model, params, i, x_fit, x_ev, y_ev, steps=cfg.lin_steps, lr=cfg.lin_lr).to_dict()
-            for i in range(len(model.config.layers))]
+            for i in range(first, len(model.config.layers))]
 
 
 def analyse(ctx, cfg: ProbingConfig, results) -> dict:

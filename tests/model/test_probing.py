@@ -214,3 +214,16 @@ def test_insample_probe_error_drops_norm_outliers_and_has_no_bias():
     Zk, Yk = Z[keep], Yn[keep]
     manual = ((Zk @ np.linalg.lstsq(Zk, Yk, rcond=None)[0] - Yk) ** 2).sum() / (2 * keep.sum())
     assert insample_probe_error(Z, Yn) == pytest.approx(manual, rel=1e-12)
+
+
+def test_linearising_a_hybrid_first_layer_is_refused_and_later_layers_work():
+    cfg = ModelConfig(layers=("softmax", "softmax"), clip=None, input="embed", width=6, heads=2, key_size=3,
+                      input_dim=2, output_dim=2, pos_enc_kq=True, io_bias=False, init_std=0.3)
+    model = Transformer(cfg)
+    params = model.init(seed=0, dtype=np.float64)
+    d = linear_dynamics(np.random.default_rng(0), 8, 5, 2, 0.01)
+    x, y = d.inputs, d.targets
+    with pytest.raises(ValueError, match="hybrid first layer"):
+        linearise_layer(model, params, 0, x, x, y, steps=2)
+    r = linearise_layer(model, params, 1, x, x, y, steps=2)
+    assert r.layer == 1 and np.isfinite(r.loss_linearised)
