@@ -59,7 +59,7 @@ def gather_jobs(scripts, args, mode: str) -> list:
         fargs = experiment_parser(exp).parse_args(_mode_flags(mode) + ["--seed", str(args.seed or 0)])
         jobs += list(figure_jobs(exp, fargs, backend).values())
         cfg = exp.config(mode, fargs)
-        for s in training_seeds(exp, fargs, mode):      # the seeded figures' other training seeds (full size)
+        for s in training_seeds(exp, fargs, mode, cfg):      # the seeded figures' other training seeds (full size)
             if s != fargs.seed:
                 jobs += list(seed_variant(exp.name, exp.jobs(cfg, s, backend), s).values())
     return jobs

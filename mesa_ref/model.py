@@ -20,10 +20,10 @@ vectors with a dense layer (+ positional encoding [L7]); "tokens" looks up integ
 read out with (final LN and) a dense layer.
 
 Parameters are a flat dict name -> array: "l{i}.wq" (D, H*d), "l{i}.wk" (both (2D, H*d) in a hybrid first
-layer), "l{i}.wv" (D, H*d), "l{i}.wo" (H*d, D), mesa heads "l{i}.lam_raw" (H,) [lam = softplus + lam_min] and "l{i}.gamma_raw"
-(H,) [gamma = sigmoid], "l{i}.ln1.w"/".b", "l{i}.ln2.w"/".b", "l{i}.mlp.w1" (D, M), ".b1", ".w2"
-(M, D), ".b2", "embed.w" (n or V, D), "embed.b" (D,), "ln_f.w"/".b", "out.w" (D, out), "out.b" (the two biases only with
-``io_bias``).
+layer), "l{i}.wv" (D, H*d), "l{i}.wo" (H*d, D), mesa heads "l{i}.lam_raw" (H,) [lam = softplus + lam_min] and
+"l{i}.gamma_raw" (H,) [gamma = sigmoid], "l{i}.ln1.w"/".b", "l{i}.ln2.w"/".b", "l{i}.mlp.w1" (D, M), ".b1",
+".w2" (M, D), ".b2", "embed.w" (n or V, D), "embed.b" (D,), "ln_f.w"/".b", "out.w" (D, out), "out.b" (the two
+biases only with ``io_bias``).
 Gradients come back as a dict with exactly the same keys.
 """
 from __future__ import annotations

@@ -373,7 +373,7 @@ def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, 
                   progress=not args.no_progress, args=args)
     cfg = exp.config(mode, args)
     data = exp.analyse(ctx, cfg, results)
-    seeds = training_seeds(exp, args, mode)
+    seeds = training_seeds(exp, args, mode, cfg)
     seed_results = {}
     if len(seeds) > 1:
         data["training_seeds"], seed_results = spread_over_seeds(exp, ctx, cfg, data, results, seeds, store,
@@ -386,10 +386,10 @@ def compute_figure(exp: Experiment, args, mode: str, base_out: Path, out: Path, 
     return record
 
 
-def training_seeds(exp: Experiment, args, mode: str) -> tuple:
+def training_seeds(exp: Experiment, args, mode: str, cfg) -> tuple:
     """The training seeds a figure's spread is taken over: --training-seeds (with --seed), else TRAINING_SEEDS for
-    a seeded figure in its full-size configuration, else none (quick figures train one seed, to stay minutes
-    long)."""
+    a seeded figure in its full-size configuration (``cfg``, the one the flags select, is the mode's own), else
+    none (quick figures train one seed, to stay minutes long)."""
     from .seeds import SEEDED, TRAINING_SEEDS
     given = getattr(args, "training_seeds", None)
     if given is not None:
@@ -397,7 +397,7 @@ def training_seeds(exp: Experiment, args, mode: str) -> tuple:
             raise CLIError(f"--training-seeds: {exp.name} trains no model at several seeds "
                            f"(seeded figures: {', '.join(SEEDED)})")
         return tuple(sorted(set(given) | {args.seed}))
-    if mode == "full" and exp.name in SEEDED and not args.partial and exp.config(mode, args) == exp.modes["full"]:
+    if mode == "full" and exp.name in SEEDED and not args.partial and cfg == exp.modes["full"]:
         return tuple(sorted(set(TRAINING_SEEDS) | {args.seed}))
     return ()            # quick and smoke modes, and a changed configuration (--set, --recipe): one seed
 
@@ -415,15 +415,17 @@ def spread_over_seeds(exp: Experiment, ctx, cfg, data: dict, results: dict, seed
     extra = {s: seed_variant(exp.name, exp.jobs(cfg, s, backend), s) for s in seeds if s != args.seed}
     if args.no_train:
         missing = [s for s, js in extra.items() if not all(store.finished(j) for j in js.values())]
+        result_of = store.get
     else:
         missing = []
-        run_jobs([j for js in extra.values() for j in js.values()], store.root, scheduler=args.scheduler,
-                 workers=workers, retrain=args.retrain, progress=not args.no_progress)
+        by_key = run_jobs([j for js in extra.values() for j in js.values()], store.root, scheduler=args.scheduler,
+                          workers=workers, retrain=args.retrain, progress=not args.no_progress)
+        result_of = lambda j: by_key[j.key]        # noqa: E731  (run_jobs has read every result already)
     per_seed, got = {args.seed: data}, {}
     for s, js in extra.items():
         if s in missing:
             continue
-        res = {n: store.get(j) for n, j in js.items()}
+        res = {n: result_of(j) for n, j in js.items()}
         got.update({j.label: res[n] for n, j in js.items()})
         per_seed[s] = exp.analyse(ctx, cfg, {**results, **res})
     rec = seed_spread(per_seed, SEEDED[exp.name].metrics)

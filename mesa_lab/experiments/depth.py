@@ -63,7 +63,7 @@ def jobs(cfg: DepthConfig, seed: int, backend: str) -> dict:
     out = {}
     for L in cfg.depths:
         model = cfg.model_config(("linear",) * L, **({"heads": heads[L]} if L in heads else {}))
-        changes = {} if cfg.clip_mode == "global_norm" else {"clip_mode": cfg.clip_mode}
+        changes = {"clip_mode": cfg.clip_mode}
         if L in steps:
             changes.update(steps=steps[L], decay_steps=max(steps[L], cfg.warmup_steps),
                            eval_every=min(cfg.eval_every, steps[L]))

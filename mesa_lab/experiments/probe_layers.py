@@ -117,9 +117,7 @@ class SoftmaxRunConfig:
                            input_dim=self.n, output_dim=self.n, pos_enc=True, init_std=self.softmax_init_std)
 
     def softmax_job(self, seed: int, backend: str) -> Job:
-        changes = {} if self.softmax_lr is None else {"lr": self.softmax_lr}
-        if self.softmax_clip_mode != "global_norm":
-            changes["clip_mode"] = self.softmax_clip_mode
+        changes = {"clip_mode": self.softmax_clip_mode} | ({} if self.softmax_lr is None else {"lr": self.softmax_lr})
         return Job(self.softmax_model(), LinearTask(n=self.n, T=self.T, sigma=self.sigma, tokens="raw"),
                    self.train_config(seed, self.softmax_steps, self.softmax_decay_steps, **changes), backend)
 
