@@ -71,6 +71,15 @@ def rows_for(name, d):
         for t, td in d["tasks"].items():
             for k, v in sorted(td["ratio_to_lsq_t10"].items()):
                 out.append((f"[{t}] {k} / least squares, t >= 10", f(v, 4)))
+        for t, v in (d.get("mesa_vs_softmax_ratio_t10") or {}).items():
+            out.append((f"[{t}] mesa / softmax, t >= 10", f(v, 4)))
+        per_seed = (d.get("training_seeds") or {}).get("per_seed", {})
+        a, b = (per_seed.get(f"tasks.T4.per_step_loss.{k}") for k in ("mesa_L2", "softmax_L2"))
+        if a and b and len(a) > 1:
+            r = [mean_after(x) / mean_after(y) for x, y in zip(a, b)]
+            out.append((f"[T4] mesa_L2 / softmax_L2, t >= 10, per training seed ({len(r)})",
+                        f"{', '.join(f(v, 4) for v in r)} (mean {f(float(np.mean(r)), 4)} +- "
+                        f"{f(float(np.std(r, ddof=1)), 2)})"))
         return out
     if name == "fig8_language":
         hl = d["heldout_loss"]

@@ -39,10 +39,13 @@ class ModelConfig:
     pos_enc_kq: bool = False                # [L7] the first layer's queries and keys read [h, P] (P sinusoidal, width D);
                                             # its values and the residual stream see no position (the authors' hybrid layer)
     io_bias: bool = True                    # biases of the embedding and read-out dense maps (embed/tokens modes)
+    qk_norm: bool = False                   # every layer's queries and keys (per head, over d) scaled to unit L2 norm
+                                            # before the attention op (linear, softmax and mesa alike), except a
+                                            # pos_enc_kq first layer, which stays as it is
 
     #: fields left out of ``to_dict`` while at their default, so that adding them left every existing job key as
     #: it was (a job's key hashes its model record)
-    OPTIONAL = {"pos_enc_kq": False, "io_bias": True}
+    OPTIONAL = {"pos_enc_kq": False, "io_bias": True, "qk_norm": False}
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -78,6 +81,8 @@ class ModelConfig:
                 raise ValueError("mesa_chunk: the chunkwise form [M5] has no forgetting factor; "
                                  "use mesa_chunk=None with mesa_gamma=True")
 
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm: expected a bool, got {self.qk_norm!r}")
         if self.pos_enc_kq and self.layernorm:
             raise ValueError("pos_enc_kq: the first layer's positional queries and keys are built without a "
                              "LayerNorm; use layernorm=False")

@@ -356,9 +356,11 @@ def mlp_features(s: np.ndarray, A: np.ndarray, Bm: np.ndarray, *, eps: float = 1
 
 def nonlinear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float = 0.01,
                        A: np.ndarray | None = None, Bm: np.ndarray | None = None,
-                       mlp_seed=0, clip: float | None = None, *, dtype=np.float64) -> NonlinearDynamics:
+                       mlp_seed=0, clip: float | None = None, s1_range: float = 1.0, *,
+                       dtype=np.float64) -> NonlinearDynamics:
     """[T4] s_{t+1} = W* f(s_t)/||f(s_t)|| + eps_t, f(x) = gelu(x A) B (tanh gelu),
-    W* Haar-orthogonal per sequence, s_1 ~ U[-1, 1]^n, eps_t ~ N(0, sigma^2 I).
+    W* Haar-orthogonal per sequence, s_1 ~ U[-s1_range, s1_range]^n (the paper's runs: 1; the authors' [T4]
+    comparison: 0.25), eps_t ~ N(0, sigma^2 I).
 
     A (n, h) and Bm (h, n) are fixed for the data set (official): pass them, or leave them None
     to use ``mlp_params(mlp_seed, n)`` (h = 4n, entries 1.1 N(0,1)). No clipping by default
@@ -368,6 +370,9 @@ def nonlinear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float =
     Returns a ``NonlinearDynamics``: states (B, T+1, n), W (B, n, n), A, Bm, noise (B, T, n).
     """
     rng, batch, T, n, sigma, clip, dtype = _check_dynamics(rng, batch, T, n, sigma, clip, dtype)
+    s1_range = check_number("s1_range", s1_range, nonneg=True)
+    if not s1_range > 0:
+        raise ValueError(f"s1_range: expected > 0, got {s1_range!r}")
     if (A is None) != (Bm is None):
         raise ValueError("A: give both A and Bm, or neither")
     if A is None:
@@ -376,7 +381,7 @@ def nonlinear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float =
     Bm = np.asarray(Bm, dtype=np.float64)
 
     W = haar_orthogonal(rng, batch, n)                                  # (B, n, n)
-    s1 = rng.uniform(-1.0, 1.0, size=(batch, n))                        # (B, n)
+    s1 = rng.uniform(-s1_range, s1_range, size=(batch, n))              # (B, n)
     noise = sigma * rng.standard_normal((batch, T, n))                  # (B, T, n)
     step = lambda s: np.einsum("bij,bj->bi", W, mlp_features(s, A, Bm))  # noqa: E731
     states = _roll_dynamics(step, s1, noise, clip)
@@ -385,9 +390,10 @@ def nonlinear_dynamics(rng, batch: int, T: int = 50, n: int = 10, sigma: float =
 
 
 def nonlinear_batch(rng, batch: int, T: int = 50, n: int = 10, sigma: float = 0.01,
-                    A=None, Bm=None, mlp_seed=0, *, tokens: str = "constructed", dtype=np.float64):
+                    A=None, Bm=None, mlp_seed=0, *, tokens: str = "constructed", s1_range: float = 1.0,
+                    dtype=np.float64):
     """[T4]+[T2] a training batch: inputs (B, T, 4n) constructed or (B, T, n) raw, targets (B, T, n)."""
-    d = nonlinear_dynamics(rng, batch, T, n, sigma, A, Bm, mlp_seed, dtype=dtype)
+    d = nonlinear_dynamics(rng, batch, T, n, sigma, A, Bm, mlp_seed, s1_range=s1_range, dtype=dtype)
     return _tokens_for(np.ascontiguousarray(d.inputs), tokens), np.ascontiguousarray(d.targets)
 
 

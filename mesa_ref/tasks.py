@@ -20,11 +20,18 @@ import numpy as np
 
 
 class _Task:
-    """What every task's record is: its registry name and its dataclass fields."""
+    """What every task's record is: its registry name and its dataclass fields.  A field named in ``OPTIONAL``
+    is left out of the record while it has its default there: a field added later then leaves every existing job's
+    key (a hash of the record) as it was."""
     registry_name = ""
+    OPTIONAL: dict = {}
 
     def to_dict(self):
-        return {"name": self.registry_name, **dataclasses.asdict(self)}
+        d = dataclasses.asdict(self)
+        for k, default in self.OPTIONAL.items():
+            if d[k] == default:
+                del d[k]
+        return {"name": self.registry_name, **d}
 
 
 @dataclass(frozen=True)
@@ -74,21 +81,31 @@ class PartialTask(_DynamicsTask):
 
 @dataclass(frozen=True)
 class NonlinearTask(_DynamicsTask):
-    """[T4] nonlinear dynamics s_{t+1} = W* phi(s_t) + eps with [T2] constructed tokens.  Baselines:
-    ridge on the true features phi(s) (``feats``, an oracle the model does not have) and, under the
-    name ``lsq_linear``, ridge on the raw states."""
+    """[T4] nonlinear dynamics s_{t+1} = W* phi(s_t) + eps, s_1 ~ U[-s1_range, s1_range]^n, as [T2] constructed
+    tokens (B, T, 4n) or raw states (B, T, n).  Baselines: ridge on the true features phi(s) (``feats``, an oracle
+    the model does not have) and, under the name ``lsq_linear``, ridge on the raw states."""
     mlp_seed: int = 0
+    tokens: str = "constructed"   # "constructed" | "raw"
+    s1_range: float = 1.0         # the first state's uniform range (the authors' [T4] runs: 0.25)
     registry_name = "nonlinear_dynamics"
+    OPTIONAL = {"tokens": "constructed", "s1_range": 1.0}
+
+    def __post_init__(self):
+        if self.tokens not in ("constructed", "raw"):
+            raise ValueError(f"tokens: expected 'constructed' or 'raw', got {self.tokens!r}")
+        if not self.s1_range > 0:
+            raise ValueError(f"s1_range: expected > 0, got {self.s1_range!r}")
 
     def batch(self, rng, batch: int, dtype=np.float32):
         from .data import mlp_params, nonlinear_batch
         A, Bm = mlp_params(self.mlp_seed, self.n)
-        return nonlinear_batch(rng, batch, T=self.T, n=self.n, sigma=self.sigma, A=A, Bm=Bm, dtype=dtype)
+        return nonlinear_batch(rng, batch, T=self.T, n=self.n, sigma=self.sigma, A=A, Bm=Bm, tokens=self.tokens,
+                               s1_range=self.s1_range, dtype=dtype)
 
     def baseline_inputs(self, x):
         from .data import mlp_features, mlp_params
         x = np.asarray(x)
-        s = np.ascontiguousarray(x[..., self.n:2 * self.n])
+        s = np.ascontiguousarray(x[..., self.n:2 * self.n] if self.tokens == "constructed" else x)
         A, Bm = mlp_params(self.mlp_seed, self.n)
         return s, mlp_features(s, A, Bm)
 

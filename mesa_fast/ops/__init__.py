@@ -75,6 +75,8 @@ _REFERENCE_OPS = {
     "mse_backward": _ref.mse_backward,                                   # takes the fast mse_forward's cache too
     "cross_entropy_forward": _ref.cross_entropy_forward,
     "cross_entropy_backward": _ref.cross_entropy_backward,
+    "l2_normalize_forward": _ref.l2_normalize_forward,                   # qk_norm's per-head L2 normalisation
+    "l2_normalize_backward": _ref.l2_normalize_backward,
 }
 
 # name -> cache type: the reference's NamedTuples (what the ops above return on CuPy input), and MesaFastCache
@@ -92,6 +94,7 @@ _CACHES = {
     "MSECache": _ref.MSECache,
     "CrossEntropyCache": _ref.CrossEntropyCache,
     "MesaChunkCache": _ref.MesaChunkCache,
+    "L2NormCache": _ref.L2NormCache,
     "MesaCache": MesaFastCache,          # the cache type this namespace's mesa_forward returns
     "MesaFastCache": MesaFastCache,
 }

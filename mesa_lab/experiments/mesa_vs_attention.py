@@ -44,6 +44,11 @@ Measured (seed 0 unless said): 600 steps 4.7; 2000 steps 2.0 (lam step x10); 200
 1.075 (x10; seed 1: 1.073), 1.050 (x30).
 With its weights set to the exact construction (key s_{t-1}, query and value s_t, lam = the tuned one)
 the layer scores 1.00x least squares.
+
+A second configuration, ``--setup authors`` (``AUTHORS``; written to its own --out), trains [T3] and [T4] the way
+the authors' comparison notebook does: their models (a positional hybrid first layer, then 6 softmax layers or
+one mesa layer), widths, heads, MLPs, query/key normalisation, clips, schedules and task parameters.  Its jobs
+have keys of their own; the paper's configuration and its shipped results are untouched.
 """
 from __future__ import annotations
 
@@ -53,8 +58,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mesa_ref.config import ModelConfig
+
 from ..jobs import Job
-from .common import Experiment, mode_line, plot_per_step, seed_band
+from .common import Experiment, mode_line, plot_per_step, second_configuration, seed_band
 from .dynamics import (EVAL_SEEDS, DynamicsConfig, LinearTask, NonlinearTask, PartialTask, eval_batches,
                        evaluate_models, ratio_after, train_summary, trained_model, tune_baselines)
 
@@ -96,8 +103,108 @@ SMOKE = dataclasses.replace(
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
+# ------------------------------------------------------------------------------- the authors' own comparison
+@dataclass(frozen=True)
+class AuthorsPair:
+    """One task of the authors' comparison (run_model_comparisons.ipynb, cells 15-16 and 21-23, with their
+    configs/config.py): a softmax model, the hybrid first layer (softmax attention whose queries and keys read a
+    positional encoding, ``ModelConfig.pos_enc_kq``) followed by ``softmax_layers`` more softmax layers, against
+    the same first layer followed by one mesa layer.  Raw inputs through a dense embedding, no biases there, no
+    LayerNorm, weights N(0, 0.05^2); AdamW with element-wise gradient clipping at 1, warm-up 1000 steps, cosine
+    to 1e-5 at ``decay_steps``, weight decay 0.05, batch 256."""
+    task: object                    # the task, with their parameters
+    width: int
+    heads: int
+    key_size: int
+    mlp_factor: int | None          # MLP hidden width / width after every layer; None: no MLP
+    qk_norm: bool                   # queries and keys scaled to unit norm after the first layer
+    softmax_layers: int             # softmax layers after the hybrid first one
+    mesa_clip: float | None         # the mesa model's activation clip (the softmax model has none)
+    steps: tuple                    # (("softmax", steps), ("mesa", steps))
+    lr: tuple                       # (("softmax", peak lr), ("mesa", peak lr))
+    decay_steps: int
+
+
+#: [T3]: hidden state 15, 5 observations with noise 0.01 through a 0.5 N(0, 1) matrix, tokens of the last 16
+#: observations (their embedding width 80 / 5); width 80, 12 heads of 20, no MLP; 20,000 / 12,000 steps at lr
+#: 4e-4, cosine planned for 30,000; mesa clip 1.  Their sweep trains widths 5-80; their result file keeps 80.
+AUTHORS_T3 = AuthorsPair(task=PartialTask(n=15, m=5, k=16, T=50, sigma=0.01, obs_sigma=0.01), width=80, heads=12,
+                         key_size=20, mlp_factor=None, qk_norm=False, softmax_layers=6, mesa_clip=1.0,
+                         steps=(("softmax", 20000), ("mesa", 12000)), lr=(("softmax", 4e-4), ("mesa", 4e-4)),
+                         decay_steps=30000)
+#: [T4]: raw states, s_1 ~ U[-0.25, 0.25]; width 60, 4 heads of 20, MLPs of hidden size 300 after every layer,
+#: queries and keys normalised after the first layer; 40,000 steps, cosine planned for 50,000; mesa clip 15.
+#: Their config's table gives lr 1e-3, with the comment "For nonlin-tf use 1e-3, for mesa 4e-4": we follow the
+#: comment for the mesa model.
+AUTHORS_T4 = AuthorsPair(task=NonlinearTask(n=10, T=50, sigma=0.01, tokens="raw", s1_range=0.25), width=60, heads=4,
+                         key_size=20, mlp_factor=5, qk_norm=True, softmax_layers=6, mesa_clip=15.0,
+                         steps=(("softmax", 40000), ("mesa", 40000)), lr=(("softmax", 1e-3), ("mesa", 4e-4)),
+                         decay_steps=50000)
+
+
+@dataclass(frozen=True)
+class AuthorsSetup(MesaVsAttentionConfig):
+    """fig7 with the authors' own models and task parameters for [T3] and [T4] (``--setup authors``): their
+    evaluation batch (5 seeds x 512) and their pairs; one training seed (their 42 for [T3] and 1 for [T4] are JAX
+    keys, which NumPy cannot reproduce)."""
+    pairs: tuple = (("T3", AUTHORS_T3), ("T4", AUTHORS_T4))
+
+
+AUTHORS = AuthorsSetup(depths=(("T3", ()), ("T4", ())), eval_batch=512)
+#: a seconds-long AUTHORS (the tests): the same structure at toy sizes
+AUTHORS_SMOKE = AuthorsSetup(
+    n=3, T=12, depths=(("T3", ()), ("T4", ())), eval_seeds=EVAL_SEEDS[:2], eval_batch=16, tune_batch=32,
+    batch=16, test_batches=1, eval_every=5, checkpoint_every=10 ** 6,
+    pairs=(("T3", dataclasses.replace(AUTHORS_T3, task=PartialTask(n=4, m=2, k=3, T=12, sigma=0.01, obs_sigma=0.01),
+                                      width=8, heads=2, key_size=4, softmax_layers=1, steps=(("softmax", 6), ("mesa", 6)),
+                                      decay_steps=10)),
+           ("T4", dataclasses.replace(AUTHORS_T4, task=NonlinearTask(n=3, T=12, sigma=0.01, tokens="raw", s1_range=0.25),
+                                      width=8, heads=2, key_size=4, mlp_factor=2, softmax_layers=1,
+                                      steps=(("softmax", 6), ("mesa", 6)), decay_steps=10))))
+SETUPS = {"paper": None, "authors": AUTHORS}
+
+
+def authors_jobs(cfg: AuthorsSetup, seed: int, backend: str) -> dict:
+    """``<task>/softmax_L<1 + softmax_layers>`` and ``<task>/mesa_L2`` for each of the authors' pairs."""
+    out = {}
+    for tname, pair in cfg.pairs:
+        task = pair.task
+        n_in = task.k * task.m if isinstance(task, PartialTask) else task.n
+        n_out = task.m if isinstance(task, PartialTask) else task.n
+        base = ModelConfig(layers=("softmax",), heads=pair.heads, width=pair.width, key_size=pair.key_size,
+                           mlp=pair.mlp_factor is not None, mlp_factor=pair.mlp_factor or 4, clip=None, input="embed",
+                           input_dim=n_in, output_dim=n_out, init_std=0.05, pos_enc_kq=True, io_bias=False,
+                           qk_norm=pair.qk_norm, mesa_lam_init=1.0)
+        steps, lr = dict(pair.steps), dict(pair.lr)
+        for kind, layers, clip in (("softmax", ("softmax",) * (1 + pair.softmax_layers), None),
+                                   ("mesa", ("softmax", "mesa"), pair.mesa_clip)):
+            tcfg = cfg.train_config(seed, steps=steps[kind], lr=lr[kind], warmup_steps=min(1000, steps[kind]),
+                                    decay_steps=pair.decay_steps, final_lr=1e-5, weight_decay=0.05,
+                                    clip_mode="elementwise", eval_every=min(cfg.eval_every, steps[kind]))
+            out[f"{tname}/{kind}_L{len(layers)}"] = Job(base.replace(layers=layers, clip=clip), task, tcfg, backend)
+    return out
+
+
+def add_arguments(p):
+    p.add_argument("--setup", choices=tuple(SETUPS), default="paper",
+                   help="paper: the paper's comparison (1 and 2 layers of each kind on [T1], [T3], [T4]); authors: "
+                        "the authors' own models and task parameters for [T3] and [T4] (mesa_vs_attention.AUTHORS: "
+                        "hybrid first layer + 6 softmax layers against it + one mesa layer); full size only")
+
+
+def configure(cfg, args):
+    setup = getattr(args, "setup", "paper")
+    if setup == "paper":
+        return cfg
+    if getattr(args, "smoke", False):
+        return AUTHORS_SMOKE
+    return second_configuration("setup", setup, cfg, FULL, SETUPS[setup], args)
+
+
 def tasks(cfg: MesaVsAttentionConfig) -> dict:
     """task name -> (task, base model config)."""
+    if isinstance(cfg, AuthorsSetup):
+        return {tname: (pair.task, None) for tname, pair in cfg.pairs}
     n = cfg.n
     base = cfg.model_config(("linear",), mesa_lam_init=cfg.mesa_lam_init)
     return {"T1": (LinearTask(n=n, T=cfg.T, sigma=cfg.sigma), base),
@@ -117,7 +224,9 @@ def train_config(cfg: MesaVsAttentionConfig, kind: str, long: bool, seed: int):
 
 
 def jobs(cfg: MesaVsAttentionConfig, seed: int, backend: str) -> dict:
-    """``<task>/<kind>_L<L>`` for every task, depth and attention kind."""
+    """``<task>/<kind>_L<L>`` for every task, depth and attention kind (the authors' setup: ``authors_jobs``)."""
+    if isinstance(cfg, AuthorsSetup):
+        return authors_jobs(cfg, seed, backend)
     out = {}
     specs = tasks(cfg)
     for tname, depths in cfg.depths:
@@ -145,7 +254,8 @@ def analyse(ctx, cfg: MesaVsAttentionConfig, results) -> dict:
             trained[name] = (model, params)
             metrics[name] = train_summary(r)
             if name.startswith("mesa"):
-                lams[name] = [np.asarray(model.mesa_lam(params, i)).tolist() for i in range(len(model.config.layers))]
+                lams[name] = [np.asarray(model.mesa_lam(params, i)).tolist()
+                              for i, kind in enumerate(model.config.layers) if kind == "mesa"]
         tune = task.batch(ctx.rng(7, int(tname[1:])), cfg.tune_batch, np.float64)
         tuned = tune_baselines(task, tune)
         baselines = ["gd", "lsq"] + (["lsq_linear"] if "lam_linear" in tuned else [])
@@ -153,6 +263,15 @@ def analyse(ctx, cfg: MesaVsAttentionConfig, results) -> dict:
         out = evaluate_models(ctx, task, trained, batches, tuned, baselines)
         out["ratio_to_lsq_t10"] = {name: ratio_after(out["per_step_loss"], name, "lsq") for name in names}
         out_tasks[tname] = {**out, "tuned": tuned, "train_metrics": metrics, "mesa_lam": lams}
+    if isinstance(cfg, AuthorsSetup):
+        first = out_tasks[next(iter(out_tasks))]
+        return {"choices": [AUTHORS_CHOICE], "per_step_loss": first["per_step_loss"],
+                "per_step_spread": first["per_step_spread"], "final_loss": first["final_loss"], "tasks": out_tasks,
+                "mesa_vs_softmax_ratio_t10": {t: ratio_after(o["per_step_loss"], _named(o, "mesa"),
+                                                             _named(o, "softmax")) for t, o in out_tasks.items()},
+                "notes": f"the authors' comparison for {', '.join(out_tasks)} (mesa_vs_attention.AUTHORS); "
+                         "top-level per_step_loss/final_loss are the first task's; tasks[<T>] holds each. "
+                         "mesa_vs_softmax_ratio_t10[T] = mean_{t>=10} mesa / mean_{t>=10} softmax."}
     t1 = out_tasks["T1"]
     return {"choices": [CLIP_NOTE], "per_step_loss": t1["per_step_loss"], "per_step_spread": t1["per_step_spread"],
             "final_loss": t1["final_loss"], "tasks": out_tasks,
@@ -162,6 +281,17 @@ def analyse(ctx, cfg: MesaVsAttentionConfig, results) -> dict:
                      "per_step_loss[m][t-1]: loss at time t (sum over sequences and dims / (2B)), mean over the "
                      "evaluation seeds; per_step_spread: std over seeds; final_loss: mean over t. "
                      "mesa_vs_lsq_ratio_t10 = mean_{t>=10} mesa_L1 / mean_{t>=10} lsq on [T1]."}
+
+
+AUTHORS_CHOICE = ("the authors' own [T3] and [T4] comparison (mesa_vs_attention.AUTHORS): a hybrid first layer "
+                  "(softmax, positional queries and keys) + 6 softmax layers against the same first layer + one "
+                  "mesa layer, with their widths, heads, MLPs, query/key normalisation ([T4]), clips, learning "
+                  "rates, schedules and task parameters; one training seed")
+
+
+def _named(task_out: dict, kind: str) -> str:
+    """The one model name of ``kind`` in a task's results (the authors' setup trains one per kind)."""
+    return next(k for k in task_out["per_step_loss"] if k.startswith(kind + "_L"))
 
 
 def _styles(names):
@@ -194,6 +324,13 @@ def plot(data):
                       legend=dict(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2))
         ax.set_title(TITLES.get(tname, tname), fontsize=10)
     r = data.get("mesa_vs_lsq_ratio_t10")
+    if "mesa_vs_softmax_ratio_t10" in data:
+        ratios = ", ".join(f"{t} {v:.3f}" for t, v in data["mesa_vs_softmax_ratio_t10"].items())
+        fig.suptitle("Fig. 7 - the authors' comparison: hybrid + mesa layer vs hybrid + 6 softmax layers\n"
+                     f"mesa / softmax averaged over t >= 10: {ratios}  (bands: +-1 std over evaluation seeds)\n"
+                     f"{mode_line(data)}", fontsize=10)
+        fig.tight_layout()
+        return fig
     fig.suptitle("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
                  + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
                  + "  (filled bands: +-1 std over evaluation seeds"
@@ -204,4 +341,4 @@ def plot(data):
 
 
 EXPERIMENT = Experiment(NAME, "Fig. 7: mesa-layer vs linear and softmax attention on [T1], [T3], [T4] against least "
-                        "squares", MODES, jobs, analyse, plot)
+                        "squares", MODES, jobs, analyse, plot, add_arguments=add_arguments, configure=configure)

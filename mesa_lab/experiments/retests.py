@@ -16,6 +16,7 @@ from . import experiment
 RETESTS = {
     "fig3_depth": (("--recipe", "authors"), "recipe_authors"),
     "fig4_probing": (("--softmax-model", "authors"), "recipe_authors"),
+    "fig7_mesa_vs_attention": (("--setup", "authors"), "recipe_authors"),
 }
 
 

@@ -34,18 +34,19 @@ class Seeded:
     metrics: tuple               # dotted paths of the numbers gathered per seed
 
 
-#: figure -> what is trained at every training seed, in the order train_seeds.py takes them (cheap figures first)
+#: figure -> what is trained at every training seed, in the order train_seeds.py takes them (cheap figures first;
+#: fig7's two [T4] models, 1.7 CPU hours a seed, before fig3's four, 2.7, whose seeds also serve fig4 and fig6)
 SEEDED = {
     "fig2_one_layer_gd": Seeded(None, ("per_step_loss.model", "final_loss.model", "model_vs_gd_ratio_t10",
                                        "model_vs_lsq_ratio_t10", "gd_similarity_max", "interpolation.alpha")),
     "fig8_language": Seeded(None, ("heldout_loss.*", "loss_per_position.*")),
+    "fig7_mesa_vs_attention": Seeded(("T4/mesa_L2", "T4/softmax_L2"),
+                                     ("tasks.T4.per_step_loss.mesa_L2", "tasks.T4.per_step_loss.softmax_L2",
+                                      "tasks.T4.final_loss.mesa_L2", "tasks.T4.final_loss.softmax_L2")),
     "fig3_depth": Seeded(None, ("per_step_loss.linear_L*", "final_loss.linear_L*", "ratio_to_lsq_t10.*")),
     "fig6_icl": Seeded(None, ("error_vs_examples.no_eos", "error_vs_examples.eos", "error_vs_examples.eos_prompt",
                               "error_vs_examples.two_task.no_eos", "error_vs_examples.two_task.eos",
                               "error_vs_examples.two_task.eos_prompt")),
-    "fig7_mesa_vs_attention": Seeded(("T4/mesa_L2", "T4/softmax_L2"),
-                                     ("tasks.T4.per_step_loss.mesa_L2", "tasks.T4.per_step_loss.softmax_L2",
-                                      "tasks.T4.final_loss.mesa_L2", "tasks.T4.final_loss.softmax_L2")),
     "fig5_copy_layer": Seeded(None, ("prev_token_attention", "self_attention", "probe_previous_error",
                                      "probe_current_error")),
     "fig4_probing": Seeded(("softmax", "linear"), ("probe_error.softmax.*", "probe_error.linear.*")),

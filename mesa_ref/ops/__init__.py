@@ -5,7 +5,7 @@ dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition o
 and mlp the whole MLP, gelu(x W1 + b1) W2 + b2 (the composition of dense_gelu and dense); mlp_block is the
 pre-LayerNorm sub-block with its residual branch, x + mlp(layernorm(x)) (the composition of layernorm, mlp and
 the addition); layernorm_dense is a LayerNorm and the dense layer it feeds (the query/key/value product, the
-readout).
+readout); l2_normalize scales vectors to unit L2 norm over the last axis (the queries and keys of ``qk_norm``).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. ``batch_map`` says how a backend splits one training step's
@@ -19,6 +19,7 @@ from .batching import batch_map
 from .dense import DenseCache, dense_backward, dense_forward
 from .dense_gelu import DenseGeluCache, dense_gelu_backward, dense_gelu_forward
 from .heads import merge_heads, merge_qkv, split_heads, split_qkv
+from .l2norm import L2NormCache, l2_normalize_backward, l2_normalize_forward
 from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
 from .layernorm_dense import LayerNormDenseCache, layernorm_dense_backward, layernorm_dense_forward
 from .loss import (CrossEntropyCache, MSECache, cross_entropy_backward, cross_entropy_forward,
@@ -38,6 +39,7 @@ __all__ = [
     "softmax_attention_forward", "softmax_attention_backward",
     "layernorm_forward", "layernorm_backward",
     "layernorm_dense_forward", "layernorm_dense_backward",
+    "l2_normalize_forward", "l2_normalize_backward",
     "gelu_forward", "gelu_backward",
     "clip_forward", "clip_backward",
     "mesa_forward", "mesa_backward", "mesa_direct", "validate_mesa_inputs",
@@ -48,5 +50,5 @@ __all__ = [
     "batch_map",
     "cross_entropy_forward", "cross_entropy_backward",
     "DenseCache", "DenseGeluCache", "MLPCache", "MLPBlockCache", "LinearAttentionCache", "SoftmaxAttentionCache", "LayerNormCache", "LayerNormDenseCache",
-    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache",
+    "GeluCache", "ClipCache", "MSECache", "CrossEntropyCache", "MesaCache", "MesaChunkCache", "L2NormCache",
 ]

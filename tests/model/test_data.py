@@ -161,6 +161,26 @@ def test_nonlinear_dynamics():
     assert x.shape == (16, 10, 20) and np.array_equal(y, d.targets)
 
 
+def test_nonlinear_first_state_range_and_raw_task():
+    """s1_range scales the first state's uniform draw (the same draws: 0.25 x those of range 1); the task's raw
+    tokens are the states themselves, and its record keeps the new fields out at their defaults."""
+    from mesa_ref.tasks import NonlinearTask, task_from_dict
+    d1, dq = D.nonlinear_dynamics(4, 64, T=5, n=3), D.nonlinear_dynamics(4, 64, T=5, n=3, s1_range=0.25)
+    assert np.allclose(dq.states[:, 0], 0.25 * d1.states[:, 0], rtol=0, atol=1e-15)
+    assert np.abs(dq.states[:, 0]).max() <= 0.25 < np.abs(d1.states[:, 0]).max()
+    with pytest.raises(ValueError, match="s1_range"):
+        D.nonlinear_dynamics(4, 2, T=5, n=3, s1_range=0.0)
+    t = NonlinearTask(n=3, T=5, tokens="raw", s1_range=0.25)
+    x, y = t.batch(np.random.default_rng(1), 8, np.float64)
+    assert x.shape == (8, 5, 3) and np.array_equal(x[:, 1:], y[:, :-1])
+    s, feats = t.baseline_inputs(x)
+    assert np.array_equal(s, x) and feats.shape == x.shape
+    assert "tokens" not in NonlinearTask(n=3).to_dict() and "s1_range" not in NonlinearTask(n=3).to_dict()
+    assert task_from_dict(t.to_dict()) == t and t.to_dict()["s1_range"] == 0.25
+    with pytest.raises(ValueError, match="tokens"):
+        NonlinearTask(tokens="history")
+
+
 # ---------------------------------------------------------------------------------------------
 # [T5] few-shot regression
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import pytest
 from mesa_ref.config import ModelConfig
 from mesa_ref.data import constructed_tokens, linear_dynamics
 from mesa_ref.model import Transformer
-from mesa_ref.probing import (TARGETS, apply_probe, fit_linear_attention, fit_probe, linearise_layer, nmse,
-                              probe_errors, probe_model, probe_targets)
+from mesa_ref.probing import (TARGETS, apply_probe, attention_block_io, fit_linear_attention, fit_probe,
+                              linearise_layer, nmse, probe_errors, probe_model, probe_targets)
 
 
 def test_targets_against_explicit_solve(rng):
@@ -227,3 +227,11 @@ def test_linearising_a_hybrid_first_layer_is_refused_and_later_layers_work():
         linearise_layer(model, params, 0, x, x, y, steps=2)
     r = linearise_layer(model, params, 1, x, x, y, steps=2)
     assert r.layer == 1 and np.isfinite(r.loss_linearised)
+    with pytest.raises(ValueError, match="hybrid first layer"):
+        attention_block_io(model, params, x, 0)
+    # under qk_norm a recomputed attention would miss the normalisation: refused, not silently wrong
+    normed = Transformer(cfg.replace(qk_norm=True))
+    with pytest.raises(ValueError, match="qk_norm"):
+        linearise_layer(normed, params, 1, x, x, y, steps=2)
+    with pytest.raises(ValueError, match="qk_norm"):
+        attention_block_io(normed, params, x, 1)
