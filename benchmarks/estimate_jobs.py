@@ -1,7 +1,7 @@
 """What a figure's jobs would cost to train, before queueing them: each job's gradient step timed on its own model,
 task and batch, times its number of steps.
 
-    python benchmarks/estimate_jobs.py fig7_mesa_vs_attention --flags="--setup authors --out /tmp/x" --tag fig7_authors
+    python benchmarks/estimate_jobs.py fig7_mesa_vs_attention --flags="--setup authors" --tag fig7_authors
 
 Per job: the median process-CPU seconds of ``--repeats`` calls of ``loss_and_grads`` (fast backend, one thread, float32,
 the job's training batch) after one untimed call (compilation), and that times the job's steps in CPU hours.  The
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--flags", default="", help="the figure script's flags that select its configuration")
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--tag", default=None, help="result file name: estimate_jobs_<tag> (default: the figure)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where the result files go")
     args = p.parse_args(argv)
     try:
         exp = experiment(args.figure)
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
         print("error: --repeats: expected >= 1", file=sys.stderr)
         return 2
     fargs = experiment_parser(exp).parse_args(shlex.split(args.flags))
+    if fargs.out is None:           # nothing is written there; a second configuration only asks that one is named
+        fargs.out = os.devnull
     cfg = exp.config("full", fargs)
     rows = {}
     for name, job in exp.jobs(cfg, fargs.seed, "fast").items():
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
         print(f"{name}: {1e3 * step:.0f} ms CPU per step x {job.train.steps} steps = {rows[name]['cpu_hours']:.2f} "
               f"CPU h", flush=True)
     total = sum(r["cpu_hours"] for r in rows.values())
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+    meta = {"benchmark": "estimate_jobs", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
             "command": "python benchmarks/estimate_jobs.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                         "loadavg": loadavg()},
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
           "| job | ms CPU per step | steps | CPU hours |", "|---|---|---|---|"]
     md += [f"| {k} | {1e3 * r['cpu_seconds_per_step']:.0f} | {r['steps']} | {r['cpu_hours']:.2f} |" for k, r in rows.items()]
     md += ["", f"Total: {total:.1f} CPU hours, {total / 2:.1f} hours of the 2-core machine (one job per core).", ""]
-    write_result(ROOT / "benchmarks" / "results", f"estimate_jobs_{args.tag or args.figure}", meta, "\n".join(md))
+    write_result(Path(args.out), f"estimate_jobs_{args.tag or args.figure}", meta, "\n".join(md))
     return 0
 
 

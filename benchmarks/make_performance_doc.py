@@ -157,7 +157,7 @@ def kind_of(d) -> str:
     if not isinstance(d, dict):
         return "other"
     b = d.get("benchmark")
-    if b in ("plain_vs_simd", "huge_pages", "cuda_resources", "jax_step_ms"):
+    if b in ("plain_vs_simd", "huge_pages", "cuda_resources", "jax_step_ms", "estimate_jobs"):
         return b
     if b == "bench_lm_cost":
         return "lm_cost"
@@ -188,6 +188,7 @@ def make_run(name, d, archived) -> Run:
             "cuda_resources": ("date", "command", "machine", "toolkit", "kernels", "shared"),
             "lm_cost": ("date", "command", "machine", "models"),
             "jax_step_ms": ("date", "command", "machine", "steps"),
+            "estimate_jobs": ("date", "command", "machine", "figure", "flags", "jobs"),
             "mesa_stability": ("meta", "rows")}.get(kind, ())
     _need(d, need, name)
     if kind == "mesa_stability":
@@ -214,6 +215,9 @@ def make_run(name, d, archived) -> Run:
     elif kind == "jax_step_ms":
         cells = {(r["family"], r["layers"]) for r in d["steps"]}
         bench = kind
+    elif kind == "estimate_jobs":                   # one estimate per figure configuration, each its own section
+        cells = {(d["figure"], d["flags"], j) for j in d["jobs"]}
+        bench = f"{kind}:{d['figure']} {d['flags']}".rstrip()
     else:
         cells, bench = {name}, f"other:{name}"
     date = meta.get("date", "not recorded")
@@ -449,6 +453,15 @@ def page_jax_step_ms(r: Run):
     return [f"- {d.get('what', '')}", f"- {steps}"], []
 
 
+def page_estimate_jobs(r: Run):
+    d = r.data
+    total = sum(j["cpu_hours"] for j in d["jobs"].values())
+    per_job = ", ".join(f"{k} {_fmt(1e3 * j['cpu_seconds_per_step'], 0)} ms x {j['steps']} = {_fmt(j['cpu_hours'], 2)}"
+                        for k, j in d["jobs"].items())
+    return [f"- CPU hours per job ({d.get('what', '')}): {per_job}; total {_fmt(total)}, {_fmt(total / 2)} hours of "
+            "the 2-core machine"], []
+
+
 def page_other(r: Run):
     return [f"- no table for this kind of result; see `benchmarks/results/{r.path}`"], []
 
@@ -475,6 +488,8 @@ def _title(bench):
     for title, benches, _ in SECTIONS:
         if bench in benches:
             return title + (" (with the authors' JAX step)" if bench == "huge_pages:jax" else "")
+    if bench.startswith("estimate_jobs:"):
+        return f"Estimated training cost: `{bench.split(':', 1)[1]}`"
     return f"Other: `{bench.split(':', 1)[1]}`"
 
 
@@ -559,7 +574,8 @@ def read_notes(path: Path) -> str:
 
 def build_page(runs: list[Run], today: dict[str, Run], notes_text: str) -> str:
     out = [HEADER]
-    sections = list(SECTIONS) + [(_title(b), (b,), page_other) for b in sorted(set(today) - set(BENCHMARKS))]
+    sections = list(SECTIONS) + [(_title(b), (b,), page_estimate_jobs if b.startswith("estimate_jobs:") else page_other)
+                                 for b in sorted(set(today) - set(BENCHMARKS))]
     for title, benches, render in sections:
         mine = [today[b] for b in benches if b in today]
         if not mine:

@@ -47,7 +47,7 @@ def test_committed_docs_are_up_to_date(tmp_path):
 
 
 def test_the_page_is_one_short_page():
-    assert len(DOC.read_text().splitlines()) <= 150
+    assert len(DOC.read_text().splitlines()) <= 160       # one section per benchmark, today's run only
 
 
 def test_every_run_is_on_the_page_or_in_the_archive_with_its_command_and_date():
