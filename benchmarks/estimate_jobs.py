@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         print(f"{name}: {1e3 * step:.0f} ms CPU per step x {job.train.steps} steps = {rows[name]['cpu_hours']:.2f} "
               f"CPU h", flush=True)
     total = sum(r["cpu_hours"] for r in rows.values())
-    meta = {"benchmark": "estimate_jobs", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+    meta = {"benchmark": "estimate_jobs", "git_commit": git_commit(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/estimate_jobs.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                         "loadavg": loadavg()},
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
           f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; load average at the end "
           f"{meta['machine']['loadavg']}", f"- command: `{meta['command']}`", f"- {meta['what']}", "",
           "| job | ms CPU per step | steps | CPU hours |", "|---|---|---|---|"]
-    md += [f"| {k} | {1e3 * r['cpu_seconds_per_step']:.0f} | {r['steps']} | {r['cpu_hours']:.2f} |" for k, r in rows.items()]
+    md += [f"| {k} | {1e3 * r['cpu_seconds_per_step']:.0f} | {r['steps']} | {r['cpu_hours']:.2f} |"
+           for k, r in rows.items()]
     md += ["", f"Total: {total:.1f} CPU hours, {total / 2:.1f} hours of the 2-core machine (one job per core).", ""]
     write_result(Path(args.out), f"estimate_jobs_{args.tag or args.figure}", meta, "\n".join(md))
     return 0

@@ -39,13 +39,14 @@ class ModelConfig:
     pos_enc_kq: bool = False                # [L7] the first layer's queries and keys read [h, P] (P sinusoidal, width D);
                                             # its values and the residual stream see no position (the authors' hybrid layer)
     io_bias: bool = True                    # biases of the embedding and read-out dense maps (embed/tokens modes)
-    qk_norm: bool = False                   # every layer's queries and keys (per head, over d) scaled to unit L2 norm
-                                            # before the attention op (linear, softmax and mesa alike), except a
-                                            # pos_enc_kq first layer, which stays as it is
+    unit_norm: tuple = ()                   # which of each head's q, k, v ("q", "k", "v") are scaled to unit L2 norm
+                                            # (over d) before the attention op, in every layer but a pos_enc_kq first
+                                            # one; the authors' [T4] models: ("q", "k") in softmax layers, ("q", "v")
+                                            # in the mesa layer (their code normalises the projection it regresses on)
 
     #: fields left out of ``to_dict`` while at their default, so that adding them left every existing job key as
     #: it was (a job's key hashes its model record)
-    OPTIONAL = {"pos_enc_kq": False, "io_bias": True, "qk_norm": False}
+    OPTIONAL = {"pos_enc_kq": False, "io_bias": True, "unit_norm": ()}
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -81,8 +82,11 @@ class ModelConfig:
                 raise ValueError("mesa_chunk: the chunkwise form [M5] has no forgetting factor; "
                                  "use mesa_chunk=None with mesa_gamma=True")
 
-        if not isinstance(self.qk_norm, bool):
-            raise ValueError(f"qk_norm: expected a bool, got {self.qk_norm!r}")
+        if isinstance(self.unit_norm, str) or not isinstance(self.unit_norm, (tuple, list)):
+            raise ValueError(f"unit_norm: expected a tuple of 'q', 'k', 'v', got {self.unit_norm!r}")
+        object.__setattr__(self, "unit_norm", tuple(self.unit_norm))
+        if any(u not in ("q", "k", "v") for u in self.unit_norm) or len(set(self.unit_norm)) != len(self.unit_norm):
+            raise ValueError(f"unit_norm: expected distinct entries of 'q', 'k', 'v', got {self.unit_norm!r}")
         if self.pos_enc_kq and self.layernorm:
             raise ValueError("pos_enc_kq: the first layer's positional queries and keys are built without a "
                              "LayerNorm; use layernorm=False")
@@ -93,8 +97,9 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        d["unit_norm"] = list(self.unit_norm)
         for k, default in self.OPTIONAL.items():
-            if d[k] == default:
+            if d[k] == default or (isinstance(default, tuple) and d[k] == list(default)):
                 del d[k]
         return d
 

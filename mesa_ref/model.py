@@ -6,7 +6,7 @@ n input/state size, V vocabulary, M MLP hidden width.
 Block l (for every entry of config.layers), as in the official code:
     a = LN1(h) if layernorm else h
     q, k, v = a W_Q, a W_K, a W_V                  [B,T,H*d] -> per head [B,H,T,d]
-    if qk_norm: q, k = q / (eps + |q|), k / (eps + |k|)    per head, over d (not in a pos_enc_kq first layer)
+    u = u / (eps + |u|) for u in unit_norm (of q, k, v)  per head, over d (not in a pos_enc_kq first layer)
     o = attention(q, k, v)                         "linear" [L2] | "softmax" [L3] | "mesa" [M1]-[M4]
     h = clip(h + o_merged W_O)                     [L6] clip after every block
     if mlp: h = clip(h + W_2 gelu(W_1 LN2(h) + b_1) + b_2)       [L5]
@@ -169,9 +169,13 @@ class Transformer:
                 else:
                     qkv, lc["qkv"] = ops.dense_forward(h, w_qkv)
             q, k, v = ops.split_qkv(qkv, H)                                     # 3 x [B,H,T,d]
-            if c.qk_norm and not (i == 0 and c.pos_enc_kq):                   # unit-norm queries and keys
-                q, lc["qn"] = ops.l2_normalize_forward(q)
-                k, lc["kn"] = ops.l2_normalize_forward(k)
+            if c.unit_norm and not (i == 0 and c.pos_enc_kq):                 # unit-norm q, k and/or v
+                if "q" in c.unit_norm:
+                    q, lc["qn"] = ops.l2_normalize_forward(q)
+                if "k" in c.unit_norm:
+                    k, lc["kn"] = ops.l2_normalize_forward(k)
+                if "v" in c.unit_norm:
+                    v, lc["vn"] = ops.l2_normalize_forward(v)
             if kind == "linear":
                 o, lc["attn"] = ops.linear_attention_forward(q, k, v)
             elif kind == "softmax":
@@ -267,9 +271,12 @@ class Transformer:
                     graw = params[f"l{i}.gamma_raw"]
                     s = sigmoid(graw, xp)
                     grads[f"l{i}.gamma_raw"] = g[4] * s * (1 - s)
-            if "qn" in lc:                                                   # qk_norm
+            if "qn" in lc:                                                   # unit_norm
                 dq = ops.l2_normalize_backward(dq, lc["qn"])
+            if "kn" in lc:
                 dk = ops.l2_normalize_backward(dk, lc["kn"])
+            if "vn" in lc:
+                dv = ops.l2_normalize_backward(dv, lc["vn"])
             # the product for da is needed by everything below block i, and by block 0's LayerNorm; below block 0
             # of constructed input sits only x itself
             need_da = input_grad or i > 0 or c.layernorm or c.input != "constructed"

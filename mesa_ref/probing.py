@@ -286,14 +286,14 @@ def authors_probe(model: Transformer, params: dict, states, alphas, betas, *, to
 def attention_block_io(model: Transformer, params: dict, x, i: int):
     """Layer i's attention-block input a (after LN1 if any) and output o_merged W_O, each (N, T, D), float64
     host arrays; recomputed from the residual stream before block i.  Layers whose queries and keys are not plain
-    products of a (a pos_enc_kq first layer; every other layer under qk_norm) are refused."""
+    products of a (a pos_enc_kq first layer; every other layer under unit_norm) are refused."""
     c, ops = model.config, model.ops
     if i == 0 and c.pos_enc_kq:
         raise ValueError("i: the hybrid first layer (pos_enc_kq: queries and keys read [h, P]) is not recomputed "
                          "here; use layers 1 and above")
-    if c.qk_norm:
-        raise ValueError("model: qk_norm layers (unit-norm queries and keys) are not recomputed here; their "
-                         "linearisation is not defined")
+    if c.unit_norm:
+        raise ValueError("model: unit_norm layers (unit-norm queries, keys or values) are not recomputed here; "
+                         "their linearisation is not defined")
     _, cache = model.forward(params, x)
     h = cache.residuals[i]
     a = h

@@ -75,7 +75,7 @@ _REFERENCE_OPS = {
     "mse_backward": _ref.mse_backward,                                   # takes the fast mse_forward's cache too
     "cross_entropy_forward": _ref.cross_entropy_forward,
     "cross_entropy_backward": _ref.cross_entropy_backward,
-    "l2_normalize_forward": _ref.l2_normalize_forward,                   # qk_norm's per-head L2 normalisation
+    "l2_normalize_forward": _ref.l2_normalize_forward,                   # unit_norm's per-head L2 normalisation
     "l2_normalize_backward": _ref.l2_normalize_backward,
 }
 

@@ -117,7 +117,7 @@ class AuthorsPair:
     heads: int
     key_size: int
     mlp_factor: int | None          # MLP hidden width / width after every layer; None: no MLP
-    qk_norm: bool                   # queries and keys scaled to unit norm after the first layer
+    unit_norm: tuple                # (("softmax", ...), ("mesa", ...)): ModelConfig.unit_norm of each model
     softmax_layers: int             # softmax layers after the hybrid first one
     mesa_clip: float | None         # the mesa model's activation clip (the softmax model has none)
     steps: tuple                    # (("softmax", steps), ("mesa", steps))
@@ -129,15 +129,20 @@ class AuthorsPair:
 #: observations (their embedding width 80 / 5); width 80, 12 heads of 20, no MLP; 20,000 / 12,000 steps at lr
 #: 4e-4, cosine planned for 30,000; mesa clip 1.  Their sweep trains widths 5-80; their result file keeps 80.
 AUTHORS_T3 = AuthorsPair(task=PartialTask(n=15, m=5, k=16, T=50, sigma=0.01, obs_sigma=0.01), width=80, heads=12,
-                         key_size=20, mlp_factor=None, qk_norm=False, softmax_layers=6, mesa_clip=1.0,
+                         key_size=20, mlp_factor=None, unit_norm=(("softmax", ()), ("mesa", ())),
+                         softmax_layers=6, mesa_clip=1.0,
                          steps=(("softmax", 20000), ("mesa", 12000)), lr=(("softmax", 4e-4), ("mesa", 4e-4)),
                          decay_steps=30000)
-#: [T4]: raw states, s_1 ~ U[-0.25, 0.25]; width 60, 4 heads of 20, MLPs of hidden size 300 after every layer,
-#: queries and keys normalised after the first layer; 40,000 steps, cosine planned for 50,000; mesa clip 15.
+#: [T4]: raw states, s_1 ~ U[-0.25, 0.25]; width 60, 4 heads of 20, MLPs of hidden size 300 after every layer;
+#: after the first layer, unit-norm queries and keys in the softmax layers and unit-norm queries and values in the
+#: mesa layer (their "Schlag norm" scales their q_proj and k_proj outputs, and their mesa layer regresses the k_proj
+#: output on the v_proj output: k_proj gives its targets, our values); 40,000 steps, cosine planned for 50,000;
+#: mesa clip 15.
 #: Their config's table gives lr 1e-3, with the comment "For nonlin-tf use 1e-3, for mesa 4e-4": we follow the
 #: comment for the mesa model.
 AUTHORS_T4 = AuthorsPair(task=NonlinearTask(n=10, T=50, sigma=0.01, tokens="raw", s1_range=0.25), width=60, heads=4,
-                         key_size=20, mlp_factor=5, qk_norm=True, softmax_layers=6, mesa_clip=15.0,
+                         key_size=20, mlp_factor=5, unit_norm=(("softmax", ("q", "k")), ("mesa", ("q", "v"))),
+                         softmax_layers=6, mesa_clip=15.0,
                          steps=(("softmax", 40000), ("mesa", 40000)), lr=(("softmax", 1e-3), ("mesa", 4e-4)),
                          decay_steps=50000)
 
@@ -156,9 +161,11 @@ AUTHORS_SMOKE = AuthorsSetup(
     n=3, T=12, depths=(("T3", ()), ("T4", ())), eval_seeds=EVAL_SEEDS[:2], eval_batch=16, tune_batch=32,
     batch=16, test_batches=1, eval_every=5, checkpoint_every=10 ** 6,
     pairs=(("T3", dataclasses.replace(AUTHORS_T3, task=PartialTask(n=4, m=2, k=3, T=12, sigma=0.01, obs_sigma=0.01),
-                                      width=8, heads=2, key_size=4, softmax_layers=1, steps=(("softmax", 6), ("mesa", 6)),
+                                      width=8, heads=2, key_size=4, softmax_layers=1,
+                                      steps=(("softmax", 6), ("mesa", 6)),
                                       decay_steps=10)),
-           ("T4", dataclasses.replace(AUTHORS_T4, task=NonlinearTask(n=3, T=12, sigma=0.01, tokens="raw", s1_range=0.25),
+           ("T4", dataclasses.replace(AUTHORS_T4,
+                                      task=NonlinearTask(n=3, T=12, sigma=0.01, tokens="raw", s1_range=0.25),
                                       width=8, heads=2, key_size=4, mlp_factor=2, softmax_layers=1,
                                       steps=(("softmax", 6), ("mesa", 6)), decay_steps=10))))
 SETUPS = {"paper": None, "authors": AUTHORS}
@@ -174,14 +181,15 @@ def authors_jobs(cfg: AuthorsSetup, seed: int, backend: str) -> dict:
         base = ModelConfig(layers=("softmax",), heads=pair.heads, width=pair.width, key_size=pair.key_size,
                            mlp=pair.mlp_factor is not None, mlp_factor=pair.mlp_factor or 4, clip=None, input="embed",
                            input_dim=n_in, output_dim=n_out, init_std=0.05, pos_enc_kq=True, io_bias=False,
-                           qk_norm=pair.qk_norm, mesa_lam_init=1.0)
-        steps, lr = dict(pair.steps), dict(pair.lr)
+                           mesa_lam_init=1.0)
+        steps, lr, norm = dict(pair.steps), dict(pair.lr), dict(pair.unit_norm)
         for kind, layers, clip in (("softmax", ("softmax",) * (1 + pair.softmax_layers), None),
                                    ("mesa", ("softmax", "mesa"), pair.mesa_clip)):
             tcfg = cfg.train_config(seed, steps=steps[kind], lr=lr[kind], warmup_steps=min(1000, steps[kind]),
                                     decay_steps=pair.decay_steps, final_lr=1e-5, weight_decay=0.05,
                                     clip_mode="elementwise", eval_every=min(cfg.eval_every, steps[kind]))
-            out[f"{tname}/{kind}_L{len(layers)}"] = Job(base.replace(layers=layers, clip=clip), task, tcfg, backend)
+            out[f"{tname}/{kind}_L{len(layers)}"] = Job(base.replace(layers=layers, clip=clip, unit_norm=norm[kind]),
+                                                        task, tcfg, backend)
     return out
 
 

@@ -5,7 +5,7 @@ dense_gelu is the MLP's first layer, gelu(x W + b), as one op (the composition o
 and mlp the whole MLP, gelu(x W1 + b1) W2 + b2 (the composition of dense_gelu and dense); mlp_block is the
 pre-LayerNorm sub-block with its residual branch, x + mlp(layernorm(x)) (the composition of layernorm, mlp and
 the addition); layernorm_dense is a LayerNorm and the dense layer it feeds (the query/key/value product, the
-readout); l2_normalize scales vectors to unit L2 norm over the last axis (the queries and keys of ``qk_norm``).
+readout); l2_normalize scales vectors to unit L2 norm over the last axis (the q, k or v of ``unit_norm``).
 Attention ops take q, k, v of shape (B, H, T, d).  docs/math.md tags: dense [L1], linear attention
 [L2], softmax attention [L3], layernorm [L4], gelu [L5], clip [L6], positional encoding [L7],
 mesa-layer [M1]-[M4], and its exact chunkwise form [M5]. ``batch_map`` says how a backend splits one training step's

@@ -1,4 +1,4 @@
-"""L2 normalisation over the last axis (the model's ``qk_norm``: each head's queries and keys scaled to unit norm).
+"""L2 normalisation over the last axis (the model's ``unit_norm``: each head's q, k or v scaled to unit norm).
 
     n = ||x||_2 (over the last axis),   s = 1 / (eps + n),   y = s x.
 Shapes: x (..., d) -> y (..., d); n and s are (..., 1).

@@ -322,15 +322,17 @@ def _model_cases():
     yield "hybrid-first-nobias", ModelConfig(layers=("softmax", "softmax", "softmax"), input="embed", clip=None,
                                              pos_enc_kq=True, io_bias=False, output_dim=5, input_dim=5, width=14,
                                              heads=3, key_size=5)
-    # qk_norm (unit-norm queries and keys), odd sizes
-    yield "qknorm-linear", ModelConfig(layers=("linear", "linear"), input="embed", input_dim=3, output_dim=3, width=13,
-                                       heads=3, key_size=5, qk_norm=True)
-    yield "qknorm-softmax-mlp-ln", ModelConfig(layers=("softmax",), input="embed", input_dim=3, output_dim=3, width=11,
-                                               heads=3, key_size=7, mlp=True, layernorm=True, clip=None, qk_norm=True)
-    yield "qknorm-mesa-gamma", ModelConfig(layers=("mesa",), input="embed", input_dim=5, output_dim=5, width=9, heads=2,
-                                           key_size=5, mesa_gamma=True, qk_norm=True)
-    yield "qknorm-hybrid-first", ModelConfig(layers=("softmax", "mesa"), input="embed", input_dim=5, output_dim=5,
-                                             width=7, heads=3, key_size=3, clip=None, pos_enc_kq=True, qk_norm=True)
+    # unit_norm (unit-norm q, k and/or v), odd sizes
+    yield "unitnorm-qk-linear", ModelConfig(layers=("linear", "linear"), input="embed", input_dim=3, output_dim=3,
+                                            width=13, heads=3, key_size=5, unit_norm=("q", "k"))
+    yield "unitnorm-kv-softmax-mlp-ln", ModelConfig(layers=("softmax",), input="embed", input_dim=3, output_dim=3,
+                                                    width=11, heads=3, key_size=7, mlp=True, layernorm=True, clip=None,
+                                                    unit_norm=("k", "v"))
+    yield "unitnorm-qkv-mesa-gamma", ModelConfig(layers=("mesa",), input="embed", input_dim=5, output_dim=5, width=9,
+                                                 heads=2, key_size=5, mesa_gamma=True, unit_norm=("q", "k", "v"))
+    yield "unitnorm-qv-hybrid-first", ModelConfig(layers=("softmax", "mesa"), input="embed", input_dim=5, output_dim=5,
+                                                  width=7, heads=3, key_size=3, clip=None, pos_enc_kq=True,
+                                                  unit_norm=("q", "v"))
 
 
 def _batch(cfg, rng, dtype, B=3, T=9):

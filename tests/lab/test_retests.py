@@ -86,12 +86,12 @@ def test_fig7_authors_setup_is_their_comparison():
         assert m.clip == {"T3/mesa_L2": 1.0, "T4/mesa_L2": 15.0}.get(name)
         assert t.clip_mode == "elementwise" and t.weight_decay == 0.05 and t.warmup_steps == 1000
         if name.startswith("T3"):
-            assert (m.width, m.heads, m.key_size, m.mlp, m.qk_norm) == (80, 12, 20, False, False)
+            assert (m.width, m.heads, m.key_size, m.mlp, m.unit_norm) == (80, 12, 20, False, ())
             assert (m.input_dim, m.output_dim) == (80, 5)
             assert (t.steps, t.lr, t.decay_steps) == ((20000 if "softmax" in name else 12000), 4e-4, 30000)
         else:
-            assert (m.width, m.heads, m.key_size, m.mlp, m.mlp_factor * m.width, m.qk_norm) == (60, 4, 20, True, 300,
-                                                                                                True)
+            assert (m.width, m.heads, m.key_size, m.mlp, m.mlp_factor * m.width) == (60, 4, 20, True, 300)
+            assert m.unit_norm == (("q", "k") if "softmax" in name else ("q", "v"))   # their mesa regresses on k_proj
             assert (t.steps, t.decay_steps) == (40000, 50000)
             assert t.lr == (1e-3 if "softmax" in name else 4e-4)
     labels = [j.label for j in retest_jobs(["fig7_mesa_vs_attention"], root=ROOT / "figures" / "full")]
@@ -115,7 +115,8 @@ def test_fig7_authors_setup_runs_end_to_end(tmp_path):
     data = json.loads((tmp_path / "fig7_mesa_vs_attention.json").read_text())
     assert set(data["tasks"]) == {"T3", "T4"}
     for t, o in data["tasks"].items():
-        assert set(o["per_step_loss"]) >= {"softmax_L2", "mesa_L2", "lsq"}      # smoke: one softmax layer after the first
+        # smoke size: one softmax layer after the first
+        assert set(o["per_step_loss"]) >= {"softmax_L2", "mesa_L2", "lsq"}
         mesa, soft = (np.mean(o["per_step_loss"][k][9:]) for k in ("mesa_L2", "softmax_L2"))
         assert data["mesa_vs_softmax_ratio_t10"][t] == pytest.approx(mesa / soft, rel=1e-9)
         assert len(o["mesa_lam"]["mesa_L2"]) == 1          # one mesa layer, after the softmax first one

@@ -23,16 +23,17 @@ CASES = {
     "hybrid-first-constructed": dict(layers=("linear", "mesa"), clip=2.0, pos_enc_kq=True),
     "tokens-hybrid-first-nobias": dict(layers=("softmax",), clip=None, input="tokens", input_dim=5, output_dim=5,
                                        width=6, pos_enc_kq=True, io_bias=False),
-    # qk_norm: unit-norm queries and keys (every kind; not in a pos_enc_kq first layer)
-    "qknorm-linear-constructed-clip": dict(layers=("linear", "linear"), clip=3.0, qk_norm=True),
-    "qknorm-softmax-constructed": dict(layers=("softmax",), clip=None, qk_norm=True),
-    "qknorm-mesa-constructed": dict(layers=("mesa",), clip=None, qk_norm=True),
-    "qknorm-mesa-chunk-embed": dict(layers=("mesa", "mesa"), clip=None, input="embed", width=6, output_dim=2,
-                                    mesa_chunk=2, qk_norm=True),
-    "qknorm-hybrid-first-embed": dict(layers=("softmax", "mesa"), clip=None, input="embed", width=6, output_dim=2,
-                                      pos_enc_kq=True, qk_norm=True),
-    "qknorm-mlp-ln-embed": dict(layers=("linear", "softmax"), mlp=True, mlp_factor=1, layernorm=True, clip=None,
-                                input="embed", width=5, output_dim=2, qk_norm=True),
+    # unit_norm: unit-norm q, k and/or v (every kind; not in a pos_enc_kq first layer)
+    "unitnorm-qk-linear-constructed-clip": dict(layers=("linear", "linear"), clip=3.0, unit_norm=("q", "k")),
+    "unitnorm-qk-softmax-constructed": dict(layers=("softmax",), clip=None, unit_norm=("q", "k")),
+    "unitnorm-qv-mesa-constructed": dict(layers=("mesa",), clip=None, unit_norm=("q", "v")),
+    "unitnorm-kv-linear-constructed": dict(layers=("linear",), clip=None, unit_norm=("v", "k")),
+    "unitnorm-qkv-mesa-chunk-embed": dict(layers=("mesa", "mesa"), clip=None, input="embed", width=6, output_dim=2,
+                                          mesa_chunk=2, unit_norm=("q", "k", "v")),
+    "unitnorm-qv-hybrid-first-embed": dict(layers=("softmax", "mesa"), clip=None, input="embed", width=6,
+                                           output_dim=2, pos_enc_kq=True, unit_norm=("q", "v")),
+    "unitnorm-qk-mlp-ln-embed": dict(layers=("linear", "softmax"), mlp=True, mlp_factor=1, layernorm=True, clip=None,
+                                     input="embed", width=5, output_dim=2, unit_norm=("q", "k")),
 }
 
 

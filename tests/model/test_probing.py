@@ -229,9 +229,9 @@ def test_linearising_a_hybrid_first_layer_is_refused_and_later_layers_work():
     assert r.layer == 1 and np.isfinite(r.loss_linearised)
     with pytest.raises(ValueError, match="hybrid first layer"):
         attention_block_io(model, params, x, 0)
-    # under qk_norm a recomputed attention would miss the normalisation: refused, not silently wrong
-    normed = Transformer(cfg.replace(qk_norm=True))
-    with pytest.raises(ValueError, match="qk_norm"):
+    # under unit_norm a recomputed attention would miss the normalisation: refused, not silently wrong
+    normed = Transformer(cfg.replace(unit_norm=("q", "k")))
+    with pytest.raises(ValueError, match="unit_norm"):
         linearise_layer(normed, params, 1, x, x, y, steps=2)
-    with pytest.raises(ValueError, match="qk_norm"):
+    with pytest.raises(ValueError, match="unit_norm"):
         attention_block_io(normed, params, x, 1)

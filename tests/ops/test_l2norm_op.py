@@ -1,4 +1,4 @@
-"""l2_normalize (the per-head query/key normalisation of ``ModelConfig.qk_norm``): unit norms, the backward against
+"""l2_normalize (the per-head normalisation of ``ModelConfig.unit_norm``): unit norms, the backward against
 float64 central finite differences, float32 against float64, the zero vector, bad input; and the fast namespace
 hands out the reference's own functions."""
 import numpy as np
