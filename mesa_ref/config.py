@@ -16,6 +16,15 @@ ATTENTION_KINDS = ("linear", "softmax", "mesa")
 INPUT_MODES = ("constructed", "embed", "tokens")
 
 
+def omit_defaults(record: dict, optional: dict) -> dict:
+    """``record`` without the fields of ``optional`` ({name: default}) that hold their default (a tuple default also
+    matches the list the record may hold): a field added later then leaves every existing record, and the job key
+    hashed from it, as it was.  Shared by ``ModelConfig.to_dict`` and the tasks' ``to_dict``."""
+    def is_default(k, v):
+        return k in optional and (v == optional[k] or (isinstance(optional[k], tuple) and v == list(optional[k])))
+    return {k: v for k, v in record.items() if not is_default(k, v)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     layers: tuple = ("linear", "linear")   # attention kind per layer: "linear" [L2] | "softmax" [L3] | "mesa" [M1]; hybrids allowed
@@ -98,10 +107,7 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
         d["unit_norm"] = list(self.unit_norm)
-        for k, default in self.OPTIONAL.items():
-            if d[k] == default or (isinstance(default, tuple) and d[k] == list(default)):
-                del d[k]
-        return d
+        return omit_defaults(d, self.OPTIONAL)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

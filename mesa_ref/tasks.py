@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import omit_defaults
+
 
 class _Task:
     """What every task's record is: its registry name and its dataclass fields.  A field named in ``OPTIONAL``
@@ -27,11 +29,7 @@ class _Task:
     OPTIONAL: dict = {}
 
     def to_dict(self):
-        d = dataclasses.asdict(self)
-        for k, default in self.OPTIONAL.items():
-            if d[k] == default:
-                del d[k]
-        return {"name": self.registry_name, **d}
+        return {"name": self.registry_name, **omit_defaults(dataclasses.asdict(self), self.OPTIONAL)}
 
 
 @dataclass(frozen=True)

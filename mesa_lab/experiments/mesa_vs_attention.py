@@ -293,7 +293,7 @@ def analyse(ctx, cfg: MesaVsAttentionConfig, results) -> dict:
 
 AUTHORS_CHOICE = ("the authors' own [T3] and [T4] comparison (mesa_vs_attention.AUTHORS): a hybrid first layer "
                   "(softmax, positional queries and keys) + 6 softmax layers against the same first layer + one "
-                  "mesa layer, with their widths, heads, MLPs, query/key normalisation ([T4]), clips, learning "
+                  "mesa layer, with their widths, heads, MLPs, unit-norm projections ([T4]), clips, learning "
                   "rates, schedules and task parameters; one training seed")
 
 
@@ -334,16 +334,16 @@ def plot(data):
     r = data.get("mesa_vs_lsq_ratio_t10")
     if "mesa_vs_softmax_ratio_t10" in data:
         ratios = ", ".join(f"{t} {v:.3f}" for t, v in data["mesa_vs_softmax_ratio_t10"].items())
-        fig.suptitle("Fig. 7 - the authors' comparison: hybrid + mesa layer vs hybrid + 6 softmax layers\n"
-                     f"mesa / softmax averaged over t >= 10: {ratios}  (bands: +-1 std over evaluation seeds)\n"
-                     f"{mode_line(data)}", fontsize=10)
-        fig.tight_layout()
-        return fig
-    fig.suptitle("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
+        title = ("Fig. 7 - the authors' comparison: hybrid + mesa layer vs hybrid + 6 softmax layers\n"
+                 f"mesa / softmax averaged over t >= 10: {ratios}  (bands: +-1 std over evaluation seeds)\n"
+                 f"{mode_line(data)}")
+    else:
+        title = ("Fig. 7 - mesa-layer vs linear and softmax attention, against least squares"
                  + (f"\n[T1]: mesa (1 layer) / least squares averaged over t >= 10 = {r:.3f}" if r else "")
                  + "  (filled bands: +-1 std over evaluation seeds"
                  + ("; hatched: over training seeds" if data.get("training_seeds") else "")
-                 + f")\n{mode_line(data)}", fontsize=10)
+                 + f")\n{mode_line(data)}")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
