@@ -29,6 +29,12 @@ FAMILIES = {
                                              "GELU MLP, pre-LayerNorm, embedded raw tokens + positional encoding)"),
     "lm_fig8": Family("lm_fig8", "fig8's FULL language model, softmax kind (language.FULL: char tokens, "
                                  "pre-LayerNorm, MLP, positional encoding)"),
+    "t4_softmax7_authors": Family("t4_softmax7_authors",
+                                  "fig7 --setup authors, [T4] softmax model: positional first layer + 6 softmax layers, "
+                                  "width 60, 4 heads, MLP 300, unit-norm queries and keys"),
+    "t3_softmax7_authors": Family("t3_softmax7_authors",
+                                  "fig7 --setup authors, [T3] softmax model: positional first layer + 6 softmax layers, "
+                                  "width 80, 12 heads, no MLP"),
 }
 
 
@@ -54,4 +60,8 @@ def build(name):
         cfg = language.FULL
         task = language.lm_task(cfg)
         return language.model_config("softmax", cfg, task.vocab_size), task, cfg.batch
+    if name in ("t4_softmax7_authors", "t3_softmax7_authors"):
+        from mesa_lab.experiments import mesa_vs_attention as mva
+        job = mva.authors_jobs(mva.AUTHORS, 0, "fast")[f"{name[:2].upper()}/softmax_L7"]
+        return job.model, job.task, job.train.batch
     raise ValueError(f"family: expected one of {list(FAMILIES)}, got {name!r}")

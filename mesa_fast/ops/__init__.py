@@ -26,8 +26,8 @@ fast ops have no CUDA twin and run their Numba kernels on NumPy input, the refer
 """
 from mesa_ref import ops as _ref
 
-from . import (activations, attention_linear, attention_softmax, batching, dense, dense_gelu, heads, layernorm,
-               layernorm_dense, loss, mesa, mlp, mlp_block)
+from . import (activations, attention_linear, attention_softmax, batching, dense, dense_gelu, heads, l2norm,
+               layernorm, layernorm_dense, loss, mesa, mlp, mlp_block)
 from .mesa import MesaFastCache
 
 # name -> the fast wrapper (``mesa_fast/ops/<the reference's module name>.py``)
@@ -62,6 +62,8 @@ _FAST_OPS = {
     "split_heads": heads.split_heads,
     "merge_qkv": heads.merge_qkv,
     "mse_forward": loss.mse_forward,                                                # MSE (the reference's cache)
+    "l2_normalize_forward": l2norm.l2_normalize_forward,                            # unit_norm's per-head norm
+    "l2_normalize_backward": l2norm.l2_normalize_backward,
 }
 
 # name -> the reference's own function, for the ops without a fast kernel
@@ -75,8 +77,6 @@ _REFERENCE_OPS = {
     "mse_backward": _ref.mse_backward,                                   # takes the fast mse_forward's cache too
     "cross_entropy_forward": _ref.cross_entropy_forward,
     "cross_entropy_backward": _ref.cross_entropy_backward,
-    "l2_normalize_forward": _ref.l2_normalize_forward,                   # unit_norm's per-head L2 normalisation
-    "l2_normalize_backward": _ref.l2_normalize_backward,
 }
 
 # name -> cache type: the reference's NamedTuples (what the ops above return on CuPy input), and MesaFastCache

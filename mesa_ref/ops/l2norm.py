@@ -22,13 +22,19 @@ class L2NormCache(NamedTuple):
     scale: object  # (..., 1) 1 / (eps + ||x||)
 
 
-def l2_normalize_forward(x, *, eps=1e-16):
-    """y = x / (eps + ||x||) over the last axis."""
-    check_float_array("x", x)
+def check_l2_normalize_inputs(x, eps, *, finite=True):
+    """The forward's checks (also the fast op's): a float array of rank >= 1 and a positive finite eps; with
+    ``finite``, no NaN or inf in x."""
+    check_float_array("x", x, finite=finite)
     if x.ndim < 1:
         raise ValueError(f"x: expected an array of rank >= 1 (normalised over its last axis), got shape {x.shape}")
     if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
+
+
+def l2_normalize_forward(x, *, eps=1e-16):
+    """y = x / (eps + ||x||) over the last axis."""
+    check_l2_normalize_inputs(x, eps)
     xp = array_module(x)
     norm = xp.sqrt((x * x).sum(axis=-1, keepdims=True))                  # (..., 1)
     scale = 1 / (x.dtype.type(eps) + norm)                                 # (..., 1)
