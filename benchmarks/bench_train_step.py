@@ -241,10 +241,13 @@ def run_block(name, backend, args, n):
                "--config", json.dumps(cfg), "--batch", str(batch), "--T", str(T), "--steps", str(n),
                "--warmup", str(args.warmup), "--cache", args.jax_cache]
         return run_worker(cmd, f"{name}/{backend}", env)
+    root = Path(args.baseline if backend == "baseline" else ROOT).resolve()
     cmd = python_call("bench_train_step", f"worker({name!r}, {backend!r}, {args.batch or 0}, {args.warmup}, {n}, "
-                                          f"{args.numba_threads or 0})",
-                      root=args.baseline if backend == "baseline" else None)
-    return run_worker(cmd, f"{name}/{backend}")
+                                          f"{args.numba_threads or 0})", root=root)
+    out = run_worker(cmd, f"{name}/{backend}")
+    if Path(out["package"]).resolve() != root:
+        sys.exit(f"error: worker {name}/{backend} imported the packages of {out['package']}, not of {root}")
+    return out
 
 
 def jax_status(args):

@@ -34,8 +34,11 @@ def python_call(module: str, call: str, root=None) -> list:
     """The command that runs ``<module>.<call>`` (e.g. ``worker('linear2', ...)``) in a fresh interpreter with the
     project and benchmarks/ on its path; ``root``: another checkout whose packages are imported instead (the
     benchmark's own code still comes from this one)."""
-    code = (f"import sys; sys.path[:0] = [{str(root or ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
-            f"import {module} as m; m.{call}")
+    # The benchmark module puts this checkout first on the path when it is imported, so ``root`` goes in front
+    # after that import and before the call (the modules import the packages inside their workers); the workers
+    # report which checkout they imported (``package``), and the callers check it.
+    code = (f"import sys; sys.path[:0] = [{str(ROOT / 'benchmarks')!r}]; import {module} as m; "
+            f"sys.path.insert(0, {str(root or ROOT)!r}); m.{call}")
     return [sys.executable, "-c", code]
 
 
