@@ -249,14 +249,16 @@ def load_runs(results_dir: Path) -> list[Run]:
 
 
 def todays(runs: list[Run]) -> dict[str, Run]:
-    """{benchmark: today's run}: the newest run that measured the benchmark's full set (else the newest)."""
+    """{benchmark: today's run}: the newest run that measured the benchmark's full set (else the newest). A code
+    change timed against an earlier checkout (``bench_train_step:baseline``) times the models that change touches,
+    so there the newest run is today's."""
     groups = {}
     for r in runs:
         groups.setdefault(r.bench, []).append(r)
     today = {}
     for bench, rs in groups.items():
         full = frozenset().union(*(r.cells for r in rs))
-        covering = [r for r in rs if r.cells >= full] or rs
+        covering = [r for r in rs if r.cells >= full and bench != "bench_train_step:baseline"] or rs
         today[bench] = max(covering, key=lambda r: (r.when, r.name))
     return today
 
@@ -321,9 +323,22 @@ def page_train_step(r: Run):
                             f"{label} CPU ms", f"CPU {label} / mesa_fast"], table)
 
 
+def baseline_void(d: dict) -> str:
+    """'' when a ``--baseline`` run's two backends imported different checkouts (each row records its ``package``);
+    otherwise why the run compares nothing. Until 2026-12-07 the baseline worker imported this checkout's packages
+    whatever ``--baseline`` said, and such runs must not read as a comparison."""
+    packages = {x.get("package") for x in d.get("results", []) if x.get("backend") in ("mesa_fast", "baseline")}
+    if len(packages) == 1 and None not in packages:
+        return (f"not a comparison: both backends imported {packages.pop()} (the baseline worker imported this "
+                "checkout; fixed 2026-12-07)")
+    return ""
+
+
 def page_train_step_baseline(r: Run):
     """A code change timed side by side (``--baseline``): one line of ratios, earlier checkout over this commit."""
     d = r.data
+    if baseline_void(d):
+        return [f"- {baseline_void(d)}"], []
     base = (d.get("baseline") or {}).get("commit", "?")
     parts = []
     for m, bs in _train_rows(d).items():
@@ -507,6 +522,8 @@ def summary(r: Run) -> str:
     """One line of what an older run measured, for the archive."""
     d = r.data
     if r.kind in ("bench_train_step", "huge_pages"):
+        if r.bench == "bench_train_step:baseline" and baseline_void(d):
+            return baseline_void(d)
         rows = _train_rows(d)
         peer = PEER_NAMES.get(r.bench.split(":")[1])
         wall = "wall_ms_median" if r.kind == "bench_train_step" else "wall_ms_4k"
