@@ -7,7 +7,8 @@
     python scripts/train_seeds.py --seeds 1 2 --retests     the seeds, then the second configurations
 
 Resumable: a finished job is in STORE/<key>.npz and never runs again; a killed one resumes from its
-checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap ones complete first.
+checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap ones complete first, and each
+figure's jobs longest first (by what the same model cost at seed 0), so its last job does not start late.
 --store (default figures/full/jobs), --workers N (default: one single-threaded worker per core; 0: no Dask),
 --scheduler ADDRESS (an existing Dask scheduler).
 """
@@ -38,13 +39,13 @@ def main(argv=None) -> int:
     from mesa_lab.jobs import Store, run_jobs, unique_jobs
     from mesa_ref.runio import CLIError
     figures = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
+    store = Store(args.store)
     try:
-        jobs = unique_jobs(seed_jobs(figures, tuple(args.seeds))
+        jobs = unique_jobs(seed_jobs(figures, tuple(args.seeds), store=store)
                            + (retest_jobs(figures, ROOT / "figures" / "full") if args.retests else []))
-    except ValueError as e:
+    except (ValueError, CLIError) as e:                  # CLIError: a stored result that holds another record
         print(f"error: {e}", file=sys.stderr)
         return 2
-    store = Store(args.store)
     if args.list:
         for j in jobs:
             print(f"{'stored ' if store.finished(j) else 'missing'} {j.key}  {j.label}")

@@ -61,9 +61,14 @@ def seeded_names(figure: str, jobs: dict) -> list[str]:
     return list(jobs) if names is None else [n for n in names if n in jobs]
 
 
-def seed_jobs(figures=None, seeds=TRAINING_SEEDS, mode: str = "full", backend: str = "fast") -> list:
+def seed_jobs(figures=None, seeds=TRAINING_SEEDS, mode: str = "full", backend: str = "fast", store=None) -> list:
     """The seeded jobs of ``figures`` (default: every figure of ``SEEDED``, in its order: cheap figures
-    first, so whole figures finish early), labelled "<figure>/<name>/seed<S>"."""
+    first, so whole figures finish early), labelled "<figure>/<name>/seed<S>".
+
+    With ``store`` (a ``mesa_lab.jobs.Store``), each figure's jobs are taken longest first: ordered by the CPU
+    time that the same model at seed 0 recorded in the store (a model without a finished seed-0 run counts as
+    0; ties keep seed order).  Workers take jobs in this order, so a figure's longest jobs do not start last,
+    after its short ones, and the figure is complete sooner."""
     figures = list(SEEDED) if figures is None else list(figures)
     unknown = [f for f in figures if f not in SEEDED]
     if unknown:
@@ -72,9 +77,19 @@ def seed_jobs(figures=None, seeds=TRAINING_SEEDS, mode: str = "full", backend: s
     for fig in figures:
         exp = experiment(fig)
         cfg = exp.config(mode)
-        for s in seeds:
-            out += list(seed_variant(exp.name, exp.jobs(cfg, s, backend), s).values())
+        jobs = [(n, j) for s in seeds for n, j in seed_variant(exp.name, exp.jobs(cfg, s, backend), s).items()]
+        if store is not None:
+            shipped = exp.jobs(cfg, 0, backend)
+            spent = {n: recorded_cpu_seconds(store, shipped[n]) for n in seeded_names(fig, shipped)}
+            jobs.sort(key=lambda nj: -spent[nj[0]])
+        out += [j for _, j in jobs]
     return out
+
+
+def recorded_cpu_seconds(store, job) -> float:
+    """The CPU seconds a finished job recorded in ``store`` (0.0 when it is not finished)."""
+    result = store.get(job)
+    return float(result.cost.get("cpu_seconds", 0.0)) if result is not None else 0.0
 
 
 def seed_variant(figure: str, jobs: dict, seed: int) -> dict:

@@ -136,3 +136,19 @@ def test_train_seeds_lists_the_store(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("missing") for line in lines)
     assert j.key in lines[0]
+
+
+def test_with_a_store_each_figure_takes_its_longest_jobs_first(tmp_path):
+    """Ordered by the CPU time seed 0's run of the same model recorded; unknown costs go last, in seed order."""
+    st = Store(tmp_path)
+    st.prepare()
+    exp = experiment("fig3_depth")
+    shipped = exp.jobs(exp.config("full"), 0, "fast")
+    for name, cpu in (("linear_L1", 10.0), ("linear_L4", 300.0), ("linear_L6", 900.0)):   # linear_L2 not run
+        st.put(shipped[name], {"w": np.zeros(1)}, {}, {"cpu_seconds": cpu})
+    labels = [j.label for j in seed_jobs(["fig3_depth", "fig2_one_layer_gd"], (1, 2), store=st)]
+    assert labels == ["fig3_depth/linear_L6/seed1", "fig3_depth/linear_L6/seed2", "fig3_depth/linear_L4/seed1",
+                      "fig3_depth/linear_L4/seed2", "fig3_depth/linear_L1/seed1", "fig3_depth/linear_L1/seed2",
+                      "fig3_depth/linear_L2/seed1", "fig3_depth/linear_L2/seed2",
+                      "fig2_one_layer_gd/model/seed1", "fig2_one_layer_gd/model/seed2"]
+    assert sorted(labels) == sorted(j.label for j in seed_jobs(["fig3_depth", "fig2_one_layer_gd"], (1, 2)))
