@@ -8,7 +8,7 @@ import importlib
 
 import numpy as np
 
-from mesa_ref.ops._common import all_finite, array_module
+from mesa_ref.ops._common import all_finite, array_module, check_dout
 
 from ..runtime.pool import map_chunks
 
@@ -16,6 +16,14 @@ from ..runtime.pool import map_chunks
 def on_numpy(*arrays) -> bool:
     """Whether the arrays (None skipped) are NumPy ones: then the Numba kernels run; CuPy ones go to the reference."""
     return array_module(*arrays) is np
+
+
+def check_numpy_dout(dout, shape, dtype, inputs: str = "input"):
+    """A backward's upstream gradient: the reference's shape and dtype checks (NaN/inf are left to the kernels),
+    and a NumPy array like the forward's ``inputs``."""
+    check_dout(dout, shape, dtype, finite=False)
+    if not on_numpy(dout):
+        raise ValueError(f"dout: lives on a different device/array module than the forward's {inputs}")
 
 
 def float_numpy(arrays) -> bool:

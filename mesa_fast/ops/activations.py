@@ -16,7 +16,7 @@ from mesa_ref.ops._common import check_dout, check_float_array
 
 from ..kernels.buffers import flat
 from ..runtime import tuning
-from ._common import elementwise_split, on_numpy, simd
+from ._common import check_numpy_dout, elementwise_split, on_numpy, simd
 
 __all__ = ["GeluFastCache", "gelu_forward", "gelu_backward", "ClipFastCache", "clip_forward", "clip_backward"]
 
@@ -49,9 +49,7 @@ def gelu_backward(dy, cache):
     if not isinstance(cache, GeluFastCache):
         return _ref_act.gelu_backward(dy, cache)
     x, t = cache
-    check_dout(dy, x.shape, x.dtype, finite=False)
-    if not on_numpy(dy):
-        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    check_numpy_dout(dy, x.shape, x.dtype)
     dx = np.empty(x.size, x.dtype)
     if not elementwise_split(simd("activations").gelu_bwd, dx.size, tuning.GELU_MIN_CHUNK, flat(dy), flat(x), flat(t),
                              dx):

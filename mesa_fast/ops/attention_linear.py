@@ -17,7 +17,7 @@ from mesa_ref.ops import attention_linear as _ref_lin
 from mesa_ref.ops._common import check_dout, check_qkv
 
 from ..kernels import kernel_module
-from ._common import on_numpy
+from ._common import check_numpy_dout, on_numpy
 
 __all__ = ["LinearAttentionFastCache", "linear_attention_forward", "linear_attention_backward"]
 
@@ -49,9 +49,7 @@ def linear_attention_backward(dout, cache):
     if not isinstance(cache, LinearAttentionFastCache):
         return _ref_lin.linear_attention_backward(dout, cache)
     q, k, v = cache
-    check_dout(dout, v.shape, v.dtype, finite=False)
-    if not on_numpy(dout):
-        raise ValueError("dout: lives on a different device/array module than the forward's inputs")
+    check_numpy_dout(dout, v.shape, v.dtype, inputs="inputs")
     grads, finite = kernel_module("linear").linear_backward(q, k, v, dout)
     if not finite:
         check_dout(dout, v.shape, v.dtype)

@@ -16,7 +16,7 @@ from mesa_ref.ops import attention_softmax as _ref_sm
 from mesa_ref.ops._common import check_dout, check_qkv
 
 from ..kernels import kernel_module
-from ._common import on_numpy
+from ._common import check_numpy_dout, on_numpy
 
 __all__ = ["SoftmaxAttentionFastCache", "softmax_attention_forward", "softmax_attention_backward"]
 
@@ -63,9 +63,7 @@ def softmax_attention_backward(dout, cache):
     if not isinstance(cache, SoftmaxAttentionFastCache):
         return _ref_sm.softmax_attention_backward(dout, cache)
     q, k, v, lanes, scale = cache
-    check_dout(dout, v.shape, v.dtype, finite=False)
-    if not on_numpy(dout):
-        raise ValueError("dout: lives on a different device/array module than the forward's inputs")
+    check_numpy_dout(dout, v.shape, v.dtype, inputs="inputs")
     grads, finite = kernel_module("softmax").softmax_backward(q, k, v, lanes, scale, dout)
     if not finite:
         check_dout(dout, v.shape, v.dtype)

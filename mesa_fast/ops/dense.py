@@ -29,7 +29,7 @@ from mesa_ref.ops._common import all_finite, check_dout
 from ..runtime import tuning
 from ..runtime.blas import one_blas_thread
 from ..runtime.pool import map_chunks
-from ._common import on_numpy
+from ._common import check_numpy_dout, on_numpy
 
 __all__ = ["DenseFastCache", "dense_forward", "dense_backward"]
 
@@ -70,9 +70,7 @@ def dense_backward(dy, cache, *, input_grad=True):
     if not isinstance(cache, DenseFastCache):
         return _ref_dense.dense_backward(dy, cache, input_grad=input_grad)
     x2, W, has_bias, x_shape = cache
-    check_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype, finite=False)
-    if not on_numpy(dy):
-        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    check_numpy_dout(dy, x_shape[:-1] + (W.shape[1],), x2.dtype)
     dy2 = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))                # (N, Dout)
     dx, dW, db = _products_backward(dy2, x2, W, has_bias, input_grad)
     # NaN/inf in dy is found in dW = x^T dy (Din x Dout, small): a non-finite dy[n, k] makes the whole column

@@ -22,7 +22,7 @@ from mesa_ref.ops._common import all_finite, check_dout, check_float_array
 from ..runtime import tuning
 from ..runtime.blas import one_blas_thread
 from ..runtime.pool import map_chunks
-from ._common import on_numpy, simd
+from ._common import check_numpy_dout, on_numpy, simd
 from .dense import _narrow
 
 __all__ = ["DenseGeluFastCache", "dense_gelu_forward", "dense_gelu_backward"]
@@ -65,9 +65,7 @@ def dense_gelu_backward(dg, cache, *, input_grad=True):
     if not isinstance(cache, DenseGeluFastCache):
         return _ref_dg.dense_gelu_backward(dg, cache, input_grad=input_grad)
     x2, W, has_bias, x_shape, z, t = cache
-    check_dout(dg, x_shape[:-1] + (W.shape[1],), z.dtype, finite=False)
-    if not on_numpy(dg):
-        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    check_numpy_dout(dg, x_shape[:-1] + (W.shape[1],), z.dtype)
     dg2 = np.ascontiguousarray(dg.reshape(-1, dg.shape[-1]))
     dx, dW, db, finite = _products_backward(dg2, x2, W, z, t, has_bias, input_grad, simd("activations").gelu_bwd_rows)
     if not finite:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from mesa_ref.ops import l2norm as _ref
-from mesa_ref.ops._common import check_dout
 
 from ..runtime.pool import map_chunks
-from ._common import on_numpy, simd
+from ._common import check_numpy_dout, on_numpy, simd
 
 __all__ = ["l2_normalize_forward", "l2_normalize_backward"]
 
@@ -51,9 +50,7 @@ def l2_normalize_backward(dy, cache):
     x, norm, scale = cache
     if not on_numpy(x):
         return _ref.l2_normalize_backward(dy, cache)
-    check_dout(dy, x.shape, x.dtype, finite=False)
-    if not on_numpy(dy):
-        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    check_numpy_dout(dy, x.shape, x.dtype)
     x4, dy4, n4, s4 = (_four_axes(a) for a in (x, dy, norm, scale))
     dx = np.empty(x4.shape, x.dtype)
     kernel = simd("l2norm").l2norm_bwd

@@ -15,7 +15,7 @@ from mesa_ref.ops._common import all_finite, check_dout
 from ..kernels.buffers import flat
 from ..runtime import tuning
 from ..runtime.pool import map_chunks
-from ._common import on_numpy, simd
+from ._common import check_numpy_dout, on_numpy, simd
 
 __all__ = ["layernorm_forward", "layernorm_backward"]
 
@@ -51,9 +51,7 @@ def layernorm_backward(dy, cache):
     xhat, rstd, w = cache
     if not on_numpy(xhat):
         return _ref_ln.layernorm_backward(dy, cache)
-    check_dout(dy, xhat.shape, xhat.dtype, finite=False)
-    if not on_numpy(dy):
-        raise ValueError("dout: lives on a different device/array module than the forward's input")
+    check_numpy_dout(dy, xhat.shape, xhat.dtype)
     D = xhat.shape[-1]
     dyf, xf, rf, wf = flat(dy), flat(xhat), flat(rstd), flat(w)
     M = rf.size
