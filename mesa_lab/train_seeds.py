@@ -8,7 +8,8 @@
 
 Resumable: a finished job is in STORE/<key>.npz and never runs again; a killed one resumes from its
 checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap ones complete first, and each
-figure's jobs longest first (by what the same model cost at seed 0), so its last job does not start late.
+figure's jobs longest first (by what the same model cost at seed 0; a second configuration's by the estimate of
+mesa_lab/cost.py), so its last job does not start late.
 --store (default figures/full/jobs), --workers N (default: one single-threaded worker per core; 0: no Dask),
 --scheduler ADDRESS (an existing Dask scheduler).
 """
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     store = Store(args.store)
     try:
         jobs = unique_jobs(seed_jobs(figures, tuple(args.seeds), store=store)
-                           + (retest_jobs(figures, ROOT / "figures" / "full") if args.retests else []))
+                           + (retest_jobs(figures, ROOT / "figures" / "full", longest_first=True) if args.retests else []))
     except (ValueError, CLIError) as e:                  # CLIError: a stored result that holds another record
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,8 +26,14 @@ def retest_args(figure: str, root: Path) -> list[str]:
     return [*flags, "--out", str(Path(root) / sub)]
 
 
-def retest_jobs(figures=None, root: Path = Path("figures/full"), backend: str = "fast") -> list:
-    """The jobs of the second configurations (labelled "<figure>/<sub>/<name>")."""
+def retest_jobs(figures=None, root: Path = Path("figures/full"), backend: str = "fast",
+                longest_first: bool = False) -> list:
+    """The jobs of the second configurations (labelled "<figure>/<sub>/<name>").  ``longest_first``: each
+    figure's jobs ordered by their estimated training time, longest first (``mesa_lab.cost.jax_hours``, the
+    authors' step time scaled to the job: these jobs have no run of ours to go by, and the estimate ranks fig7's
+    four as our own timed steps do, benchmarks/results/estimate_jobs_fig7_authors.md), so that on several
+    workers the longest does not start last."""
+    from ..cost import jax_hours
     from .common import experiment_parser
     figures = list(RETESTS) if figures is None else [f for f in figures if f in RETESTS]
     out = []
@@ -36,5 +42,8 @@ def retest_jobs(figures=None, root: Path = Path("figures/full"), backend: str = 
         args = experiment_parser(exp).parse_args(retest_args(fig, root))
         cfg = exp.config("full", args)
         sub = RETESTS[fig][1]
-        out += [dataclasses.replace(j, label=f"{fig}/{sub}/{k}") for k, j in exp.jobs(cfg, args.seed, backend).items()]
+        jobs = [dataclasses.replace(j, label=f"{fig}/{sub}/{k}") for k, j in exp.jobs(cfg, args.seed, backend).items()]
+        if longest_first:
+            jobs.sort(key=lambda j: -jax_hours(j.record())[0])
+        out += jobs
     return out

@@ -121,3 +121,14 @@ def test_fig7_authors_setup_runs_end_to_end(tmp_path):
         assert data["mesa_vs_softmax_ratio_t10"][t] == pytest.approx(mesa / soft, rel=1e-9)
         assert len(o["mesa_lam"]["mesa_L2"]) == 1          # one mesa layer, after the softmax first one
     assert (tmp_path / "fig7_mesa_vs_attention.png").stat().st_size > 0
+
+
+def test_longest_first_orders_each_figure_by_estimated_cost_and_keeps_the_jobs():
+    """fig7's authors' setup: the 7-layer softmax models (40000 and 20000 steps) before the mesa models, [T4]'s
+    40000-step mesa model before [T3]'s 12000-step one; the figures keep their order and no job is lost."""
+    plain, ordered = retest_jobs(), retest_jobs(longest_first=True)
+    assert sorted(j.key for j in plain) == sorted(j.key for j in ordered)
+    figs = lambda jobs: [j.label.split("/")[0] for j in jobs]   # noqa: E731
+    assert figs(plain) == figs(ordered)
+    fig7 = [j.label.split("/", 2)[2] for j in ordered if j.label.startswith("fig7")]
+    assert fig7 == ["T4/softmax_L7", "T3/softmax_L7", "T4/mesa_L2", "T3/mesa_L2"]
