@@ -328,4 +328,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from timing import training_paused
+    with training_paused():
+        sys.exit(main())

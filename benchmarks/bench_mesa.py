@@ -394,4 +394,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from timing import training_paused
+    with training_paused():
+        sys.exit(main())

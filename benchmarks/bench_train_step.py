@@ -426,4 +426,6 @@ def _authors_commit(path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from timing import training_paused
+    with training_paused():
+        sys.exit(main())

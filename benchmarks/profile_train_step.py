@@ -145,4 +145,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from timing import training_paused
+    with training_paused():
+        main()

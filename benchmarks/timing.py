@@ -3,17 +3,37 @@
 ``timed_calls`` is used by ``bench_train_step.py`` (each worker's training steps), ``bench_lm_cost.py`` (steps,
 forward passes and single ops) and ``bench_plain_vs_simd.py`` (single ops), so that all measure a call the same
 way. ``run_worker`` runs one alternating block in a fresh process (``bench_train_step.py``,
-``bench_plain_vs_simd.py``); ``write_result`` writes a result's JSON and Markdown each atomically.
+``bench_plain_vs_simd.py``); ``write_result`` writes a result's JSON and Markdown each atomically;
+``training_paused`` stops this checkout's training queues while a benchmark that measures speed runs.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STORE = ROOT / "figures" / "full" / "jobs"       # the job store the training queues of this checkout train into
+
+
+@contextmanager
+def training_paused():
+    """The training queues of this checkout's job store stopped for the duration of the block
+    (``mesa_lab.pause``): jobs training beside a benchmark share its cores and caches, and the benchmark would time
+    them too. Every benchmark that measures speed runs its ``main`` inside this. MESA_BENCH_KEEP_QUEUE=1 leaves the
+    queues running."""
+    if os.environ.get("MESA_BENCH_KEEP_QUEUE") == "1":
+        yield 0
+        return
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from mesa_lab.pause import paused
+    with paused(STORE, log=lambda s: print(s, file=sys.stderr, flush=True)) as n:
+        yield n
 
 
 def timed_calls(run, repeats: int, warmup: int = 0) -> tuple[list, list]:

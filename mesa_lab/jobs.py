@@ -39,6 +39,7 @@ from mesa_ref.runio import CLIError, _to_jsonable, atomic_write_bytes, load_chec
 from mesa_ref.tasks import task_from_dict
 from mesa_ref.train import TrainConfig
 
+from .pause import registered
 from .provenance import code_version
 
 EVENT_TOPIC = "mesa-jobs"      # Dask event topic of the job progress lines
@@ -306,11 +307,15 @@ def run_jobs(jobs, store_root, *, scheduler: str | None = None, workers: int | N
         store.prepare()
         address = scheduler or _configured_scheduler()
         if workers == 0 and address is None:
-            for i, j in enumerate(pending):
-                if log is not None:
-                    log(f"[{i + 1}/{len(pending)}]")
-                run_job(j.record(), str(store.root), j.label, threads=threads, progress=progress, log=log)
-        else:
+            with registered(store.root):                  # a benchmark may pause it (mesa_lab/pause.py)
+                for i, j in enumerate(pending):
+                    if log is not None:
+                        log(f"[{i + 1}/{len(pending)}]")
+                    run_job(j.record(), str(store.root), j.label, threads=threads, progress=progress, log=log)
+        elif address is None:
+            with registered(store.root):
+                _run_on_dask(pending, store, address, workers, threads, log, progress)
+        else:                                             # an outside scheduler: the training runs elsewhere
             _run_on_dask(pending, store, address, workers, threads, log, progress)
     return {j.key: done[j.key] if j.key in done else store.get(j) for j in jobs}
 
@@ -326,11 +331,14 @@ def _configured_scheduler():
 def local_cluster(workers: int | None = None, **kw):
     """An embedded LocalCluster: ``workers`` (default: one per core) single-threaded worker processes whose BLAS
     libraries start with one thread."""
+    import dask
     from distributed import LocalCluster
     n = workers or os.cpu_count() or 1
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                        env=env, **kw)
+    # no worker time-to-live: a queue paused while a benchmark runs (mesa_lab/pause.py) keeps its workers
+    with dask.config.set({"distributed.scheduler.worker-ttl": None}):
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                            env=env, **kw)
 
 
 def _run_on_dask(pending, store, address, workers, threads, log, progress):

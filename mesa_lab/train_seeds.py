@@ -11,7 +11,8 @@ checkpoint in STORE/.work/.  Figures are taken in SEEDED's order, so the cheap o
 figure's jobs longest first (by what the same model cost at seed 0; a second configuration's by the estimate of
 mesa_lab/cost.py), so its last job does not start late.
 --store (default figures/full/jobs), --workers N (default: one single-threaded worker per core; 0: no Dask),
---scheduler ADDRESS (an existing Dask scheduler).
+--scheduler ADDRESS (an existing Dask scheduler).  --pause / --resume stop and continue the queues training into
+the store on this machine (the speed benchmarks pause them by themselves while they time).
 """
 from __future__ import annotations
 
@@ -36,7 +37,16 @@ def main(argv=None) -> int:
                    help="also train the figures' second configurations (retests.RETESTS), after the seeds (the "
                         "verdicts rest on the seeds; fig7's second configuration alone is about 20 CPU hours)")
     p.add_argument("--list", action="store_true", help="list the jobs and whether each is stored; train nothing")
+    p.add_argument("--pause", action="store_true",
+                   help="stop the queues training into --store on this machine (SIGSTOP; mesa_lab/pause.py); "
+                        "the benchmarks that measure speed do this themselves")
+    p.add_argument("--resume", action="store_true", help="continue the queues that --pause stopped")
     args = p.parse_args(argv)
+    if args.pause or args.resume:
+        from mesa_lab.pause import pause, resume
+        n = (pause if args.pause else resume)(args.store)
+        print(f"{'paused' if args.pause else 'resumed'} {n} process(es) of the queues training into {args.store}")
+        return 0
     from mesa_lab.jobs import Store, run_jobs, unique_jobs
     from mesa_ref.runio import CLIError
     figures = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None

@@ -254,3 +254,4 @@ def test_embedded_cluster_listens_on_loopback_only():
         assert port in [a.port for a in listening]
         assert all(a.ip == "127.0.0.1" for a in listening), listening
         assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert cluster.scheduler.worker_ttl is None           # a paused queue keeps its workers (mesa_lab/pause.py)
