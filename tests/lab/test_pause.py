@@ -2,6 +2,7 @@
 below it) while it times, and continues it afterwards, also when the timed block fails."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -84,7 +85,7 @@ def test_records_of_ended_or_recycled_processes_are_dropped(tmp_path):
     folder = tmp_path / QUEUES
     folder.mkdir(parents=True)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = os.uname().nodename
+    host = socket.gethostname()
     (folder / f"{host}-1.json").write_text(json.dumps({"pid": int(ended.stdout), "host": host, "started": 0.0}))
     me = psutil.Process()
     (folder / f"{host}-2.json").write_text(json.dumps({"pid": me.ppid(), "host": host, "started": 1.0}))
