@@ -32,7 +32,7 @@ def training_paused():
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from mesa_lab.pause import paused
-    with paused(STORE, log=lambda s: print(s, file=sys.stderr, flush=True)) as n:
+    with paused(STORE) as n:            # silently: a benchmark's own output (and a bad input's one line) stays its own
         yield n
 
 

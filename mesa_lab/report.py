@@ -128,9 +128,16 @@ def rows_for(name, d):
     return []
 
 
+#: a gathered list this long or shorter is a row of values by entry (a probe's error by layer); a longer one is a
+#: curve (loss by time step, error by number of examples), reported by its last value
+SHORT_LIST = 8
+
+
 def seed_rows(d):
-    """(quantity, value) rows of a figure's spread over training seeds: every scalar it gathers per seed, as
-    mean +- std (the per-seed values in brackets); curves are in the JSON."""
+    """(quantity, value) rows of a figure's spread over training seeds, for every number it gathers per seed:
+    a scalar as mean +- std (the per-seed values in brackets); a short list (a probe's error by layer) as the mean
+    over seeds of each entry, with the largest std; a curve by its last value, as a scalar. The whole curves are in
+    the JSON."""
     ts = d.get("training_seeds") or {}
     out = []
     if len(ts.get("seeds", [])) < 2:
@@ -140,9 +147,20 @@ def seed_rows(d):
         return out
     n = len(ts["seeds"])
     for path, vals in ts["per_seed"].items():
-        if vals and not isinstance(vals[0], list):
+        if not vals:
+            continue
+        if not isinstance(vals[0], list):
             out.append((f"{path}, over {n} training seeds", f"{f(ts['mean'][path], 4)} +- {f(ts['std'][path], 2)} "
                                                             f"({', '.join(f(v, 4) for v in vals)})"))
+        elif len(vals[0]) <= SHORT_LIST:
+            a = np.asarray(vals, float)
+            out.append((f"{path} by entry, mean over {n} training seeds",
+                        f"{', '.join(f(v, 3) for v in a.mean(0))} (largest std {f(float(a.std(0, ddof=1).max()), 2)})"))
+        else:
+            last = [v[-1] for v in vals]
+            out.append((f"{path}, last value, over {n} training seeds",
+                        f"{f(float(np.mean(last)), 4)} +- {f(float(np.std(last, ddof=1)), 2)} "
+                        f"({', '.join(f(v, 4) for v in last)})"))
     if ts.get("missing_seeds"):
         out.append(("training seeds missing", ", ".join(map(str, ts["missing_seeds"]))))
     return out

@@ -38,7 +38,8 @@ class Seeded:
 #: fig7's two [T4] models, 1.7 CPU hours a seed, before fig3's four, 2.7, whose seeds also serve fig4 and fig6)
 SEEDED = {
     "fig2_one_layer_gd": Seeded(None, ("per_step_loss.model", "final_loss.model", "model_vs_gd_ratio_t10",
-                                       "model_vs_lsq_ratio_t10", "gd_similarity_max", "interpolation.alpha")),
+                                       "model_vs_lsq_ratio_t10", "gd_similarity_max", "interpolation.to_gd",
+                                       "interpolation.to_revalg", "interpolation.gd_eta_implied")),
     "fig8_language": Seeded(None, ("heldout_loss.*", "loss_per_position.*")),
     "fig7_mesa_vs_attention": Seeded(("T4/mesa_L2", "T4/softmax_L2"),
                                      ("tasks.T4.per_step_loss.mesa_L2", "tasks.T4.per_step_loss.softmax_L2",

@@ -40,3 +40,15 @@ def test_the_authors_estimate_is_recomputed_from_the_job_records(tmp_path):
     assert report.refresh_costs(tmp_path) == [path]
     assert json.loads(path.read_text())["cost"]["jax_hours_estimate"] == expected
     assert report.refresh_costs(tmp_path) == []
+
+
+def test_seed_rows_give_scalars_short_lists_by_entry_and_curves_by_their_last_value():
+    from mesa_lab.report import seed_rows
+    ts = {"seeds": [0, 1, 2], "per_seed": {"x": [1.0, 2.0, 3.0],
+                                           "probe": [[1.0, 0.5], [1.0, 0.7], [1.0, 0.9]],
+                                           "curve": [[9.0] * 9 + [1.0], [9.0] * 9 + [2.0], [9.0] * 9 + [6.0]]},
+          "mean": {"x": 2.0}, "std": {"x": 1.0}}
+    rows = dict(seed_rows({"training_seeds": ts}))
+    assert rows["x, over 3 training seeds"] == "2 +- 1 (1, 2, 3)"
+    assert rows["probe by entry, mean over 3 training seeds"] == "1, 0.7 (largest std 0.2)"
+    assert rows["curve, last value, over 3 training seeds"] == "3 +- 2.6 (1, 2, 6)"
