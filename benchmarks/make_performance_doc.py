@@ -337,8 +337,9 @@ def baseline_void(d: dict) -> str:
 def page_train_step_baseline(r: Run):
     """A code change timed side by side (``--baseline``): one line of ratios, earlier checkout over this commit."""
     d = r.data
-    if baseline_void(d):
-        return [f"- {baseline_void(d)}"], []
+    void = baseline_void(d)
+    if void:
+        return [f"- {void}"], []
     base = (d.get("baseline") or {}).get("commit", "?")
     parts = []
     for m, bs in _train_rows(d).items():
@@ -522,8 +523,9 @@ def summary(r: Run) -> str:
     """One line of what an older run measured, for the archive."""
     d = r.data
     if r.kind in ("bench_train_step", "huge_pages"):
-        if r.bench == "bench_train_step:baseline" and baseline_void(d):
-            return baseline_void(d)
+        void = baseline_void(d) if r.bench == "bench_train_step:baseline" else ""
+        if void:
+            return void
         rows = _train_rows(d)
         peer = PEER_NAMES.get(r.bench.split(":")[1])
         wall = "wall_ms_median" if r.kind == "bench_train_step" else "wall_ms_4k"

@@ -20,6 +20,7 @@ which resumes it from its checkpoint; a job that raises fails the whole call wit
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -306,17 +307,16 @@ def run_jobs(jobs, store_root, *, scheduler: str | None = None, workers: int | N
     if pending:
         store.prepare()
         address = scheduler or _configured_scheduler()
-        if workers == 0 and address is None:
-            with registered(store.root):                  # a benchmark may pause it (mesa_lab/pause.py)
+        # training here is recorded, so a benchmark may pause it (mesa_lab/pause.py); through an outside
+        # scheduler it runs elsewhere
+        with registered(store.root) if address is None else contextlib.nullcontext():
+            if workers == 0 and address is None:
                 for i, j in enumerate(pending):
                     if log is not None:
                         log(f"[{i + 1}/{len(pending)}]")
                     run_job(j.record(), str(store.root), j.label, threads=threads, progress=progress, log=log)
-        elif address is None:
-            with registered(store.root):
+            else:
                 _run_on_dask(pending, store, address, workers, threads, log, progress)
-        else:                                             # an outside scheduler: the training runs elsewhere
-            _run_on_dask(pending, store, address, workers, threads, log, progress)
     return {j.key: done[j.key] if j.key in done else store.get(j) for j in jobs}
 
 

@@ -38,10 +38,6 @@ def load(fig_dir: Path, name: str):
     return None, "not run"
 
 
-def mean_after(curve, t_min=10):
-    return float(np.mean(np.asarray(curve, dtype=float)[t_min - 1:]))
-
-
 def f(x, digits=3):
     return "-" if x is None else f"{x:.{digits}g}"
 
@@ -137,6 +133,11 @@ def rows_for(name, d):
 SHORT_LIST = 8
 
 
+def spread(mean, std, values) -> str:
+    """"mean +- std (value at each seed)"."""
+    return f"{f(mean, 4)} +- {f(std, 2)} ({', '.join(f(v, 4) for v in values)})"
+
+
 def seed_rows(d):
     """(quantity, value) rows of a figure's spread over training seeds, for every number it gathers per seed:
     a scalar as mean +- std (the per-seed values in brackets); a short list (a probe's error by layer) as the mean
@@ -150,21 +151,18 @@ def seed_rows(d):
                                           f"missing {', '.join(map(str, ts['missing_seeds']))}"))
         return out
     n = len(ts["seeds"])
-    for path, vals in ts["per_seed"].items():
+    for path, vals in ts["per_seed"].items():          # the means and stds are seed_spread's, entry by entry
         if not vals:
             continue
+        mean, std = ts["mean"][path], ts["std"][path]
         if not isinstance(vals[0], list):
-            out.append((f"{path}, over {n} training seeds", f"{f(ts['mean'][path], 4)} +- {f(ts['std'][path], 2)} "
-                                                            f"({', '.join(f(v, 4) for v in vals)})"))
+            out.append((f"{path}, over {n} training seeds", spread(mean, std, vals)))
         elif len(vals[0]) <= SHORT_LIST:
-            a = np.asarray(vals, float)
             out.append((f"{path} by entry, mean over {n} training seeds",
-                        f"{', '.join(f(v, 3) for v in a.mean(0))} (largest std {f(float(a.std(0, ddof=1).max()), 2)})"))
+                        f"{', '.join(f(v, 3) for v in mean)} (largest std {f(max(std), 2)})"))
         else:
-            last = [v[-1] for v in vals]
             out.append((f"{path}, last value, over {n} training seeds",
-                        f"{f(float(np.mean(last)), 4)} +- {f(float(np.std(last, ddof=1)), 2)} "
-                        f"({', '.join(f(v, 4) for v in last)})"))
+                        spread(mean[-1], std[-1], [v[-1] for v in vals])))
     if ts.get("missing_seeds"):
         out.append(("training seeds missing", ", ".join(map(str, ts["missing_seeds"]))))
     return out

@@ -43,11 +43,11 @@ def test_the_authors_estimate_is_recomputed_from_the_job_records(tmp_path):
 
 
 def test_seed_rows_give_scalars_short_lists_by_entry_and_curves_by_their_last_value():
+    from mesa_lab.experiments.seeds import seed_spread
     from mesa_lab.report import seed_rows
-    ts = {"seeds": [0, 1, 2], "per_seed": {"x": [1.0, 2.0, 3.0],
-                                           "probe": [[1.0, 0.5], [1.0, 0.7], [1.0, 0.9]],
-                                           "curve": [[9.0] * 9 + [1.0], [9.0] * 9 + [2.0], [9.0] * 9 + [6.0]]},
-          "mean": {"x": 2.0}, "std": {"x": 1.0}}
+    per_seed = {s: {"x": x, "probe": [1.0, p], "curve": [9.0] * 9 + [c]}
+                for s, x, p, c in ((0, 1.0, 0.5, 1.0), (1, 2.0, 0.7, 2.0), (2, 3.0, 0.9, 6.0))}
+    ts = seed_spread(per_seed, ("x", "probe", "curve"))          # the record a figure's JSON carries
     rows = dict(seed_rows({"training_seeds": ts}))
     assert rows["x, over 3 training seeds"] == "2 +- 1 (1, 2, 3)"
     assert rows["probe by entry, mean over 3 training seeds"] == "1, 0.7 (largest std 0.2)"
